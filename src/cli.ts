@@ -1,0 +1,45 @@
+import { pathToFileURL } from 'node:url';
+import { realpathSync } from 'node:fs';
+import { migrateCommand } from './commands/migrate.js';
+import { serveCommand } from './commands/serve.js';
+
+export type Command = (args: string[]) => Promise<number>;
+
+/** Each subcommand lives in src/commands/; none of them loads fastify except serve. */
+const COMMANDS: Record<string, { run: Command; summary: string }> = {
+  serve: { run: serveCommand, summary: 'run the origin server' },
+  migrate: { run: migrateCommand, summary: 'apply pending database migrations and print the schema version' },
+};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return `usage: fastpull <command> [options]\n\ncommands:\n${lines.join('\n')}\n\nSettings come from FASTPULL_* variables and FASTPULL_CONFIG (see README).`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(usage());
+    return name ? 0 : 2;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    console.error(`fastpull: unknown command "${name}"\n\n${usage()}`);
+    return 2;
+  }
+  return command.run(rest);
+}
+
+// Run directly (tsx src/cli.ts …) as well as through bin/fastpull.js.
+if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      console.error(`fastpull: ${err instanceof Error ? err.message : String(err)}`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,148 @@
+import type { Statement } from 'better-sqlite3';
+import type { Digests } from '../store/digests.js';
+import type { DB } from './open.js';
+
+export interface BlobRow {
+  sha512: string;
+  blake2b: string;
+  sha256: string;
+  size: number;
+  ingested_at: number;
+  verified_at: number | null;
+  quarantined_at: number | null;
+  pinned: number;
+}
+
+/** What the download path needs, fetched with one indexed statement. */
+export interface ServableBlob {
+  sha512: string;
+  blake2b: string;
+  size: number;
+  /** The name to suggest in Content-Disposition, when one is known. */
+  filename: string | null;
+  /** Last-Modified: when the blob was ingested (hash paths) or the name last attached (name paths). */
+  modified_at: number;
+  quarantined_at: number | null;
+}
+
+export interface NameRow {
+  filename: string;
+  sha512: string;
+  seq: number;
+  first_attached_at: number;
+  attached_at: number;
+  attached_by: string | null;
+  detached_at: number | null;
+  detached_by: string | null;
+}
+
+/** Prepared statements over the index. Hot-path reads are single indexed point lookups. */
+export class DistfileIndex {
+  private readonly stmt: {
+    servableByHash: Statement<[string], ServableBlob>;
+    servableByName: Statement<[string], ServableBlob>;
+    blob: Statement<[string], BlobRow>;
+    insertBlob: Statement<[Record<string, unknown>]>;
+    unquarantine: Statement<[string]>;
+    pin: Statement<[string]>;
+    nextSeq: Statement<[], { seq: number }>;
+    attach: Statement<[Record<string, unknown>]>;
+    detach: Statement<[{ filename: string; at: number; by: string | null }]>;
+    history: Statement<[string], NameRow>;
+    namesOfBlob: Statement<[string], NameRow>;
+  };
+
+  constructor(readonly db: DB) {
+    this.stmt = {
+      servableByHash: db.prepare(
+        `SELECT b.sha512, b.blake2b, b.size, b.ingested_at AS modified_at, b.quarantined_at,
+                (SELECT n.filename FROM names n WHERE n.sha512 = b.sha512 AND n.detached_at IS NULL
+                 ORDER BY n.seq DESC LIMIT 1) AS filename
+         FROM blobs b WHERE b.sha512 = ?`,
+      ),
+      servableByName: db.prepare(
+        `SELECT b.sha512, b.blake2b, b.size, n.attached_at AS modified_at, b.quarantined_at, n.filename
+         FROM names n JOIN blobs b ON b.sha512 = n.sha512
+         WHERE n.filename = ? AND n.detached_at IS NULL
+         ORDER BY n.seq DESC LIMIT 1`,
+      ),
+      blob: db.prepare('SELECT * FROM blobs WHERE sha512 = ?'),
+      insertBlob: db.prepare(
+        `INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at, pinned)
+         VALUES (@sha512, @blake2b, @sha256, @size, @at, @pinned)
+         ON CONFLICT (sha512) DO NOTHING`,
+      ),
+      unquarantine: db.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?'),
+      pin: db.prepare('UPDATE blobs SET pinned = 1 WHERE sha512 = ?'),
+      nextSeq: db.prepare('SELECT coalesce(max(seq), 0) + 1 AS seq FROM names'),
+      attach: db.prepare(
+        `INSERT INTO names (filename, sha512, seq, first_attached_at, attached_at, attached_by)
+         VALUES (@filename, @sha512, @seq, @at, @at, @by)
+         ON CONFLICT (filename, sha512) DO UPDATE SET
+           seq = excluded.seq, attached_at = excluded.attached_at, attached_by = excluded.attached_by,
+           detached_at = NULL, detached_by = NULL`,
+      ),
+      detach: db.prepare(
+        `UPDATE names SET detached_at = @at, detached_by = @by
+         WHERE filename = @filename AND detached_at IS NULL`,
+      ),
+      history: db.prepare('SELECT * FROM names WHERE filename = ? ORDER BY seq DESC'),
+      namesOfBlob: db.prepare('SELECT * FROM names WHERE sha512 = ? ORDER BY seq DESC'),
+    };
+  }
+
+  servableByHash(sha512: string): ServableBlob | undefined {
+    return this.stmt.servableByHash.get(sha512);
+  }
+
+  servableByName(filename: string): ServableBlob | undefined {
+    return this.stmt.servableByName.get(filename);
+  }
+
+  blob(sha512: string): BlobRow | undefined {
+    return this.stmt.blob.get(sha512);
+  }
+
+  history(filename: string): NameRow[] {
+    return this.stmt.history.all(filename);
+  }
+
+  namesOfBlob(sha512: string): NameRow[] {
+    return this.stmt.namesOfBlob.all(sha512);
+  }
+
+  /**
+   * Records a stored blob and optionally attaches a name, in one transaction.
+   * A blob that was quarantined and has just been re-written with good bytes is servable again.
+   */
+  recordBlob(digests: Digests, opts: { filename?: string; by?: string | null; pinned?: boolean; at?: number } = {}): void {
+    const at = opts.at ?? Date.now();
+    this.db.transaction(() => {
+      this.stmt.insertBlob.run({ ...digests, at, pinned: opts.pinned ? 1 : 0 });
+      this.stmt.unquarantine.run(digests.sha512);
+      if (opts.pinned) this.stmt.pin.run(digests.sha512);
+      if (opts.filename !== undefined) this.attachInTx(opts.filename, digests.sha512, opts.by ?? null, at);
+    }).immediate();
+  }
+
+  /** Points a name at a stored blob (making it the name's current hash). False if the blob is unknown. */
+  attach(filename: string, sha512: string, by: string | null): boolean {
+    return this.db
+      .transaction(() => {
+        if (!this.stmt.blob.get(sha512)) return false;
+        this.attachInTx(filename, sha512, by, Date.now());
+        return true;
+      })
+      .immediate();
+  }
+
+  private attachInTx(filename: string, sha512: string, by: string | null, at: number): void {
+    const { seq } = this.stmt.nextSeq.get()!;
+    this.stmt.attach.run({ filename, sha512, seq, at, by });
+  }
+
+  /** Detaches every hash from a name; the blobs stay. Returns how many pairs were detached. */
+  detach(filename: string, by: string | null): number {
+    return this.stmt.detach.run({ filename, at: Date.now(), by }).changes;
+  }
+}

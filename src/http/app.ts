@@ -1,0 +1,86 @@
+import { randomUUID } from 'node:crypto';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { Authenticator } from '../auth/tokens.js';
+import type { Config } from '../config.js';
+import type { DistfileIndex } from '../db/index.js';
+import type { Ingest } from '../ingest/ingest.js';
+import type { BlobStore } from '../store/blob-store.js';
+import { AppError } from '../errors.js';
+import { sendError } from './errors.js';
+import { adminRoutes } from './routes/admin.js';
+import { readRoutes, type MissHandler } from './routes/read.js';
+
+export interface AppDeps {
+  config: Config;
+  logger: Logger;
+  store: BlobStore;
+  index: DistfileIndex;
+  ingest: Ingest;
+  auth: Authenticator;
+  missHandler?: MissHandler;
+}
+
+const REQUEST_ID = /^[\w.:-]{1,64}$/;
+
+/** Builds the HTTP app without listening; tests inject() or listen on port 0. */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const { config } = deps;
+  const app = Fastify({
+    loggerInstance: deps.logger as FastifyBaseLogger,
+    // Fastify's own incoming/completed lines are replaced by our single line per request (onResponse).
+    logController: new LogController({ disableRequestLogging: true }),
+    // Distfile names reach 255 bytes, three times that when percent-encoded; hashes are 128 hex.
+    routerOptions: { maxParamLength: 1024 },
+    trustProxy: config.trustProxy,
+    // Keep answering while closing: a 503 makes wget give up and Portage fail over.
+    return503OnClosing: false,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+  });
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+  // One log line per request, written when it is done; headers (and so tokens) are never logged.
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.info(
+      {
+        method: request.method,
+        url: request.url,
+        status: reply.statusCode,
+        kind: request.routeKind,
+        range: request.headers.range,
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+        remote: request.ip,
+      },
+      'request',
+    );
+  });
+
+  app.setErrorHandler((err, request, reply) =>
+    sendError(request, reply, err, { notFoundMaxAge: config.notFoundMaxAge }),
+  );
+  app.setNotFoundHandler((request, reply) =>
+    sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), {
+      notFoundMaxAge: config.notFoundMaxAge,
+    }),
+  );
+
+  await app.register(readRoutes, {
+    config,
+    index: deps.index,
+    store: deps.store,
+    missHandler: deps.missHandler,
+  });
+  await app.register(adminRoutes, {
+    prefix: '/api/v1',
+    config,
+    index: deps.index,
+    ingest: deps.ingest,
+    auth: deps.auth,
+  });
+  return app;
+}

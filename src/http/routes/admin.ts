@@ -1,0 +1,193 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { Authenticator } from '../../auth/tokens.js';
+import type { Config } from '../../config.js';
+import type { DistfileIndex, NameRow } from '../../db/index.js';
+import { AppError } from '../../errors.js';
+import { assertFilename, assertSha512, type Ingest } from '../../ingest/ingest.js';
+import type { Digests, ExpectedDigests } from '../../store/digests.js';
+import { isBlake2bHex, isSha512Hex } from '../../store/paths.js';
+import { requireScope } from '../auth.js';
+import { downloadPaths } from '../urls.js';
+
+export interface AdminRouteDeps {
+  config: Config;
+  index: DistfileIndex;
+  ingest: Ingest;
+  auth: Authenticator;
+}
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+function nameView(row: NameRow) {
+  return {
+    filename: row.filename,
+    sha512: row.sha512,
+    firstAttachedAt: iso(row.first_attached_at),
+    attachedAt: iso(row.attached_at),
+    attachedBy: row.attached_by,
+    detachedAt: iso(row.detached_at),
+    detachedBy: row.detached_by,
+  };
+}
+
+export function ingestView(digests: Digests, filename?: string) {
+  return {
+    ...(filename !== undefined ? { filename } : {}),
+    size: digests.size,
+    sha512: digests.sha512,
+    blake2b: digests.blake2b,
+    sha256: digests.sha256,
+    urls: downloadPaths(digests.sha512, filename),
+  };
+}
+
+/** Reads `size`, `sha512`, `blake2b` from the query string, as written in a Manifest DIST line. */
+function declaredDigests(query: Record<string, string | undefined>): ExpectedDigests {
+  const expected: ExpectedDigests = {};
+  if (query.size !== undefined) {
+    if (!/^\d{1,16}$/.test(query.size)) throw new AppError('BAD_REQUEST', 'size must be a non-negative integer');
+    expected.size = Number(query.size);
+  }
+  if (query.sha512 !== undefined) {
+    const v = query.sha512.toLowerCase();
+    if (!isSha512Hex(v)) throw new AppError('BAD_HASH', 'sha512 must be 128 hex digits');
+    expected.sha512 = v;
+  }
+  if (query.blake2b !== undefined) {
+    const v = query.blake2b.toLowerCase();
+    if (!isBlake2bHex(v)) throw new AppError('BAD_HASH', 'blake2b must be 128 hex digits');
+    expected.blake2b = v;
+  }
+  return expected;
+}
+
+/** Refuses, before reading a byte, a body the Content-Length already shows to be too large or the wrong size. */
+function precheckLength(request: FastifyRequest, maxBytes: number, expected: ExpectedDigests): void {
+  const header = request.headers['content-length'];
+  if (header === undefined) return;
+  const length = Number(header);
+  if (length > maxBytes) {
+    throw new AppError('PAYLOAD_TOO_LARGE', `body exceeds the upload limit of ${maxBytes} bytes`, { limit: maxBytes });
+  }
+  if (expected.size !== undefined && length !== expected.size) {
+    throw new AppError('DIGEST_MISMATCH', 'Content-Length differs from the declared size', {
+      mismatches: [{ field: 'size', expected: expected.size, actual: length }],
+    });
+  }
+}
+
+export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): Promise<void> {
+  const { config, index, ingest, auth } = deps;
+  const canRead = requireScope(auth, 'read-api');
+  const canUpload = requireScope(auth, 'upload');
+  const canAdmin = requireScope(auth, 'admin');
+
+  app.addHook('onRequest', async (request) => {
+    request.routeKind = 'api';
+  });
+
+  // Upload routes stream the raw body: no parser may buffer it, whatever Content-Type the client sends.
+  await app.register(async (uploads) => {
+    uploads.removeAllContentTypeParsers();
+    uploads.addContentTypeParser('*', (_request, payload, done) => done(null, payload));
+
+    uploads.put<{ Params: { filename: string }; Querystring: Record<string, string | undefined> }>(
+      '/distfiles/:filename',
+      { onRequest: canUpload },
+      async (request, reply) => {
+        const { filename } = request.params;
+        assertFilename(filename);
+        const expected = declaredDigests(request.query);
+        precheckLength(request, config.maxUploadBytes, expected);
+        const result = await ingest.ingest(request.raw, {
+          filename,
+          expected,
+          maxBytes: config.maxUploadBytes,
+          by: request.principal?.name ?? null,
+        });
+        return reply.code(result.created ? 201 : 200).send(ingestView(result.digests, filename));
+      },
+    );
+
+    uploads.put<{ Params: { sha512: string }; Querystring: Record<string, string | undefined> }>(
+      '/blobs/:sha512',
+      { onRequest: canUpload },
+      async (request, reply) => {
+        const sha512 = request.params.sha512;
+        assertSha512(sha512);
+        const expected = { ...declaredDigests(request.query), sha512 };
+        precheckLength(request, config.maxUploadBytes, expected);
+        const result = await ingest.ingest(request.raw, {
+          expected,
+          maxBytes: config.maxUploadBytes,
+          by: request.principal?.name ?? null,
+          pinned: true,
+        });
+        return reply.code(result.created ? 201 : 200).send(ingestView(result.digests));
+      },
+    );
+  });
+
+  app.post<{ Body: { filename: string; sha512: string } }>(
+    '/links',
+    {
+      onRequest: canUpload,
+      schema: {
+        body: {
+          type: 'object',
+          required: ['filename', 'sha512'],
+          additionalProperties: false,
+          properties: { filename: { type: 'string' }, sha512: { type: 'string' } },
+        },
+      },
+    },
+    async (request, reply) => {
+      const { filename, sha512 } = request.body;
+      const digests = ingest.link(filename, sha512, request.principal?.name ?? null);
+      return reply.code(200).send(ingestView(digests, filename));
+    },
+  );
+
+  app.get<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canRead }, async (request) => {
+    const { filename } = request.params;
+    assertFilename(filename);
+    const history = index.history(filename);
+    if (history.length === 0) throw new AppError('NAME_NOT_FOUND', 'that name has never been seen', { filename });
+    const current = history.find((row) => row.detached_at === null);
+    const blob = current ? index.blob(current.sha512) : undefined;
+    return {
+      filename,
+      current: blob
+        ? {
+            ...ingestView(blob, filename),
+            attachedAt: iso(current!.attached_at),
+            attachedBy: current!.attached_by,
+            quarantined: blob.quarantined_at !== null,
+          }
+        : null,
+      history: history.map(nameView),
+    };
+  });
+
+  app.delete<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canAdmin }, async (request) => {
+    const { filename } = request.params;
+    const detached = ingest.detach(filename, request.principal?.name ?? null);
+    return { filename, detached };
+  });
+
+  app.get<{ Params: { sha512: string } }>('/blobs/:sha512', { onRequest: canRead }, async (request) => {
+    const { sha512 } = request.params;
+    assertSha512(sha512);
+    const blob = index.blob(sha512);
+    if (!blob) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
+    const names = index.namesOfBlob(sha512);
+    return {
+      ...ingestView(blob),
+      ingestedAt: iso(blob.ingested_at),
+      verifiedAt: iso(blob.verified_at),
+      quarantined: blob.quarantined_at !== null,
+      pinned: blob.pinned === 1,
+      names: names.map(nameView),
+    };
+  });
+}

@@ -1,0 +1,70 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Config } from '../../config.js';
+import type { DistfileIndex, ServableBlob } from '../../db/index.js';
+import { AppError } from '../../errors.js';
+import type { BlobStore } from '../../store/blob-store.js';
+import { LAYOUT_CONF, parseReadPath, type BlobTarget } from '../read-path.js';
+import { IMMUTABLE, sendBlob } from '../send.js';
+
+/** Pull-through seam: given a local miss, may answer the request itself (returns true) or leave it to 404. */
+export interface MissHandler {
+  handle(target: BlobTarget, request: FastifyRequest, reply: FastifyReply): Promise<boolean>;
+}
+
+export interface ReadRouteDeps {
+  config: Config;
+  index: DistfileIndex;
+  store: BlobStore;
+  missHandler?: MissHandler | undefined;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** What the read path resolved to: 'hash' | 'name' | 'layout' | 'api' | 'other' (for metrics and logs). */
+    routeKind?: string;
+  }
+}
+
+export function lookup(index: DistfileIndex, target: BlobTarget): ServableBlob | undefined {
+  const blob = target.kind === 'hash' ? index.servableByHash(target.sha512) : index.servableByName(target.filename);
+  return blob && blob.quarantined_at === null ? blob : undefined;
+}
+
+/** GET/HEAD for every path form Portage, Funtoo ebuilds and CDN pulls use. */
+export async function readRoutes(app: FastifyInstance, deps: ReadRouteDeps): Promise<void> {
+  const { config, index, store, missHandler } = deps;
+  const nameCacheControl = `public, max-age=${config.nameMaxAge}`;
+  const layoutCacheControl = `public, max-age=${config.layoutMaxAge}`;
+
+  async function handler(request: FastifyRequest, reply: FastifyReply) {
+    const target = parseReadPath(request.url);
+    switch (target.kind) {
+      case 'layout':
+        request.routeKind = 'layout';
+        return reply
+          .headers({ 'content-type': 'text/plain; charset=utf-8', 'cache-control': layoutCacheControl })
+          .send(LAYOUT_CONF);
+      case 'bad':
+        request.routeKind = 'other';
+        throw new AppError(target.code, target.message);
+      case 'none':
+        request.routeKind = 'other';
+        throw new AppError('NOT_FOUND', 'no such distfile');
+      default: {
+        request.routeKind = target.kind;
+        const blob = lookup(index, target);
+        if (!blob) {
+          if (missHandler && (await missHandler.handle(target, request, reply))) return reply;
+          throw new AppError('NOT_FOUND', 'no such distfile');
+        }
+        return sendBlob(request, reply, store, blob, {
+          cacheControl: target.kind === 'hash' ? IMMUTABLE : nameCacheControl,
+        });
+      }
+    }
+  }
+
+  for (const url of ['/distfiles/*', '/:hash', '/:a/:b/:c/:hash']) {
+    app.route({ method: ['GET', 'HEAD'], url, handler });
+  }
+}

@@ -1,0 +1,82 @@
+import type { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { AppError } from '../errors.js';
+import type { DistfileIndex } from '../db/index.js';
+import type { BlobStore } from '../store/blob-store.js';
+import type { Digests, ExpectedDigests } from '../store/digests.js';
+import { filenameProblem, isSha512Hex } from '../store/paths.js';
+
+export interface IngestOptions {
+  /** Name to attach once the blob is stored. */
+  filename?: string;
+  expected?: ExpectedDigests;
+  maxBytes?: number;
+  /** Token name recorded with the name attachment. */
+  by?: string | null;
+  /** Keep the blob even when no name references it. */
+  pinned?: boolean;
+}
+
+export interface IngestResult {
+  digests: Digests;
+  created: boolean;
+  filename?: string;
+}
+
+/**
+ * The only place that combines store and index (and, later, upstream).
+ * Order matters: bytes are durable and verified on disk before the index row that makes them visible.
+ */
+export class Ingest {
+  constructor(
+    readonly store: BlobStore,
+    readonly index: DistfileIndex,
+    readonly log?: Logger,
+  ) {}
+
+  async ingest(source: Readable | AsyncIterable<Buffer>, options: IngestOptions = {}): Promise<IngestResult> {
+    if (options.filename !== undefined) assertFilename(options.filename);
+    const { digests, created } = await this.store.write(source, {
+      ...(options.expected ? { expected: options.expected } : {}),
+      ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}),
+    });
+    this.index.recordBlob(digests, {
+      ...(options.filename !== undefined ? { filename: options.filename } : {}),
+      by: options.by ?? null,
+      pinned: options.pinned ?? false,
+    });
+    this.log?.info(
+      { sha512: digests.sha512, size: digests.size, filename: options.filename, created, by: options.by },
+      created ? 'blob stored' : 'blob already stored',
+    );
+    return { digests, created, ...(options.filename !== undefined ? { filename: options.filename } : {}) };
+  }
+
+  /** Attaches a name to a blob that is already stored, without re-sending bytes. */
+  link(filename: string, sha512: string, by: string | null): Digests {
+    assertFilename(filename);
+    assertSha512(sha512);
+    const blob = this.index.blob(sha512);
+    if (!blob || blob.quarantined_at !== null) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
+    if (!this.index.attach(filename, sha512, by)) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
+    this.log?.info({ filename, sha512, by }, 'name attached');
+    return { size: blob.size, sha512: blob.sha512, blake2b: blob.blake2b, sha256: blob.sha256 };
+  }
+
+  detach(filename: string, by: string | null): number {
+    assertFilename(filename);
+    const detached = this.index.detach(filename, by);
+    if (detached === 0) throw new AppError('NAME_NOT_FOUND', 'no blob is attached to that name', { filename });
+    this.log?.info({ filename, by, detached }, 'name detached');
+    return detached;
+  }
+}
+
+export function assertFilename(filename: string): void {
+  const problem = filenameProblem(filename);
+  if (problem) throw new AppError('BAD_FILENAME', problem);
+}
+
+export function assertSha512(value: string, what = 'sha512'): void {
+  if (!isSha512Hex(value)) throw new AppError('BAD_HASH', `${what} must be 128 lower-case hex digits`);
+}

@@ -1,0 +1,264 @@
+import { constants as fsConstants, createReadStream } from 'node:fs';
+import { link, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { AppError, fromFsError } from '../errors.js';
+import { compareDigests, MultiHasher, type Digests, type ExpectedDigests } from './digests.js';
+import { blobFile, isSha512Hex } from './paths.js';
+
+export interface WriteOptions {
+  expected?: ExpectedDigests;
+  /** Bytes beyond this abort the write with PAYLOAD_TOO_LARGE. */
+  maxBytes?: number;
+}
+
+export interface WriteResult {
+  digests: Digests;
+  /** False when an identical blob was already stored (deduplicated). */
+  created: boolean;
+}
+
+export interface OpenBlob {
+  handle: FileHandle;
+  size: number;
+  mtimeMs: number;
+}
+
+const TEMP_SUFFIX = '.tmp';
+const WRITE_BATCH_BYTES = 1024 * 1024;
+/** A temp file untouched this long belongs to nobody, whatever its pid says (pids get reused). */
+const STALE_TEMP_MS = 24 * 3600 * 1000;
+
+/**
+ * Content-addressed blob store: `<root>/blobs/ab/cd/ef/<sha512>`.
+ * Writes land in `<root>/tmp` (same filesystem), are hashed on the way, fsynced, verified,
+ * then hard-linked into place — link(2) never overwrites, so concurrent identical uploads dedup safely.
+ */
+export class BlobStore {
+  readonly blobsDir: string;
+  readonly tmpDir: string;
+  readonly quarantineDir: string;
+
+  constructor(readonly root: string) {
+    this.blobsDir = path.join(root, 'blobs');
+    this.tmpDir = path.join(root, 'tmp');
+    this.quarantineDir = path.join(root, 'quarantine');
+  }
+
+  /** Creates the layout and removes temp files left by processes that no longer run. Returns how many were removed. */
+  async init(): Promise<number> {
+    await mkdir(this.blobsDir, { recursive: true });
+    await mkdir(this.tmpDir, { recursive: true });
+    await mkdir(this.quarantineDir, { recursive: true });
+    return this.removeStaleTemps();
+  }
+
+  async removeStaleTemps(): Promise<number> {
+    let removed = 0;
+    for (const entry of await readdir(this.tmpDir)) {
+      const file = path.join(this.tmpDir, entry);
+      const pid = Number(entry.split('-', 1)[0]);
+      let stale = !Number.isInteger(pid) || pid === process.pid || !processAlive(pid);
+      if (!stale) {
+        const info = await stat(file).catch(() => undefined);
+        stale = info !== undefined && Date.now() - info.mtimeMs > STALE_TEMP_MS;
+      }
+      if (stale) {
+        await unlink(file).catch(() => undefined);
+        removed++;
+      }
+    }
+    return removed;
+  }
+
+  pathOf(sha512: string): string {
+    return blobFile(this.blobsDir, sha512);
+  }
+
+  /** Streams `source` into the store. Nothing is visible under blobs/ unless every check passed. */
+  async write(source: Readable | AsyncIterable<Buffer>, options: WriteOptions = {}): Promise<WriteResult> {
+    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER } = options;
+    const tmp = path.join(this.tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
+    const hasher = new MultiHasher();
+    let handle: FileHandle | undefined;
+    try {
+      handle = await open(tmp, 'wx', 0o444);
+      // A rejected body must not destroy its source: for an HTTP upload that would kill the
+      // socket before the error response could be written.
+      const chunks: AsyncIterable<Buffer> =
+        source instanceof Readable ? source.iterator({ destroyOnReturn: false }) : source;
+      let batch: Buffer[] = [];
+      let batchBytes = 0;
+      for await (const chunk of chunks) {
+        const total = hasher.size + chunk.length;
+        if (total > maxBytes) {
+          throw new AppError('PAYLOAD_TOO_LARGE', `body exceeds the upload limit of ${maxBytes} bytes`, {
+            limit: maxBytes,
+          });
+        }
+        if (expected.size !== undefined && total > expected.size) {
+          throw new AppError('DIGEST_MISMATCH', 'body is larger than the declared size', {
+            mismatches: [{ field: 'size', expected: expected.size, actual: `more than ${expected.size}` }],
+          });
+        }
+        hasher.update(chunk);
+        batch.push(chunk);
+        batchBytes += chunk.length;
+        // Batching small network chunks into one writev keeps syscalls (and thread-pool hops) few.
+        if (batchBytes >= WRITE_BATCH_BYTES) {
+          await writeAll(handle, batch, batchBytes);
+          batch = [];
+          batchBytes = 0;
+        }
+      }
+      if (batchBytes > 0) await writeAll(handle, batch, batchBytes);
+      await handle.sync();
+      await handle.close();
+      handle = undefined;
+
+      const digests = hasher.digest();
+      const mismatches = compareDigests(expected, digests);
+      if (mismatches.length > 0) {
+        throw new AppError('DIGEST_MISMATCH', 'the body does not match the declared digests', { mismatches });
+      }
+      const created = await this.commit(tmp, digests);
+      return { digests, created };
+    } catch (err) {
+      throw fromFsError(err);
+    } finally {
+      if (handle) await handle.close().catch(() => undefined);
+      await unlink(tmp).catch(() => undefined);
+    }
+  }
+
+  /** Moves a verified temp file into place; false if the same blob already existed. */
+  private async commit(tmp: string, digests: Digests): Promise<boolean> {
+    const final = this.pathOf(digests.sha512);
+    const dir = path.dirname(final);
+    const firstCreated = await mkdir(dir, { recursive: true });
+    try {
+      await link(tmp, final);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      // Same hash already stored. A size that disagrees means the stored copy was damaged: replace it.
+      const existing = await stat(final);
+      if (existing.size === digests.size) return false;
+      await rename(tmp, final);
+    }
+    await fsyncDir(dir);
+    if (firstCreated) await fsyncDir(path.dirname(firstCreated));
+    return true;
+  }
+
+  /** Opens a blob for reading; undefined when it is not on disk. */
+  async open(sha512: string): Promise<OpenBlob | undefined> {
+    let handle: FileHandle;
+    try {
+      handle = await open(this.pathOf(sha512), fsConstants.O_RDONLY);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      const info = await handle.stat();
+      return { handle, size: info.size, mtimeMs: info.mtimeMs };
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+  }
+
+  /** Size on disk without reading bytes; undefined when missing. */
+  async sizeOf(sha512: string): Promise<number | undefined> {
+    try {
+      return (await stat(this.pathOf(sha512))).size;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  /** Re-hashes a stored blob. `readStream` lets callers throttle (scrub) or count bytes. */
+  async hash(sha512: string, wrap?: (stream: Readable) => Readable | AsyncIterable<Buffer>): Promise<Digests> {
+    const hasher = new MultiHasher();
+    const stream = createReadStream(this.pathOf(sha512), { highWaterMark: 1024 * 1024 });
+    for await (const chunk of wrap ? wrap(stream) : stream) hasher.update(chunk as Buffer);
+    return hasher.digest();
+  }
+
+  /** Moves a damaged blob out of the serving tree; returns where it went. */
+  async quarantine(sha512: string): Promise<string> {
+    await mkdir(this.quarantineDir, { recursive: true });
+    const target = path.join(this.quarantineDir, `${sha512}.${Date.now()}`);
+    await rename(this.pathOf(sha512), target);
+    return target;
+  }
+
+  async remove(sha512: string): Promise<boolean> {
+    try {
+      await unlink(this.pathOf(sha512));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
+  /** Every blob hash found on disk (for fsck/reindex); ignores anything not shaped like a blob. */
+  async *list(): AsyncGenerator<string> {
+    const hex2 = /^[0-9a-f]{2}$/;
+    for (const a of await readdirSafe(this.blobsDir)) {
+      if (!hex2.test(a)) continue;
+      for (const b of await readdirSafe(path.join(this.blobsDir, a))) {
+        if (!hex2.test(b)) continue;
+        for (const c of await readdirSafe(path.join(this.blobsDir, a, b))) {
+          if (!hex2.test(c)) continue;
+          for (const name of await readdirSafe(path.join(this.blobsDir, a, b, c))) {
+            if (isSha512Hex(name) && name.startsWith(a + b + c)) yield name;
+          }
+        }
+      }
+    }
+  }
+}
+
+async function readdirSafe(dir: string): Promise<string[]> {
+  try {
+    return (await readdir(dir)).sort();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
+/** writev may write less than asked (e.g. near a full disk); keep going until all is written or it fails. */
+async function writeAll(handle: FileHandle, buffers: Buffer[], total: number): Promise<void> {
+  let { bytesWritten } = await handle.writev(buffers);
+  if (bytesWritten === total) return;
+  const rest = Buffer.concat(buffers).subarray(bytesWritten);
+  let offset = 0;
+  while (offset < rest.length) {
+    ({ bytesWritten } = await handle.write(rest, offset));
+    if (bytesWritten === 0) throw Object.assign(new Error('short write'), { code: 'ENOSPC' });
+    offset += bytesWritten;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, fsConstants.O_RDONLY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -1,0 +1,35 @@
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { get, startTestServer, type TestServer } from './helpers/server.js';
+
+const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
+
+describe('smoke', () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startTestServer();
+  });
+  afterAll(async () => server.stop());
+
+  it('uploads a distfile and serves it under every path form', async () => {
+    const up = await server.upload('foo-1.0.tar.gz', 'hello\n');
+    expect(up.status).toBe(201);
+    const h = sha512('hello\n');
+    expect(up.json.sha512).toBe(h);
+    for (const p of Object.values(up.json.urls as Record<string, string>)) {
+      const res = await get(server.baseUrl + p);
+      expect(res.status, p).toBe(200);
+      expect(res.body.toString()).toBe('hello\n');
+      expect(res.headers['content-length']).toBe('6');
+    }
+    const head = await get(server.baseUrl + up.json.urls.flat, {}, 'HEAD');
+    expect(head.status).toBe(200);
+    expect(head.headers['content-length']).toBe('6');
+    const ranged = await get(server.baseUrl + up.json.urls.hash, { range: 'bytes=2-' });
+    expect(ranged.status).toBe(206);
+    expect(ranged.body.toString()).toBe('llo\n');
+    const notMod = await get(server.baseUrl + up.json.urls.hash, { 'if-none-match': `"${h}"` });
+    expect(notMod.status).toBe(304);
+    console.log(notMod.headers);
+  });
+});
