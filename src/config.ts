@@ -50,6 +50,34 @@ const oneOf =
     return raw as T;
   };
 
+export type UpstreamKind = 'gentoo' | 'fastpull' | 'flat';
+export interface UpstreamMirror {
+  kind: UpstreamKind;
+  url: string;
+}
+
+/** `[{"kind":"gentoo","url":"https://…"}]` (file or env) or, in env, `gentoo=https://…,flat=https://…`. */
+const upstreamList: Parser<UpstreamMirror[]> = (raw, source) => {
+  let items: unknown = raw;
+  if (typeof raw === 'string') {
+    const text = raw.trim();
+    if (text === '') return [];
+    items = text.startsWith('[')
+      ? JSON.parse(text)
+      : text.split(',').map((part) => {
+          const eq = part.indexOf('=');
+          return eq === -1 ? { kind: 'flat', url: part.trim() } : { kind: part.slice(0, eq).trim(), url: part.slice(eq + 1).trim() };
+        });
+  }
+  if (!Array.isArray(items)) fail(source, 'expected a list of upstream mirrors');
+  return items.map((item: unknown, i) => {
+    const { kind, url } = (item ?? {}) as Record<string, unknown>;
+    if (kind !== 'gentoo' && kind !== 'fastpull' && kind !== 'flat') fail(source, `mirror ${i}: kind must be gentoo, fastpull or flat`);
+    if (typeof url !== 'string' || !/^https?:\/\/./.test(url)) fail(source, `mirror ${i}: url must be http(s)`);
+    return { kind, url: url.replace(/\/+$/, '') };
+  });
+};
+
 /** Declarative table: the README's configuration table mirrors this list. */
 const SETTINGS = {
   host: { env: 'FASTPULL_HOST', default: '0.0.0.0', parse: str },
@@ -66,6 +94,30 @@ const SETTINGS = {
   layoutMaxAge: { env: 'FASTPULL_LAYOUT_MAX_AGE', default: 3600, parse: int(0) },
   maxUploadBytes: { env: 'FASTPULL_MAX_UPLOAD_BYTES', default: 64 * 1024 ** 3, parse: int(1) },
   trustProxy: { env: 'FASTPULL_TRUST_PROXY', default: false, parse: bool },
+
+  // Upstream fetching (fetch jobs and pull-through).
+  upstreams: { env: 'FASTPULL_UPSTREAMS', default: [] as UpstreamMirror[], parse: upstreamList },
+  pullThrough: { env: 'FASTPULL_PULL_THROUGH', default: false, parse: bool },
+  fetchConcurrency: { env: 'FASTPULL_FETCH_CONCURRENCY', default: 8, parse: int(1, 1024) },
+  fetchPerHostConcurrency: { env: 'FASTPULL_FETCH_PER_HOST', default: 2, parse: int(1, 1024) },
+  fetchConnectTimeoutMs: { env: 'FASTPULL_FETCH_CONNECT_TIMEOUT_MS', default: 10_000, parse: int(1) },
+  fetchIdleTimeoutMs: { env: 'FASTPULL_FETCH_IDLE_TIMEOUT_MS', default: 30_000, parse: int(1) },
+  fetchMaxRedirects: { env: 'FASTPULL_FETCH_MAX_REDIRECTS', default: 5, parse: int(0, 50) },
+  fetchRetries: { env: 'FASTPULL_FETCH_RETRIES', default: 3, parse: int(0, 100) },
+  negativeCacheSeconds: { env: 'FASTPULL_NEGATIVE_CACHE_SECONDS', default: 60, parse: int(0) },
+  upstreamFailureThreshold: { env: 'FASTPULL_UPSTREAM_FAILURE_THRESHOLD', default: 5, parse: int(1) },
+  upstreamCooldownSeconds: { env: 'FASTPULL_UPSTREAM_COOLDOWN_SECONDS', default: 30, parse: int(0) },
+
+  // Operations.
+  metricsPort: { env: 'FASTPULL_METRICS_PORT', default: undefined as number | undefined, parse: int(0, 65535) },
+  readOnly: { env: 'FASTPULL_READ_ONLY', default: false, parse: bool },
+  drainFile: { env: 'FASTPULL_DRAIN_FILE', default: undefined as string | undefined, parse: optionalStr },
+  minFreeBytes: { env: 'FASTPULL_MIN_FREE_BYTES', default: 1024 ** 3, parse: int(0) },
+  shutdownGraceMs: { env: 'FASTPULL_SHUTDOWN_GRACE_MS', default: 30_000, parse: int(0) },
+  scrubBytesPerSecond: { env: 'FASTPULL_SCRUB_BYTES_PER_SECOND', default: 0, parse: int(0) },
+  gcGraceSeconds: { env: 'FASTPULL_GC_GRACE_SECONDS', default: 86_400, parse: int(0) },
+  highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: int(1) },
+  adminRateLimitPerMinute: { env: 'FASTPULL_ADMIN_RATE_LIMIT', default: 600, parse: int(0) },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = typeof SETTINGS;

@@ -30,6 +30,17 @@ describe('smoke', () => {
     expect(ranged.body.toString()).toBe('llo\n');
     const notMod = await get(server.baseUrl + up.json.urls.hash, { 'if-none-match': `"${h}"` });
     expect(notMod.status).toBe(304);
-    console.log(notMod.headers);
+  });
+});
+
+describe('cli', () => {
+  it('migrates a fresh data directory and reports the schema version', async () => {
+    const { makeDataDir } = await import('./helpers/server.js');
+    const { runCli } = await import('./helpers/cli.js');
+    const dataDir = await makeDataDir();
+    const res = await runCli(['migrate'], { FASTPULL_DATA_DIR: dataDir });
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stdout).toMatch(/applied 001_initial\.sql/);
+    expect(res.stdout).toMatch(/schema version 1/);
   });
 });
