@@ -1,14 +1,17 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { link, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { link, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { extendedJsonNumber, parseBlosRecord } from '../src/ingest/tree.js';
 import { filenameHashDir } from '../src/store/paths.js';
 import { runCli } from './helpers/cli.js';
-import { get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
-import { blake2b, distLine, openIndex, put, sha256, sha512, shard, tempDir } from './helpers/trees.js';
+import { get, startTestServer, type TestServer } from './helpers/server.js';
+import { blake2b, distLine, openIndex, put, removeTempDirs, sha256, sha512, shard, tempDir } from './helpers/trees.js';
+
+afterAll(removeTempDirs);
 
 const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
 
@@ -31,7 +34,7 @@ async function storedPaths(dataDir: string): Promise<string[]> {
 describe('import: flat DISTDIR', () => {
   it('imports every distfile by name, ignores Portage leftovers, and a re-run finds everything present', async () => {
     const tree = await tempDir('flat');
-    const dataDir = await makeDataDir();
+    const dataDir = await tempDir('data');
     const files: Record<string, Buffer> = {
       'foo-1.0.tar.gz': Buffer.from('hello\n'),
       'libsigc++-2.10.8.tar.xz': randomBytes(300_000),
@@ -88,7 +91,7 @@ describe('import: flat DISTDIR', () => {
   });
 
   it('rejects a missing directory and bad options with exit 2', async () => {
-    const dataDir = await makeDataDir();
+    const dataDir = await tempDir('data');
     const missing = await importCli(dataDir, path.join(dataDir, 'nope'));
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/not a directory/);
@@ -101,7 +104,7 @@ describe('import: flat DISTDIR', () => {
 describe('import: GLEP 75 mirror tree', () => {
   it('reads layout.conf, imports every layout at once, and skips a blob whose bytes contradict its path', async () => {
     const tree = await tempDir('glep75');
-    const dataDir = await makeDataDir();
+    const dataDir = await tempDir('data');
     await put(
       tree,
       'layout.conf',
@@ -158,7 +161,7 @@ describe('import: GLEP 75 mirror tree', () => {
 describe('import: Funtoo BLOS store', () => {
   it('verifies each .blob against its record, accepts extended JSON numbers, and reports what it cannot trust', async () => {
     const tree = await tempDir('blos');
-    const dataDir = await makeDataDir();
+    const dataDir = await tempDir('data');
     const record = (body: Buffer, size: unknown, extra: Record<string, unknown> = {}) =>
       JSON.stringify({ sha512: sha512(body), blake2b: blake2b(body), sha256: sha256(body), size, ...extra });
     const addBlos = async (body: Buffer, size: unknown, extra: Record<string, unknown> = {}, blobBytes: Buffer = body) => {
@@ -231,7 +234,7 @@ describe('import: Funtoo BLOS store', () => {
 describe('import --link', () => {
   it('hard-links verified files into the store (same inode) and never links a corrupt one', async () => {
     const tree = await tempDir('link');
-    const dataDir = await makeDataDir();
+    const dataDir = await tempDir('data');
     const body = randomBytes(200_000);
     const source = await put(tree, `${shard(sha512(body))}/${sha512(body)}`, body);
     const claimed = sha512('promised');
@@ -253,7 +256,31 @@ describe('import --link', () => {
       expect(served.status).toBe(200);
       expect(sha512(served.body)).toBe(sha512(body));
     } finally {
+      server.app.server.closeAllConnections();
       await server.stop();
+    }
+  });
+});
+
+// A second filesystem to link across: /dev/shm is a tmpfs on Linux, apart from the temp dir's.
+const shm = await stat('/dev/shm').catch(() => undefined);
+const crossDevice = shm !== undefined && shm.dev !== (await stat(tmpdir())).dev;
+
+describe.runIf(crossDevice)('import --link across filesystems', () => {
+  it('falls back to copying when the store is on another filesystem (EXDEV)', async () => {
+    const tree = await mkdtemp(path.join('/dev/shm', 'fastpull-exdev-'));
+    const dataDir = await tempDir('data');
+    try {
+      const body = randomBytes(30_000);
+      const source = await put(tree, 'cross-1.tar.gz', body);
+      const res = await importCli(dataDir, tree, '--link');
+      expect(res.code, res.stdout + res.stderr).toBe(0);
+      expect(res.stdout).toMatch(/imported:\s+1 \(0 hard-linked\)/);
+      const stored = path.join(dataDir, 'blobs', shard(sha512(body)), sha512(body));
+      expect((await stat(stored)).dev).not.toBe((await stat(source)).dev);
+      expect(sha512(await readFile(stored))).toBe(sha512(body));
+    } finally {
+      await rm(tree, { recursive: true, force: true });
     }
   });
 });
@@ -261,7 +288,7 @@ describe('import --link', () => {
 describe('import --manifest', () => {
   it('attaches names to hash-only blobs, checks sizes and digests, and reports entries it cannot find', async () => {
     const tree = await tempDir('manifest');
-    const dataDir = await makeDataDir();
+    const dataDir = await tempDir('data');
     await put(tree, 'layout.conf', '[structure]\n0=content-hash SHA512 8:8:8\n1=flat\n');
     const a = randomBytes(5000);
     const b = randomBytes(6000);
@@ -310,10 +337,15 @@ describe('import --manifest', () => {
 
 describe('import beside a running server', () => {
   let server: TestServer;
-  afterAll(async () => server?.stop());
+  afterAll(async () => {
+    // undici keeps connections alive for as long as the server's Keep-Alive hint (72 s); one the server
+    // did not count as idle when closing would hold stop() past the hook timeout.
+    server?.app.server.closeAllConnections();
+    await server?.stop();
+  });
 
   it('writes into the data directory the server is serving, which then serves the files by name and hash', async () => {
-    const dataDir = await makeDataDir();
+    const dataDir = await tempDir('data');
     server = await startTestServer({ dataDir });
     const uploaded = await server.upload('before-1.tar.gz', 'uploaded through the API\n');
     expect(uploaded.status).toBe(201);
@@ -343,7 +375,7 @@ describe('import beside a running server', () => {
 describe('import: interrupted and re-run', () => {
   it('continues where a killed run stopped, without re-importing what it had finished', async () => {
     const tree = await tempDir('resume');
-    const dataDir = await makeDataDir();
+    const dataDir = await tempDir('data');
     const count = 600;
     const bodies = new Map<string, Buffer>();
     for (let i = 0; i < count; i++) {

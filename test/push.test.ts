@@ -7,7 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
 import { startRecordingProxy, type RecordingProxy } from './helpers/proxy.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
-import { distLine, put, sha512, shard, tempDir } from './helpers/trees.js';
+import { distLine, put, removeTempDirs, sha512, shard, tempDir } from './helpers/trees.js';
+
+afterAll(removeTempDirs);
 
 async function apiGet(server: TestServer, p: string): Promise<{ status: number; json: any }> {
   const res = await request(`${server.baseUrl}/api/v1${p}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
@@ -35,6 +37,7 @@ describe('fastpull push', () => {
   });
   afterAll(async () => {
     await proxy?.close();
+    server?.app.server.closeAllConnections();
     await server?.stop();
   });
 
@@ -155,7 +158,10 @@ describe('fastpull coverage', () => {
   beforeAll(async () => {
     server = await startTestServer();
   });
-  afterAll(async () => server?.stop());
+  afterAll(async () => {
+    server?.app.server.closeAllConnections();
+    await server?.stop();
+  });
 
   it('lists the Manifest entries the origin lacks and exits 1, or exits 0 when nothing is missing', async () => {
     const have = randomBytes(2000);

@@ -79,14 +79,15 @@ export class Progress {
 
   line(): string {
     const { totalFiles, totalBytes, label } = this.options;
+    return `${label}: ${this.files}/${totalFiles} files, ${formatBytes(this.bytes)}/${formatBytes(totalBytes)}, ${this.rateAndEta()}`;
+  }
+
+  private rateAndEta(): string {
     const elapsed = (Date.now() - this.started) / 1000;
     const rate = elapsed > 0 ? this.readBytes / elapsed : 0;
-    const remaining = Math.max(0, totalBytes - this.bytes);
+    const remaining = Math.max(0, this.options.totalBytes - this.bytes);
     const eta = remaining === 0 ? 0 : rate > 0 ? remaining / rate : Infinity;
-    return (
-      `${label}: ${this.files}/${totalFiles} files, ${formatBytes(this.bytes)}/${formatBytes(totalBytes)}, ` +
-      `${formatBytes(rate)}/s, ETA ${formatDuration(eta)}`
-    );
+    return `${formatBytes(rate)}/s, ETA ${formatDuration(eta)}`;
   }
 
   private render(): void {
@@ -94,12 +95,16 @@ export class Progress {
       this.stream.write(`${this.line()}\n`);
       return;
     }
-    const width = 24;
+    const width = 16;
     const fraction = this.options.totalBytes > 0 ? Math.min(1, this.bytes / this.options.totalBytes) : 1;
     const filled = Math.round(fraction * width);
     const bar = `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}%`;
-    const columns = this.stream.columns ?? 100;
-    this.stream.write(`\r\x1b[K${`${bar} ${this.line()}`.slice(0, columns - 1)}`);
+    const { totalFiles, totalBytes } = this.options;
+    // Compact enough for an 80-column terminal; cut rather than wrap, since a wrapped line cannot be redrawn.
+    const text = `${bar} ${this.files}/${totalFiles} files ${formatBytes(this.bytes)}/${formatBytes(totalBytes)} ${this.rateAndEta()}`;
+    // A pty without a size (script, some CI runners) reports 0 columns.
+    const columns = this.stream.columns > 20 ? this.stream.columns : 80;
+    this.stream.write(`\r\x1b[K${text.slice(0, columns - 1)}`);
     this.barShown = true;
   }
 

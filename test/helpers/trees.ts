@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DistfileIndex } from '../../src/db/index.js';
@@ -10,8 +10,17 @@ export const blake2b = (b: Buffer | string) => createHash('blake2b512').update(b
 export const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 export const shard = (hex: string) => `${hex.slice(0, 2)}/${hex.slice(2, 4)}/${hex.slice(4, 6)}`;
 
+const created: string[] = [];
+
 export async function tempDir(prefix: string): Promise<string> {
-  return mkdtemp(path.join(tmpdir(), `fastpull-${prefix}-`));
+  const dir = await mkdtemp(path.join(tmpdir(), `fastpull-${prefix}-`));
+  created.push(dir);
+  return dir;
+}
+
+/** For afterAll: trees and data directories made by tempDir. */
+export async function removeTempDirs(): Promise<void> {
+  await Promise.all(created.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
 }
 
 export async function put(root: string, rel: string, body: Buffer | string): Promise<string> {
