@@ -372,68 +372,129 @@ describe('import beside a running server', () => {
   });
 });
 
+function countNames(dataDir: string): number | undefined {
+  try {
+    const db = openIndex(dataDir);
+    try {
+      return (db.index.db.prepare('SELECT count(*) AS n FROM names').get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return undefined; // the child may still be creating the database
+  }
+}
+
+async function manyFiles(count: number): Promise<{ tree: string; bodies: Map<string, Buffer> }> {
+  const tree = await tempDir('resume');
+  const bodies = new Map<string, Buffer>();
+  for (let i = 0; i < count; i++) {
+    const name = `pkg-${String(i).padStart(4, '0')}.tar.gz`;
+    const body = randomBytes(16_384);
+    bodies.set(name, body);
+    await put(tree, name, body);
+  }
+  return { tree, bodies };
+}
+
+/** Starts an import and sends `signal` once at least 20 names are indexed (some, not all, files done). */
+async function importAndSignal(tree: string, dataDir: string, signal: NodeJS.Signals) {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'import', tree, '--jobs', '1'], {
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', FASTPULL_DATA_DIR: dataDir },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  let childDone = false;
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('close', (code) => {
+      childDone = true;
+      resolve(code);
+    }),
+  );
+  let indexedAtSignal = 0;
+  while (!childDone) {
+    await new Promise((r) => setTimeout(r, 25));
+    const n = countNames(dataDir);
+    if (n !== undefined && n >= 20) {
+      child.kill(signal);
+      indexedAtSignal = n;
+      break;
+    }
+  }
+  const code = await exited;
+  return { code, stdout, stderr, indexedAtSignal };
+}
+
+async function expectComplete(dataDir: string, bodies: Map<string, Buffer>): Promise<void> {
+  expect(await readdir(path.join(dataDir, 'tmp'))).toEqual([]);
+  expect(await storedPaths(dataDir)).toEqual([...bodies.values()].map((b) => sha512(b)).sort());
+  const check = openIndex(dataDir);
+  try {
+    for (const [name, body] of bodies) expect(check.index.servableByName(name)?.sha512).toBe(sha512(body));
+  } finally {
+    check.close();
+  }
+}
+
 describe('import: interrupted and re-run', () => {
   it('continues where a killed run stopped, without re-importing what it had finished', async () => {
-    const tree = await tempDir('resume');
-    const dataDir = await tempDir('data');
     const count = 600;
-    const bodies = new Map<string, Buffer>();
-    for (let i = 0; i < count; i++) {
-      const body = randomBytes(16_384);
-      bodies.set(`pkg-${String(i).padStart(4, '0')}.tar.gz`, body);
-      await put(tree, `pkg-${String(i).padStart(4, '0')}.tar.gz`, body);
-    }
-
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'import', tree, '--jobs', '1'], {
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', FASTPULL_DATA_DIR: dataDir },
-      stdio: 'ignore',
-    });
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    // Kill it once some, but not all, of the files are indexed.
-    const countNames = (): number | undefined => {
-      try {
-        const db = openIndex(dataDir);
-        try {
-          return (db.index.db.prepare('SELECT count(*) AS n FROM names').get() as { n: number }).n;
-        } finally {
-          db.close();
-        }
-      } catch {
-        return undefined; // the child may still be creating the database
-      }
-    };
-    let childDone = false;
-    void exited.then(() => (childDone = true));
-    let indexedAtKill = 0;
-    while (!childDone) {
-      await new Promise((r) => setTimeout(r, 25));
-      const n = countNames();
-      if (n !== undefined && n >= 20) {
-        child.kill('SIGKILL');
-        indexedAtKill = n;
-        break;
-      }
-    }
-    await exited;
-    const db = openIndex(dataDir);
-    const indexedAfterKill = (db.index.db.prepare('SELECT count(*) AS n FROM names').get() as { n: number }).n;
-    db.close();
-    expect(indexedAfterKill).toBeGreaterThanOrEqual(indexedAtKill);
+    const { tree, bodies } = await manyFiles(count);
+    const dataDir = await tempDir('data');
+    const killed = await importAndSignal(tree, dataDir, 'SIGKILL');
+    const indexedAfterKill = countNames(dataDir)!;
+    expect(indexedAfterKill).toBeGreaterThanOrEqual(killed.indexedAtSignal);
     expect(indexedAfterKill, 'the run was killed before it finished').toBeLessThan(count);
 
     const rerun = await importCli(dataDir, tree);
     expect(rerun.code, rerun.stdout + rerun.stderr).toBe(0);
     expect(rerun.stdout).toMatch(new RegExp(`already present:\\s+${indexedAfterKill}\\b`));
     expect(rerun.stdout).toMatch(new RegExp(`imported:\\s+${count - indexedAfterKill}\\b`));
-    // The killed run's temp file is gone, and every file is stored exactly once.
+    // Nothing is left in tmp/ (a temp file of the killed run is removed), and every file is stored once.
+    await expectComplete(dataDir, bodies);
+  });
+
+  it('on Ctrl-C finishes the files in progress, prints the summary, and exits 130', async () => {
+    const count = 400;
+    const { tree, bodies } = await manyFiles(count);
+    const dataDir = await tempDir('data');
+    const stopped = await importAndSignal(tree, dataDir, 'SIGINT');
+    expect(stopped.code, stopped.stdout + stopped.stderr).toBe(130);
+    expect(stopped.stderr).toMatch(/SIGINT: finishing the files in progress/);
+    expect(stopped.stdout).toMatch(/STOPPED before the end \(interrupted\)/);
+    const indexed = countNames(dataDir)!;
+    expect(indexed).toBeLessThan(count);
+    // The summary accounts for exactly what reached the index, and nothing half-written is left behind.
+    expect(stopped.stdout).toMatch(new RegExp(`imported:\\s+${indexed}\\b`));
+    expect(stopped.stdout).toMatch(new RegExp(`not processed:\\s+${count - indexed}\\b`));
     expect(await readdir(path.join(dataDir, 'tmp'))).toEqual([]);
-    expect(await storedPaths(dataDir)).toEqual([...bodies.values()].map((b) => sha512(b)).sort());
-    const check = openIndex(dataDir);
-    try {
-      for (const [name, body] of bodies) expect(check.index.servableByName(name)?.sha512).toBe(sha512(body));
-    } finally {
-      check.close();
-    }
-    expect((await readFile(path.join(tree, 'pkg-0000.tar.gz'))).equals(bodies.get('pkg-0000.tar.gz')!)).toBe(true);
+
+    const rerun = await importCli(dataDir, tree);
+    expect(rerun.code, rerun.stdout + rerun.stderr).toBe(0);
+    expect(rerun.stdout).toMatch(new RegExp(`already present:\\s+${indexed}\\b`));
+    await expectComplete(dataDir, bodies);
+  });
+});
+
+describe('import: free space guard', () => {
+  it('stops copying before the store filesystem drops below FASTPULL_MIN_FREE_BYTES, but can still hard-link', async () => {
+    const tree = await tempDir('full');
+    const dataDir = await tempDir('data');
+    for (let i = 0; i < 3; i++) await put(tree, `big-${i}.tar.gz`, randomBytes(1000));
+    // More free space than any test machine has: every copy would cross the line.
+    const env = { FASTPULL_DATA_DIR: dataDir, FASTPULL_MIN_FREE_BYTES: String(2 ** 52) };
+    const copy = await runCli(['import', tree, '--jobs', '1'], env);
+    expect(copy.code, copy.stdout + copy.stderr).toBe(1);
+    expect(copy.stdout).toMatch(/STOPPED before the end \(copying 1000 bytes would leave less than the configured minimum free space/);
+    expect(copy.stdout).toMatch(/imported:\s+0/);
+    expect(copy.stdout).toMatch(/not processed:\s+2/);
+    expect(await storedPaths(dataDir)).toEqual([]);
+
+    const linked = await runCli(['import', tree, '--link'], env);
+    expect(linked.code, linked.stdout + linked.stderr).toBe(0);
+    expect(linked.stdout).toMatch(/imported:\s+3 \(3 hard-linked\)/);
   });
 });

@@ -108,9 +108,21 @@ export async function importCommand(args: string[]): Promise<number> {
     }
 
     const importer = new Importer(store, new DistfileIndex(db));
+    // First Ctrl-C: finish the files in progress and print the summary (a re-run continues from there).
+    // Second: quit at once; the temp files left behind are removed by the next run or server start.
+    const interrupt = new AbortController();
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (interrupt.signal.aborted) process.exit(130);
+      interrupt.abort();
+      progress.log(`${signal}: finishing the files in progress; send it again to stop at once`);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     let summary;
     try {
       summary = await importer.run(scan, {
+        signal: interrupt.signal,
+        minFreeBytes: config.minFreeBytes,
         link: Boolean(values.link),
         jobs: Number(values.jobs),
         rehash: Boolean(values.rehash),
@@ -122,6 +134,8 @@ export async function importCommand(args: string[]): Promise<number> {
         },
       });
     } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
       progress.finish();
     }
 
@@ -152,8 +166,13 @@ export async function importCommand(args: string[]): Promise<number> {
       for (const p of list.slice(0, limit)) out.push(`      ${p.rel}: ${p.reason}`);
       if (list.length > limit) out.push(`      … and ${list.length - limit} more`);
     }
+    if (summary.stopped !== undefined) {
+      out.push(`  STOPPED before the end (${summary.stopped}); re-run the same command to continue`);
+      out.push(`  not processed:    ${summary.files - summary.processed}`);
+    }
     console.log(out.join('\n'));
-    return corrupt.length + failed.length > 0 ? 1 : 0;
+    if (summary.stopped === 'interrupted') return 130;
+    return corrupt.length + failed.length > 0 || summary.stopped !== undefined ? 1 : 0;
   } finally {
     db.close();
   }

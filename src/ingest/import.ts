@@ -1,5 +1,6 @@
+import { statfs } from 'node:fs/promises';
 import type { DistfileIndex } from '../db/index.js';
-import { isAppError } from '../errors.js';
+import { AppError, isAppError } from '../errors.js';
 import type { BlobStore } from '../store/blob-store.js';
 import type { Digests, ExpectedDigests, Mismatch } from '../store/digests.js';
 import type { DistEntry, ManifestSet } from './manifest.js';
@@ -17,6 +18,10 @@ export interface ImportOptions {
   rehash?: boolean;
   /** Recorded as `attached_by` for every name this import attaches. */
   by?: string;
+  /** A copy that would leave less free space than this on the store's filesystem stops the import. */
+  minFreeBytes?: number;
+  /** Aborting stops handing out files; those in progress finish, and the summary covers what was done. */
+  signal?: AbortSignal;
   onBytes?: (n: number) => void;
   /** `bytesRead`: how much of the file was read (less than its size when it was skipped or failed early). */
   onFile?: (candidate: Candidate, outcome: Outcome, reason: string | undefined, bytesRead: number) => void;
@@ -25,6 +30,8 @@ export interface ImportOptions {
 export interface ImportSummary {
   files: number;
   bytes: number;
+  /** Files dealt with, whatever the outcome; less than `files` when the run stopped early. */
+  processed: number;
   imported: number;
   present: number;
   linked: number;
@@ -33,6 +40,8 @@ export interface ImportSummary {
   /** Manifest entries whose file is neither in the tree nor already stored. */
   manifestMissing: DistEntry[];
   problems: TreeNote[];
+  /** Why the run stopped before the end of the tree (interrupted, disk full); undefined when it finished. */
+  stopped?: string;
 }
 
 const short = (hex: string) => `${hex.slice(0, 16)}…`;
@@ -69,6 +78,7 @@ export class Importer {
     const summary: ImportSummary = {
       files: scan.candidates.length,
       bytes: scan.candidates.reduce((sum, c) => sum + c.size, 0),
+      processed: 0,
       imported: 0,
       present: 0,
       linked: 0,
@@ -79,7 +89,11 @@ export class Importer {
     const byInode = new Map<string, Promise<Digests | undefined>>();
     let next = 0;
     const worker = async () => {
-      while (next < scan.candidates.length) {
+      while (next < scan.candidates.length && summary.stopped === undefined) {
+        if (options.signal?.aborted) {
+          summary.stopped = 'interrupted';
+          break;
+        }
         const candidate = scan.candidates[next++]!;
         let outcome: Outcome;
         let reason: string | undefined;
@@ -94,11 +108,12 @@ export class Importer {
         try {
           ({ outcome, reason } = await this.importOne(candidate, counting, byInode, summary));
         } catch (err) {
-          // A full disk fails every later file too: stop rather than report thousands of failures.
-          if (isAppError(err) && err.code === 'INSUFFICIENT_STORAGE') throw err;
           outcome = 'failed';
           reason = (err as Error).message;
+          // A full disk fails every later file too: stop rather than report thousands of failures.
+          if (isAppError(err) && err.code === 'INSUFFICIENT_STORAGE') summary.stopped = reason;
         }
+        summary.processed++;
         if (outcome === 'imported') summary.imported++;
         else if (outcome === 'present') summary.present++;
         else summary.problems.push({ rel: candidate.rel, kind: outcome, reason: reason ?? outcome });
@@ -106,6 +121,7 @@ export class Importer {
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, options.jobs ?? 2) }, worker));
+    if (summary.stopped === undefined && options.signal?.aborted) summary.stopped = 'interrupted';
     if (options.manifests) this.attachManifestNames(options.manifests, options.by ?? 'import', summary);
     return summary;
   }
@@ -164,6 +180,7 @@ export class Importer {
         };
       }
     } else {
+      if (!options.link && options.minFreeBytes !== undefined) await this.assertRoom(candidate.size, options.minFreeBytes);
       let settle: (d: Digests | undefined) => void = () => undefined;
       byInode.set(candidate.inode, new Promise((resolve) => (settle = resolve)));
       try {
@@ -197,6 +214,17 @@ export class Importer {
     });
     const newName = candidate.filename !== undefined && !wasCurrent;
     return { outcome: created || newName ? 'imported' : 'present' };
+  }
+
+  private async assertRoom(size: number, minFreeBytes: number): Promise<void> {
+    const fs = await statfs(this.store.root);
+    const free = fs.bavail * fs.bsize;
+    if (free - size < minFreeBytes) {
+      throw new AppError(
+        'INSUFFICIENT_STORAGE',
+        `copying ${size} bytes would leave less than the configured minimum free space (${minFreeBytes} bytes, ${free} free)`,
+      );
+    }
   }
 
   /**

@@ -179,11 +179,22 @@ async function regularFile(file: string): Promise<{ abs: string; info: Stats } |
   return info.isFile() ? { abs, info } : undefined;
 }
 
-/** Every file under root as path segments, depth first and sorted, skipping hidden directories. */
-async function* walk(root: string, segments: string[] = []): AsyncGenerator<string[]> {
-  for (const entry of await readdirSorted(path.join(root, ...segments))) {
+/**
+ * Every file under root as path segments, depth first and sorted, skipping hidden directories.
+ * An unreadable subdirectory is noted as failed (its files were not imported) and the walk goes on.
+ */
+async function* walk(root: string, notes: TreeNote[], segments: string[] = []): AsyncGenerator<string[]> {
+  let entries: Dirent[];
+  try {
+    entries = await readdirSorted(path.join(root, ...segments));
+  } catch (err) {
+    if (segments.length === 0) throw err;
+    notes.push({ rel: `${segments.join('/')}/`, kind: 'failed', reason: `cannot list directory: ${(err as Error).message}` });
+    return;
+  }
+  for (const entry of entries) {
     if (entry.isDirectory()) {
-      if (!entry.name.startsWith('.')) yield* walk(root, [...segments, entry.name]);
+      if (!entry.name.startsWith('.')) yield* walk(root, notes, [...segments, entry.name]);
     } else {
       yield [...segments, entry.name];
     }
@@ -209,7 +220,13 @@ export async function detectTreeKind(root: string): Promise<TreeKind> {
 
 async function candidate(root: string, segments: string[], extra: Partial<Candidate>): Promise<Candidate | TreeNote> {
   const rel = segments.join('/');
-  const file = await regularFile(path.join(root, ...segments));
+  let file: Awaited<ReturnType<typeof regularFile>>;
+  try {
+    file = await regularFile(path.join(root, ...segments));
+  } catch (err) {
+    // A dangling symlink, or a file removed while the tree was being scanned.
+    return { rel, kind: 'failed', reason: (err as Error).message };
+  }
   if (!file) return { rel, kind: 'ignored', reason: 'not a regular file' };
   return { rel, abs: file.abs, size: file.info.size, inode: `${file.info.dev}:${file.info.ino}`, ...extra };
 }
@@ -247,7 +264,7 @@ async function scanGlep75(root: string, scan: TreeScan): Promise<void> {
     layouts = parsed.layouts.length > 0 ? parsed.layouts : [{ type: 'flat' }];
   }
   scan.layouts = layouts.map(describeLayout);
-  for await (const segments of walk(root)) {
+  for await (const segments of walk(root, scan.notes)) {
     const rel = segments.join('/');
     if (rel === 'layout.conf') continue;
     const name = segments[segments.length - 1]!;
@@ -266,7 +283,7 @@ async function scanGlep75(root: string, scan: TreeScan): Promise<void> {
 async function scanBlos(root: string, scan: TreeScan): Promise<void> {
   // Records and blobs sit side by side; pair them up per leaf directory.
   const leaves = new Map<string, { record?: string[]; blob?: string[] }>();
-  for await (const segments of walk(root)) {
+  for await (const segments of walk(root, scan.notes)) {
     const rel = segments.join('/');
     const name = segments[segments.length - 1]!;
     const isBlob = name.endsWith(BLOB_SUFFIX);
