@@ -8,6 +8,10 @@ const USAGE = `usage: fastpull coverage [--origin URL] [--concurrency N] [--retr
   2 when the check itself could not be completed`;
 
 export async function coverageCommand(args: string[]): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    console.log(USAGE);
+    return 0;
+  }
   let values: Record<string, string | undefined>;
   let manifestFiles: string[];
   try {

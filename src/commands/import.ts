@@ -11,7 +11,9 @@ import { BlobStore } from '../store/blob-store.js';
 import { formatBytes, Progress } from './progress.js';
 
 const USAGE = `usage: fastpull import <dir> [--kind flat|glep75|blos] [--link] [--manifest FILE...] [--jobs N] [--rehash]
-                       [--data-dir DIR] [--progress-interval SECONDS]`;
+                       [--data-dir DIR] [--progress-interval SECONDS]
+  exit 0: every file imported or already present; 1: something was corrupt or failed, or the run stopped
+  early (disk space); 130: interrupted (re-run the same command to continue); 2: bad usage`;
 
 /** Lists of problems can be long; the summary shows this many of each kind and counts the rest. */
 const LIST_LIMIT = 20;
@@ -33,6 +35,10 @@ function splitManifestArgs(args: string[]): { rest: string[]; manifests: string[
 }
 
 export async function importCommand(args: string[]): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    console.log(USAGE);
+    return 0;
+  }
   let dir: string;
   let values: Record<string, string | boolean | undefined>;
   let manifestFiles: string[];

@@ -22,6 +22,10 @@ async function digestFile(file: string): Promise<Digests> {
 }
 
 export async function pushCommand(args: string[]): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    console.log(USAGE);
+    return 0;
+  }
   let values: Record<string, string | undefined>;
   let files: string[];
   try {

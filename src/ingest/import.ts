@@ -2,7 +2,7 @@ import { statfs } from 'node:fs/promises';
 import type { DistfileIndex } from '../db/index.js';
 import { AppError, isAppError } from '../errors.js';
 import type { BlobStore } from '../store/blob-store.js';
-import type { Digests, ExpectedDigests, Mismatch } from '../store/digests.js';
+import { compareDigests, type Digests, type ExpectedDigests, type Mismatch } from '../store/digests.js';
 import type { DistEntry, ManifestSet } from './manifest.js';
 import type { Candidate, TreeNote, TreeScan } from './tree.js';
 
@@ -169,16 +169,8 @@ export class Importer {
     const seen = byInode.get(candidate.inode);
     if (seen) digests = await seen;
     if (digests) {
-      const mismatch = (Object.keys(expected) as (keyof ExpectedDigests)[]).filter((k) => expected[k] !== digests![k]);
-      if (mismatch.length > 0) {
-        return {
-          outcome: 'corrupt',
-          reason: describeMismatches(
-            mismatch.map((field) => ({ field, expected: expected[field]!, actual: digests![field] })),
-            claimSource,
-          ),
-        };
-      }
+      const mismatches = compareDigests(expected, digests);
+      if (mismatches.length > 0) return { outcome: 'corrupt', reason: describeMismatches(mismatches, claimSource) };
     } else {
       if (!options.link && options.minFreeBytes !== undefined) await this.assertRoom(candidate.size, options.minFreeBytes);
       let settle: (d: Digests | undefined) => void = () => undefined;
