@@ -479,6 +479,44 @@ describe('import: interrupted and re-run', () => {
   });
 });
 
+const hasScript = await stat('/usr/bin/script').then(
+  () => true,
+  () => false,
+);
+
+describe('import: progress', () => {
+  it('prints plain lines, no carriage returns, when stderr is not a terminal', async () => {
+    const tree = await tempDir('progress');
+    for (let i = 0; i < 8; i++) await put(tree, `p-${i}.tar.gz`, randomBytes(512 * 1024));
+    const res = await importCli(await tempDir('data'), tree, '--progress-interval', '0.05');
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).not.toContain('\r');
+    expect(res.stderr).toMatch(/^import: 8\/8 files, 4\.0 MiB\/4\.0 MiB, [\d.]+ (B|KiB|MiB|GiB)\/s, ETA 0:00$/m);
+  });
+
+  it.runIf(hasScript)('draws a bar with files, bytes, rate and ETA on a terminal', async () => {
+    const tree = await tempDir('progress-tty');
+    for (let i = 0; i < 8; i++) await put(tree, `p-${i}.tar.gz`, randomBytes(512 * 1024));
+    const dataDir = await tempDir('data');
+    // script(1) gives the child a real pseudo-terminal, so stderr.isTTY is true there.
+    const command = `${process.execPath} --import tsx ${CLI} import ${tree}`;
+    const res = await new Promise<string>((resolve, reject) => {
+      const child = spawn('/usr/bin/script', ['-qec', command, '/dev/null'], {
+        env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', FASTPULL_DATA_DIR: dataDir },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.on('error', reject);
+      child.on('close', () => resolve(out));
+    });
+    // Redrawn in place: carriage return and erase-line before each state of the bar.
+    expect(res).toContain('\r\x1b[K[################] 100% 8/8 files 4.0 MiB/4.0 MiB ');
+    expect(res).toMatch(/100% 8\/8 files 4\.0 MiB\/4\.0 MiB [\d.]+ (B|KiB|MiB|GiB)\/s, ETA 0:00/);
+    expect(res).toMatch(/imported:\s+8/);
+  });
+});
+
 describe('import: free space guard', () => {
   it('stops copying before the store filesystem drops below FASTPULL_MIN_FREE_BYTES, but can still hard-link', async () => {
     const tree = await tempDir('full');

@@ -73,8 +73,11 @@ export class Progress {
   finish(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    this.clearBar();
-    if (!this.tty) this.stream.write(`${this.line()}\n`);
+    // The final state stays on screen: a bar at 100% on a terminal, one last line elsewhere.
+    if (this.tty) this.render();
+    else this.stream.write(`${this.line()}\n`);
+    if (this.tty) this.stream.write('\n');
+    this.barShown = false;
   }
 
   line(): string {
