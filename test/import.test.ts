@@ -221,7 +221,9 @@ describe('import: Funtoo BLOS store', () => {
     expect(extendedJsonNumber({ $numberInt: '3' })).toBe(3);
     expect(extendedJsonNumber({ $numberLong: '6442450944' })).toBe(6442450944);
     expect(extendedJsonNumber({ $numberDouble: '42.0' })).toBe(42);
+    expect(extendedJsonNumber({ $numberDouble: 42 })).toBe(42);
     expect(extendedJsonNumber({ $numberDouble: '4.5' })).toBeUndefined();
+    expect(extendedJsonNumber({ $numberDouble: 'NaN' })).toBeUndefined();
     expect(extendedJsonNumber({ $numberInt: '-1' })).toBeUndefined();
     expect(extendedJsonNumber({ $numberLong: '99999999999999999999' })).toBeUndefined();
     expect(extendedJsonNumber('3')).toBeUndefined();

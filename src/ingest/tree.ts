@@ -370,9 +370,11 @@ export function extendedJsonNumber(value: unknown): number | undefined {
     const keys = Object.keys(value);
     const key = keys[0];
     if (keys.length !== 1 || (key !== '$numberInt' && key !== '$numberLong' && key !== '$numberDouble')) return undefined;
-    const text = (value as Record<string, unknown>)[key];
-    if (typeof text !== 'string' || !/^\d+(\.0*)?$/.test(text.trim())) return undefined;
-    n = Number(text);
+    const inner = (value as Record<string, unknown>)[key];
+    // Canonical form quotes the digits; relaxed writers sometimes leave a bare number inside.
+    if (typeof inner === 'number') n = inner;
+    else if (typeof inner === 'string' && /^\d+(\.0*)?$/.test(inner.trim())) n = Number(inner);
+    else return undefined;
   } else return undefined;
   return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
 }
