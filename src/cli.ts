@@ -1,6 +1,9 @@
 import { pathToFileURL } from 'node:url';
 import { realpathSync } from 'node:fs';
+import { coverageCommand } from './commands/coverage.js';
+import { importCommand } from './commands/import.js';
 import { migrateCommand } from './commands/migrate.js';
+import { pushCommand } from './commands/push.js';
 import { serveCommand } from './commands/serve.js';
 
 export type Command = (args: string[]) => Promise<number>;
@@ -9,6 +12,9 @@ export type Command = (args: string[]) => Promise<number>;
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   serve: { run: serveCommand, summary: 'run the origin server' },
   migrate: { run: migrateCommand, summary: 'apply pending database migrations and print the schema version' },
+  import: { run: importCommand, summary: 'import a DISTDIR, GLEP 75 mirror or Funtoo BLOS tree into the data directory' },
+  push: { run: pushCommand, summary: 'upload files to an origin (links by hash when it already has the bytes)' },
+  coverage: { run: coverageCommand, summary: 'list Manifest DIST entries an origin lacks' },
 };
 
 function usage(): string {

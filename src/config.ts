@@ -118,6 +118,10 @@ const SETTINGS = {
   gcGraceSeconds: { env: 'FASTPULL_GC_GRACE_SECONDS', default: 86_400, parse: int(0) },
   highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: int(1) },
   adminRateLimitPerMinute: { env: 'FASTPULL_ADMIN_RATE_LIMIT', default: 600, parse: int(0) },
+
+  // Spider-side client (push, coverage): where to send files and with which upload token.
+  pushOrigin: { env: 'FASTPULL_ORIGIN', default: undefined as string | undefined, parse: optionalStr },
+  pushToken: { env: 'FASTPULL_TOKEN', default: undefined as string | undefined, parse: optionalStr },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = typeof SETTINGS;

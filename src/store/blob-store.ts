@@ -132,6 +132,66 @@ export class BlobStore {
     }
   }
 
+  /**
+   * Stores a file that is already on disk (bulk import). With `link`, the store entry becomes a hard
+   * link to the source (no copy) once its bytes are verified; across filesystems (EXDEV), or where the
+   * kernel refuses to link a file we do not own (EPERM, protected_hardlinks), it copies instead.
+   * A linked source shares its inode with the store, so it must never be modified in place afterwards.
+   */
+  async importFile(
+    source: string,
+    options: { expected?: ExpectedDigests; link?: boolean; onBytes?: (n: number) => void } = {},
+  ): Promise<WriteResult & { linked: boolean }> {
+    const { expected = {}, onBytes } = options;
+    const counted = async function* (stream: Readable): AsyncGenerator<Buffer> {
+      for await (const chunk of stream) {
+        onBytes?.((chunk as Buffer).length);
+        yield chunk as Buffer;
+      }
+    };
+    const copy = async () => {
+      const result = await this.write(counted(createReadStream(source, { highWaterMark: 1024 * 1024 })), { expected });
+      return { ...result, linked: false };
+    };
+    if (!options.link) return copy();
+
+    // The link lands in tmp/ first, so it carries the per-pid name that stale-temp cleanup understands,
+    // and it is hashed through that name: what gets verified is exactly the inode that gets committed.
+    const tmp = path.join(this.tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
+    try {
+      await link(source, tmp);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EXDEV' || code === 'EPERM') return copy();
+      throw fromFsError(err);
+    }
+    try {
+      const hasher = new MultiHasher();
+      const handle = await open(tmp, fsConstants.O_RDONLY);
+      try {
+        for await (const chunk of counted(handle.createReadStream({ highWaterMark: 1024 * 1024, autoClose: false }))) {
+          hasher.update(chunk);
+        }
+        // The source may have been written moments ago by another program: make its bytes durable
+        // before the index makes them servable.
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      const digests = hasher.digest();
+      const mismatches = compareDigests(expected, digests);
+      if (mismatches.length > 0) {
+        throw new AppError('DIGEST_MISMATCH', 'the file does not match the declared digests', { mismatches });
+      }
+      const created = await this.commit(tmp, digests);
+      return { digests, created, linked: created };
+    } catch (err) {
+      throw fromFsError(err);
+    } finally {
+      await unlink(tmp).catch(() => undefined);
+    }
+  }
+
   /** Moves a verified temp file into place; false if the same blob already existed. */
   private async commit(tmp: string, digests: Digests): Promise<boolean> {
     const final = this.pathOf(digests.sha512);
