@@ -2,6 +2,8 @@ import { pathToFileURL } from 'node:url';
 import { realpathSync } from 'node:fs';
 import { migrateCommand } from './commands/migrate.js';
 import { serveCommand } from './commands/serve.js';
+import { drainCommand } from './commands/drain.js';
+import { tokenCommand } from './commands/token.js';
 
 export type Command = (args: string[]) => Promise<number>;
 
@@ -9,6 +11,8 @@ export type Command = (args: string[]) => Promise<number>;
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   serve: { run: serveCommand, summary: 'run the origin server' },
   migrate: { run: migrateCommand, summary: 'apply pending database migrations and print the schema version' },
+  drain: { run: drainCommand, summary: 'make /readyz fail so a load balancer drains this instance (--off to undo)' },
+  token: { run: tokenCommand, summary: 'create, list or revoke API tokens (create prints the secret once)' },
 };
 
 function usage(): string {

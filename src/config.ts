@@ -118,6 +118,10 @@ const SETTINGS = {
   gcGraceSeconds: { env: 'FASTPULL_GC_GRACE_SECONDS', default: 86_400, parse: int(0) },
   highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: int(1) },
   adminRateLimitPerMinute: { env: 'FASTPULL_ADMIN_RATE_LIMIT', default: 600, parse: int(0) },
+  headersTimeoutMs: { env: 'FASTPULL_HEADERS_TIMEOUT_MS', default: 20_000, parse: int(1) },
+  idleTimeoutMs: { env: 'FASTPULL_IDLE_TIMEOUT_MS', default: 60_000, parse: int(1) },
+  keepAliveTimeoutMs: { env: 'FASTPULL_KEEP_ALIVE_TIMEOUT_MS', default: 72_000, parse: int(1) },
+  maxHeaderBytes: { env: 'FASTPULL_MAX_HEADER_BYTES', default: 16 * 1024, parse: int(1024, 1024 * 1024) },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = typeof SETTINGS;
