@@ -10,6 +10,7 @@ import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
+import { redactUrl } from './redact.js';
 import { Readiness } from '../ops/readiness.js';
 import type { TokenStore } from '../auth/token-store.js';
 import { adminRoutes } from './routes/admin.js';
@@ -57,7 +58,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     request.log.info(
       {
         method: request.method,
-        url: request.url,
+        url: redactUrl(request.url),
         status: reply.statusCode,
         kind: request.routeKind,
         range: request.headers.range,
