@@ -7,7 +7,7 @@ import { DistfileIndex } from './db/index.js';
 import { databaseFile, openDatabase, type DB } from './db/open.js';
 import { buildApp } from './http/app.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
-import { closeGracefully } from './ops/shutdown.js';
+import { closeGracefully, trackConnections } from './ops/shutdown.js';
 import { Readiness } from './ops/readiness.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
@@ -52,6 +52,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
   const app = await buildApp({ config, logger, store, index, ingest, auth, metrics, readiness, tokens });
+  const sockets = trackConnections(app.server);
   let address: string;
   let metricsListener: Awaited<ReturnType<typeof startMetricsListener>> | undefined;
   try {
@@ -71,7 +72,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   const close = () =>
     (closing ??= (async () => {
       readiness.shuttingDown = true;
-      const { forced } = await closeGracefully(app, config.shutdownGraceMs);
+      const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
       if (metricsListener) {
         const server = metricsListener.server;

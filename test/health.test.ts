@@ -119,6 +119,18 @@ describe('readyz failures that need their own server', () => {
     }
   });
 
+  it('fails once shutdown has begun, so a balancer stops sending traffic while downloads finish', async () => {
+    const server = await startTestServer({ minFreeBytes: 1 });
+    try {
+      server.readiness.shuttingDown = true;
+      const r = await readyz(server.baseUrl);
+      expect(r.status).toBe(503);
+      expect(r.json.failing).toEqual(['shutdown']);
+    } finally {
+      await server.stop();
+    }
+  });
+
   it('fails the database check when the database does not answer', async () => {
     const server = await startTestServer({ minFreeBytes: 1 });
     try {
