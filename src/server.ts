@@ -43,7 +43,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   const metrics = new Metrics({ db, dataDir: config.dataDir });
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
-  const readiness = new Readiness(config, db);
+  const readiness = new Readiness(config, db, logger);
   const tokens = new TokenStore(db);
   const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
   if (!auth.enabled()) {

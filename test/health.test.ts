@@ -46,6 +46,8 @@ describe('healthz and readyz', () => {
       const r = await readyz(server.baseUrl);
       expect(r.status).toBe(503);
       expect(r.json.failing).toEqual(['drain']);
+      // The probe answer is public: no filesystem paths in it.
+      expect(JSON.stringify(r.json)).not.toContain(server.dataDir);
       const dl = await get(`${server.baseUrl}/distfiles/foo-1.0.tar.gz`);
       expect(dl.status).toBe(200);
       expect(dl.body.toString()).toBe('hello\n');
@@ -138,6 +140,7 @@ describe('readyz failures that need their own server', () => {
       const r = await readyz(server.baseUrl);
       expect(r.status).toBe(503);
       expect(r.json.failing).toEqual(['database']);
+      expect(r.json.checks.database.detail).toBe('the database did not answer a query');
     } finally {
       await server.stop();
     }

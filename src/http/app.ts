@@ -81,7 +81,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   installOps(app, {
     config,
     metrics: deps.metrics,
-    readiness: deps.readiness ?? new Readiness(config, deps.index.db),
+    readiness: deps.readiness ?? new Readiness(config, deps.index.db, deps.logger),
     tokens: deps.tokens,
   });
 

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { access, open, statfs, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { DB } from '../db/open.js';
 
@@ -30,10 +31,12 @@ export class Readiness {
   private readonly probeQuery;
   private readonly drainFile: string;
   private readonly probeDir: string;
+  private lastFailing = '';
 
   constructor(
     private readonly config: Pick<Config, 'drainFile' | 'dataDir' | 'minFreeBytes' | 'readOnly'>,
     private readonly db: DB,
+    private readonly log?: Logger,
   ) {
     this.probeQuery = db.prepare('SELECT 1 FROM blobs LIMIT 1');
     this.drainFile = drainFilePath(config);
@@ -50,6 +53,13 @@ export class Readiness {
       shutdown: this.shuttingDown ? { ok: false, detail: 'shutting down' } : { ok: true },
     };
     const failing = Object.keys(checks).filter((k) => !checks[k]!.ok);
+    // Probes arrive every few seconds: log changes of state, not every answer.
+    const key = failing.join(',');
+    if (key !== this.lastFailing) {
+      if (failing.length > 0) this.log?.warn({ failing, checks }, 'not ready');
+      else this.log?.info('ready again');
+      this.lastFailing = key;
+    }
     return { ready: failing.length === 0, failing, checks };
   }
 
@@ -58,7 +68,9 @@ export class Readiness {
       this.probeQuery.get();
       return { ok: true };
     } catch (err) {
-      return { ok: false, detail: `query failed: ${(err as Error).message}` };
+      // The answer is public: the SQLite message goes to the log only.
+      this.log?.warn({ err }, 'readiness: database query failed');
+      return { ok: false, detail: 'the database did not answer a query' };
     }
   }
 
@@ -89,7 +101,7 @@ export class Readiness {
   private async drain(): Promise<CheckResult> {
     try {
       await access(this.drainFile);
-      return { ok: false, detail: `drain file ${this.drainFile} exists` };
+      return { ok: false, detail: 'drain file present (fastpull drain --off to undo)' };
     } catch {
       return { ok: true };
     }
