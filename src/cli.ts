@@ -4,6 +4,7 @@ import { migrateCommand } from './commands/migrate.js';
 import { serveCommand } from './commands/serve.js';
 import { drainCommand } from './commands/drain.js';
 import { tokenCommand } from './commands/token.js';
+import { auditCommand } from './commands/audit.js';
 
 export type Command = (args: string[]) => Promise<number>;
 
@@ -13,6 +14,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   migrate: { run: migrateCommand, summary: 'apply pending database migrations and print the schema version' },
   drain: { run: drainCommand, summary: 'make /readyz fail so a load balancer drains this instance (--off to undo)' },
   token: { run: tokenCommand, summary: 'create, list or revoke API tokens (create prints the secret once)' },
+  audit: { run: auditCommand, summary: 'show who uploaded, linked or deleted what, and token changes' },
 };
 
 function usage(): string {

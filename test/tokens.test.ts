@@ -127,6 +127,17 @@ describe('scoped tokens', () => {
       { actor: 'spider', action: 'PUT /api/v1/blobs/:sha512', status: 201, filename: null, sha512: sha512('pinned\n') },
       { actor: 'boss', action: 'DELETE /api/v1/distfiles/:filename', status: 200, filename: name, sha512: null },
     ]);
+
+    const cli = await runCli(['audit', '--actor', 'boss'], { FASTPULL_DATA_DIR: server.dataDir });
+    expect(cli.code, cli.stderr).toBe(0);
+    const last = cli.stdout.trim().split('\n').at(-1)!;
+    expect(last).toMatch(new RegExp(`^\\d{4}-\\S+  boss  DELETE /api/v1/distfiles/:filename  200  ${name.replace(/\./g, '\\.')}$`));
+    expect(cli.stdout).not.toMatch(/ spider /);
+    const created = await runCli(['audit', '--json', '--limit', '10000'], { FASTPULL_DATA_DIR: server.dataDir });
+    const entries = JSON.parse(created.stdout) as any[];
+    expect(entries.filter((e) => e.action === 'token.create').map((e) => e.detail)).toEqual(
+      expect.arrayContaining(['spider: upload', 'boss: admin', 'both: read-api upload']),
+    );
   });
 
   it('lists tokens without secrets, and a revoked token is refused on the very next request', async () => {
