@@ -15,6 +15,7 @@ export async function installAdminRateLimit(app: FastifyInstance, config: Config
     global: false,
     max,
     timeWindow: 60_000,
+    onExceeded: (request) => request.log.warn({ remote: request.ip, limit: max }, 'admin API rate limit exceeded'),
     errorResponseBuilder: (_request, context) =>
       new AppError('RATE_LIMITED', `more than ${context.max} admin API requests a minute from this address; retry in ${context.after}`, {
         retryAfterSeconds: Math.ceil(context.ttl / 1000),
