@@ -5,6 +5,9 @@ import { importCommand } from './commands/import.js';
 import { migrateCommand } from './commands/migrate.js';
 import { pushCommand } from './commands/push.js';
 import { serveCommand } from './commands/serve.js';
+import { drainCommand } from './commands/drain.js';
+import { tokenCommand } from './commands/token.js';
+import { auditCommand } from './commands/audit.js';
 
 export type Command = (args: string[]) => Promise<number>;
 
@@ -15,6 +18,9 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   import: { run: importCommand, summary: 'import a DISTDIR, GLEP 75 mirror or Funtoo BLOS tree into the data directory' },
   push: { run: pushCommand, summary: 'upload files to an origin (links by hash when it already has the bytes)' },
   coverage: { run: coverageCommand, summary: 'list Manifest DIST entries an origin lacks' },
+  drain: { run: drainCommand, summary: 'make /readyz fail so a load balancer drains this instance (--off to undo)' },
+  token: { run: tokenCommand, summary: 'create, list or revoke API tokens (create prints the secret once)' },
+  audit: { run: auditCommand, summary: 'show who uploaded, linked or deleted what, and token changes' },
 };
 
 function usage(): string {

@@ -122,6 +122,10 @@ const SETTINGS = {
   // Spider-side client (push, coverage): where to send files and with which upload token.
   pushOrigin: { env: 'FASTPULL_ORIGIN', default: undefined as string | undefined, parse: optionalStr },
   pushToken: { env: 'FASTPULL_TOKEN', default: undefined as string | undefined, parse: optionalStr },
+  headersTimeoutMs: { env: 'FASTPULL_HEADERS_TIMEOUT_MS', default: 20_000, parse: int(1) },
+  idleTimeoutMs: { env: 'FASTPULL_IDLE_TIMEOUT_MS', default: 60_000, parse: int(1) },
+  keepAliveTimeoutMs: { env: 'FASTPULL_KEEP_ALIVE_TIMEOUT_MS', default: 72_000, parse: int(1) },
+  maxHeaderBytes: { env: 'FASTPULL_MAX_HEADER_BYTES', default: 16 * 1024, parse: int(1024, 1024 * 1024) },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = typeof SETTINGS;

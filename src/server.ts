@@ -1,10 +1,14 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { BootstrapAuthenticator } from './auth/tokens.js';
+import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
 import { databaseFile, openDatabase, type DB } from './db/open.js';
 import { buildApp } from './http/app.js';
+import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
+import { closeGracefully, trackConnections } from './ops/shutdown.js';
+import { Readiness } from './ops/readiness.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { BlobStore } from './store/blob-store.js';
@@ -16,6 +20,11 @@ export interface Server {
   index: DistfileIndex;
   ingest: Ingest;
   logger: Logger;
+  metrics: Metrics;
+  readiness: Readiness;
+  tokens: TokenStore;
+  /** Where /metrics is served when FASTPULL_METRICS_PORT is set. */
+  metricsUrl: string | undefined;
   /** The address actually bound (port 0 resolves here). */
   url: string;
   close(): Promise<void>;
@@ -31,25 +40,60 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   const db = openDatabase(databaseFile(config.dataDir));
   const index = new DistfileIndex(db);
   const ingest = new Ingest(store, index, logger);
-  const auth = new BootstrapAuthenticator(config.adminToken);
-  if (!auth.enabled()) logger.warn('FASTPULL_ADMIN_TOKEN is not set: the write API is disabled (downloads still work)');
+  const metrics = new Metrics({ db, dataDir: config.dataDir });
+  meterIndex(index, metrics);
+  meterIngest(ingest, metrics);
+  const readiness = new Readiness(config, db, logger);
+  const tokens = new TokenStore(db);
+  const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
+  if (!auth.enabled()) {
+    logger.warn('no FASTPULL_ADMIN_TOKEN and no API tokens: the write API is disabled until one exists (downloads still work)');
+  }
+  if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
-  const app = await buildApp({ config, logger, store, index, ingest, auth });
+  const app = await buildApp({ config, logger, store, index, ingest, auth, metrics, readiness, tokens });
+  const sockets = trackConnections(app.server);
   let address: string;
+  let metricsListener: Awaited<ReturnType<typeof startMetricsListener>> | undefined;
   try {
     address = await app.listen({ host: config.host, port: config.port });
+    if (config.metricsPort !== undefined) metricsListener = await startMetricsListener(metrics, config.host, config.metricsPort);
   } catch (err) {
+    await app.close().catch(() => undefined);
     db.close();
     throw err;
   }
-  logger.info({ address, dataDir: config.dataDir, configFile: config.configFile }, 'fastpull origin listening');
+  logger.info(
+    { address, metrics: metricsListener?.url, dataDir: config.dataDir, configFile: config.configFile },
+    'fastpull origin listening',
+  );
 
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
-      await app.close();
+      readiness.shuttingDown = true;
+      const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
+      if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
+      if (metricsListener) {
+        const server = metricsListener.server;
+        server.closeAllConnections();
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
       db.close();
       logger.info('fastpull origin stopped');
     })());
-  return { app, db, store, index, ingest, logger, url: address, close };
+  return {
+    app,
+    db,
+    store,
+    index,
+    ingest,
+    logger,
+    metrics,
+    readiness,
+    tokens,
+    metricsUrl: metricsListener?.url,
+    url: address,
+    close,
+  };
 }

@@ -5,24 +5,34 @@ import { startServer } from '../server.js';
 export async function serveCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { port: { type: 'string' }, host: { type: 'string' }, 'data-dir': { type: 'string' } },
+    options: {
+      port: { type: 'string' },
+      host: { type: 'string' },
+      'data-dir': { type: 'string' },
+      'read-only': { type: 'boolean' },
+    },
   });
   const config = loadConfig({
     ...(values.port !== undefined ? { port: Number(values.port) } : {}),
     ...(values.host !== undefined ? { host: values.host } : {}),
     ...(values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {}),
+    ...(values['read-only'] ? { readOnly: true } : {}),
   });
   const server = await startServer(config);
-  await new Promise<void>((resolve) => {
+  // First SIGTERM/SIGINT: stop accepting, let downloads finish (up to shutdownGraceMs), close the
+  // database, exit 0. The handlers are `once`, so a second signal kills the process at once.
+  return new Promise<number>((resolve) => {
     const stop = (signal: string) => {
-      server.logger.info({ signal }, 'shutting down');
-      server.close().then(resolve, (err: unknown) => {
-        server.logger.error({ err }, 'error while shutting down');
-        resolve();
-      });
+      server.logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down');
+      server.close().then(
+        () => resolve(0),
+        (err: unknown) => {
+          server.logger.error({ err }, 'error while shutting down');
+          resolve(1);
+        },
+      );
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
-  return 0;
 }

@@ -8,6 +8,11 @@ import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
+import type { Metrics } from './metrics.js';
+import { installOps, serverTimeoutOptions } from './ops.js';
+import { redactUrl } from './redact.js';
+import { Readiness } from '../ops/readiness.js';
+import type { TokenStore } from '../auth/token-store.js';
 import { adminRoutes } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 
@@ -19,6 +24,9 @@ export interface AppDeps {
   ingest: Ingest;
   auth: Authenticator;
   missHandler?: MissHandler;
+  metrics?: Metrics;
+  readiness?: Readiness;
+  tokens?: TokenStore;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -35,6 +43,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     trustProxy: config.trustProxy,
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
+    ...serverTimeoutOptions(config),
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
@@ -49,7 +58,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     request.log.info(
       {
         method: request.method,
-        url: request.url,
+        url: redactUrl(request.url),
         status: reply.statusCode,
         kind: request.routeKind,
         range: request.headers.range,
@@ -68,6 +77,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       notFoundMaxAge: config.notFoundMaxAge,
     }),
   );
+
+  installOps(app, {
+    config,
+    metrics: deps.metrics,
+    readiness: deps.readiness ?? new Readiness(config, deps.index.db, deps.logger),
+    tokens: deps.tokens,
+  });
 
   await app.register(readRoutes, {
     config,

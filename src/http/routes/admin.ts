@@ -7,6 +7,7 @@ import { assertFilename, assertSha512, type Ingest } from '../../ingest/ingest.j
 import type { Digests, ExpectedDigests } from '../../store/digests.js';
 import { isBlake2bHex, isSha512Hex } from '../../store/paths.js';
 import { requireScope } from '../auth.js';
+import { installAdminRateLimit } from '../rate-limit.js';
 import { downloadPaths } from '../urls.js';
 
 export interface AdminRouteDeps {
@@ -85,6 +86,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
   app.addHook('onRequest', async (request) => {
     request.routeKind = 'api';
   });
+  await installAdminRateLimit(app, config);
 
   // Upload routes stream the raw body: no parser may buffer it, whatever Content-Type the client sends.
   await app.register(async (uploads) => {

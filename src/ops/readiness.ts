@@ -1,0 +1,109 @@
+import { randomBytes } from 'node:crypto';
+import { access, open, statfs, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import type { DB } from '../db/open.js';
+
+/** Where the drain flag lives: FASTPULL_DRAIN_FILE, else `<dataDir>/drain`. Shared by readyz and `fastpull drain`. */
+export function drainFilePath(config: Pick<Config, 'drainFile' | 'dataDir'>): string {
+  return config.drainFile ? path.resolve(config.drainFile) : path.join(config.dataDir, 'drain');
+}
+
+export interface CheckResult {
+  ok: boolean;
+  detail?: string;
+}
+
+export interface ReadinessReport {
+  ready: boolean;
+  failing: string[];
+  checks: Record<string, CheckResult>;
+}
+
+/**
+ * Whether a load balancer should send this instance traffic. Each probe is cheap but real:
+ * a query, a file created and removed where uploads land, a statfs, a stat of the drain file.
+ */
+export class Readiness {
+  /** Set when shutdown begins, so readyz fails while in-flight downloads finish. */
+  shuttingDown = false;
+  private readonly probeQuery;
+  private readonly drainFile: string;
+  private readonly probeDir: string;
+  private lastFailing = '';
+
+  constructor(
+    private readonly config: Pick<Config, 'drainFile' | 'dataDir' | 'minFreeBytes' | 'readOnly'>,
+    private readonly db: DB,
+    private readonly log?: Logger,
+  ) {
+    this.probeQuery = db.prepare('SELECT 1 FROM blobs LIMIT 1');
+    this.drainFile = drainFilePath(config);
+    // The temp dir is where every upload is first written, so that is the directory that must take writes.
+    this.probeDir = path.join(config.dataDir, 'tmp');
+  }
+
+  async check(): Promise<ReadinessReport> {
+    const checks: Record<string, CheckResult> = {
+      database: this.database(),
+      writable: this.config.readOnly ? { ok: true, detail: 'read-only mode: not probed' } : await this.writable(),
+      disk: await this.disk(),
+      drain: await this.drain(),
+      shutdown: this.shuttingDown ? { ok: false, detail: 'shutting down' } : { ok: true },
+    };
+    const failing = Object.keys(checks).filter((k) => !checks[k]!.ok);
+    // Probes arrive every few seconds: log changes of state, not every answer.
+    const key = failing.join(',');
+    if (key !== this.lastFailing) {
+      if (failing.length > 0) this.log?.warn({ failing, checks }, 'not ready');
+      else this.log?.info('ready again');
+      this.lastFailing = key;
+    }
+    return { ready: failing.length === 0, failing, checks };
+  }
+
+  private database(): CheckResult {
+    try {
+      this.probeQuery.get();
+      return { ok: true };
+    } catch (err) {
+      // The answer is public: the SQLite message goes to the log only.
+      this.log?.warn({ err }, 'readiness: database query failed');
+      return { ok: false, detail: 'the database did not answer a query' };
+    }
+  }
+
+  private async writable(): Promise<CheckResult> {
+    // Named like the store's temp files (pid prefix), so a crash between create and unlink is cleaned at startup.
+    const probe = path.join(this.probeDir, `${process.pid}-readyz-${randomBytes(6).toString('hex')}.tmp`);
+    try {
+      const handle = await open(probe, 'wx');
+      await handle.close();
+      await unlink(probe);
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, detail: `cannot create a file in the data directory (${(err as NodeJS.ErrnoException).code ?? 'error'})` };
+    }
+  }
+
+  private async disk(): Promise<CheckResult> {
+    try {
+      const s = await statfs(this.config.dataDir);
+      const free = s.bavail * s.bsize;
+      const ok = free >= this.config.minFreeBytes;
+      return { ok, detail: `${free} bytes free, ${this.config.minFreeBytes} required` };
+    } catch (err) {
+      return { ok: false, detail: `statfs failed (${(err as NodeJS.ErrnoException).code ?? 'error'})` };
+    }
+  }
+
+  private async drain(): Promise<CheckResult> {
+    try {
+      await access(this.drainFile);
+      return { ok: false, detail: 'drain file present (fastpull drain --off to undo)' };
+    } catch {
+      return { ok: true };
+    }
+  }
+}
