@@ -8,8 +8,10 @@ import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
+import { registerOpenApi } from './openapi.js';
 import { adminRoutes } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
+import { statusRoutes } from './routes/status.js';
 
 export interface AppDeps {
   config: Config;
@@ -69,6 +71,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     }),
   );
 
+  await registerOpenApi(app);
+  await app.register(statusRoutes, { db: deps.index.db });
   await app.register(readRoutes, {
     config,
     index: deps.index,
