@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ownClient } from './helpers/own-client.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
@@ -13,7 +14,9 @@ async function getJson(url: string) {
 describe('status and search API', () => {
   let server: TestServer;
   const hostile = `a<b>"q'&amp;.tar.gz`;
+  const client = ownClient();
   beforeAll(async () => {
+    client.install();
     server = await startTestServer();
     // Uploaded before the first status call: totals are cached for a few seconds once computed.
     for (const [name, body] of [
@@ -40,7 +43,10 @@ describe('status and search API', () => {
     expect(del.statusCode).toBe(200);
     await del.body.dump();
   });
-  afterAll(async () => server?.stop());
+  afterAll(async () => {
+    await client.release();
+    await server?.stop();
+  });
 
   it('reports totals: deduplicated blobs, their bytes, and attached names only', async () => {
     const { status, headers, json } = await getJson(`${server.baseUrl}/api/v1/status`);
@@ -180,10 +186,15 @@ describe('status and search API', () => {
 
 describe('status on an empty store', () => {
   let server: TestServer;
+  const client = ownClient();
   beforeAll(async () => {
+    client.install();
     server = await startTestServer();
   });
-  afterAll(async () => server?.stop());
+  afterAll(async () => {
+    await client.release();
+    await server?.stop();
+  });
 
   it('reports zeros and no recent ingests', async () => {
     const { status, json } = await getJson(`${server.baseUrl}/api/v1/status`);
