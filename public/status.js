@@ -151,10 +151,15 @@ document.addEventListener('DOMContentLoaded', () => {
     window.history.replaceState(null, '', `#q=${encodeURIComponent(prefix)}`);
     search(prefix);
   });
-  const fromHash = new URLSearchParams(window.location.hash.slice(1)).get('q');
-  if (fromHash) {
-    input.value = fromHash;
-    search(fromHash);
-  }
+  const searchFromAddress = () => {
+    const fromHash = new URLSearchParams(window.location.hash.slice(1)).get('q');
+    if (fromHash && fromHash !== input.value) {
+      input.value = fromHash;
+      search(fromHash);
+    }
+  };
+  // A pasted or edited #q=… link changes only the fragment: no reload, so listen for it.
+  window.addEventListener('hashchange', searchFromAddress);
+  searchFromAddress();
   loadStatus();
 });
