@@ -87,7 +87,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
     expect(await result.locator('.name').textContent()).toBe(name);
     expect(await result.locator('.hash').first().textContent()).toBe(sha512(file));
 
-    const forms = await result.locator('.links a').evaluateAll((links) => links.map((a) => (a as HTMLElement).dataset.form));
+    const forms = await result.locator('.links a').evaluateAll((links) => links.map((a) => a.getAttribute('data-form')));
     expect(forms).toEqual(['flat', 'filenameHash', 'contentHash', 'direct', 'hash']);
     for (const form of forms) {
       const [download] = await Promise.all([
@@ -107,7 +107,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
     const result = page.locator('#search-results > li');
     await expect.poll(() => result.locator('.name').allTextContents()).toEqual([hostile]);
     expect(await page.locator('#search-results img, #recent-body img').count()).toBe(0);
-    expect(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned)).toBeUndefined();
+    expect(await page.evaluate(() => (globalThis as { __pwned?: number }).__pwned)).toBeUndefined();
   });
 
   it('says when nothing matches, and restores a search from the address', async () => {
