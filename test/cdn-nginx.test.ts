@@ -228,3 +228,14 @@ describe.skipIf(!existsSync(NGINX))('CDN edge (config/nginx-cdn.conf under Debia
     expect(seen('/api/v1/distfiles/via-edge.tar.gz')).toHaveLength(3);
   });
 });
+
+describe('docker-compose.yml and config/nginx-cdn.conf', () => {
+  it('mount the config as an nginx template and set exactly the variables it uses', async () => {
+    const template = await readFile(CONFIG, 'utf8');
+    const placeholders = [...new Set([...template.matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]))].sort();
+    expect(placeholders).toEqual(['FASTPULL_CDN_CACHE_DIR', 'FASTPULL_CDN_LISTEN', 'FASTPULL_ORIGIN']);
+    const compose = await readFile(new URL('../docker-compose.yml', import.meta.url), 'utf8');
+    expect(compose).toContain('./config/nginx-cdn.conf:/etc/nginx/templates/default.conf.template:ro');
+    for (const name of placeholders) expect(compose, name).toMatch(new RegExp(`^\\s+${name}: \\S`, 'm'));
+  });
+});
