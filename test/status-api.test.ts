@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NAMES_WITH_PREFIX_SQL } from '../src/db/status-queries.js';
 import { ownClient } from './helpers/own-client.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
@@ -123,6 +124,14 @@ describe('status and search API', () => {
     for (const url of Object.values(urls) as string[]) {
       expect((await get(server.baseUrl + url)).body.toString(), url).toBe('sigc\n');
     }
+  });
+
+  it('searches by a range on the names_current index, never a table scan', () => {
+    const plan = server.db
+      .prepare(`EXPLAIN QUERY PLAN ${NAMES_WITH_PREFIX_SQL}`)
+      .all('foo', 'foo\u{10ffff}', 20)
+      .map((row: any) => row.detail as string);
+    expect(plan).toEqual([expect.stringMatching(/^SEARCH names USING (COVERING )?INDEX names_current \(filename>\? AND filename<\?\)$/)]);
   });
 
   it('caps results at limit and says more match', async () => {

@@ -24,6 +24,14 @@ const MAX_CODE_POINT = String.fromCodePoint(0x10ffff);
 
 const CURRENT = `n.seq = (SELECT max(m.seq) FROM names m WHERE m.filename = n.filename AND m.detached_at IS NULL) AS current`;
 
+/**
+ * A range on filename rather than LIKE: LIKE is case-insensitive and treats % and _ as wildcards,
+ * and would not use names_current. Exported so a test can hold the query plan to an index search.
+ */
+export const NAMES_WITH_PREFIX_SQL = `SELECT DISTINCT filename FROM names
+  WHERE detached_at IS NULL AND filename >= ? AND filename < ?
+  ORDER BY filename LIMIT ?`;
+
 /** Read-only queries behind the public status page; each one is served by an index. */
 export class StatusQueries {
   private readonly stmt: {
@@ -45,13 +53,7 @@ export class StatusQueries {
          WHERE n.detached_at IS NULL
          ORDER BY n.seq DESC LIMIT ?`,
       ),
-      // A range on filename rather than LIKE: LIKE is case-insensitive and treats % and _ as wildcards,
-      // and would not use names_current.
-      namesWithPrefix: db.prepare(
-        `SELECT DISTINCT filename FROM names
-         WHERE detached_at IS NULL AND filename >= ? AND filename < ?
-         ORDER BY filename LIMIT ?`,
-      ),
+      namesWithPrefix: db.prepare(NAMES_WITH_PREFIX_SQL),
       attachedOf: db.prepare(
         `SELECT n.filename, n.sha512, n.seq, b.size, n.attached_at, b.quarantined_at, ${CURRENT}
          FROM names n JOIN blobs b ON b.sha512 = n.sha512
