@@ -78,8 +78,12 @@ export class StatusQueries {
    * Up to `limit` attached names starting with `prefix` (byte-wise, case-sensitive), in name order;
    * each with all its attached hashes, the one name paths serve (highest seq) first.
    */
-  searchPrefix(prefix: string, limit: number): { filename: string; hashes: AttachedName[] }[] {
-    const names = this.stmt.namesWithPrefix.all(prefix, prefix + MAX_CODE_POINT, limit);
-    return names.map(({ filename }) => ({ filename, hashes: this.stmt.attachedOf.all(filename) }));
+  searchPrefix(prefix: string, limit: number): { results: { filename: string; hashes: AttachedName[] }[]; truncated: boolean } {
+    // One extra name tells the caller whether more match, without a count query.
+    const names = this.stmt.namesWithPrefix.all(prefix, prefix + MAX_CODE_POINT, limit + 1);
+    return {
+      results: names.slice(0, limit).map(({ filename }) => ({ filename, hashes: this.stmt.attachedOf.all(filename) })),
+      truncated: names.length > limit,
+    };
   }
 }

@@ -205,14 +205,13 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
     async (request, reply) => {
       request.routeKind = 'api';
       const { prefix, limit } = request.query;
-      // One extra row tells the page whether to say "more match" without a count query.
-      const found = queries.searchPrefix(prefix, limit + 1);
+      const { results, truncated } = queries.searchPrefix(prefix, limit);
       reply.header('cache-control', API_CACHE_CONTROL);
       return {
         prefix,
         limit,
-        truncated: found.length > limit,
-        results: found.slice(0, limit).map(({ filename, hashes }) => ({ filename, hashes: hashes.map(hashEntry) })),
+        truncated,
+        results: results.map(({ filename, hashes }) => ({ filename, hashes: hashes.map(hashEntry) })),
       };
     },
   );
