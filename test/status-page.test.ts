@@ -9,6 +9,8 @@ import { ownClient } from './helpers/own-client.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 
 const CHROMIUM = '/usr/bin/chromium';
+/** The page fetches after load; on a busy two-core machine that can take longer than expect.poll's 1 s default. */
+const POLL = { timeout: 20_000, interval: 100 };
 const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
 
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
@@ -70,7 +72,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
 
   it('shows the totals and recent ingests', async () => {
     await page.goto(`${server.baseUrl}/`);
-    await expect.poll(() => page.textContent('#total-blobs')).toBe('3');
+    await expect.poll(() => page.textContent('#total-blobs'), POLL).toBe('3');
     expect(await page.textContent('#total-names')).toBe('3');
     const bytes = file.length + 'older\n'.length + 'hostile\n'.length;
     expect(await page.getAttribute('#total-bytes', 'title')).toBe(`${bytes.toLocaleString('en-US')} bytes`);
@@ -83,7 +85,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
     await page.fill('#search-prefix', 'hello-browser-1');
     await page.press('#search-prefix', 'Enter');
     const result = page.locator('#search-results > li');
-    await expect.poll(() => result.count()).toBe(1);
+    await expect.poll(() => result.count(), POLL).toBe(1);
     expect(await result.locator('.name').textContent()).toBe(name);
     expect(await result.locator('.hash').first().textContent()).toBe(sha512(file));
 
@@ -105,7 +107,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
     await page.fill('#search-prefix', '<img');
     await page.press('#search-prefix', 'Enter');
     const result = page.locator('#search-results > li');
-    await expect.poll(() => result.locator('.name').allTextContents()).toEqual([hostile]);
+    await expect.poll(() => result.locator('.name').allTextContents(), POLL).toEqual([hostile]);
     expect(await page.locator('#search-results img, #recent-body img').count()).toBe(0);
     expect(await page.evaluate(() => (globalThis as { __pwned?: number }).__pwned)).toBeUndefined();
   });
@@ -113,11 +115,11 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
   it('says when nothing matches, and restores a search from the address', async () => {
     await page.fill('#search-prefix', 'no-such-name');
     await page.press('#search-prefix', 'Enter');
-    await expect.poll(() => page.textContent('#search-status')).toBe('No name starts with “no-such-name”.');
+    await expect.poll(() => page.textContent('#search-status'), POLL).toBe('No name starts with “no-such-name”.');
     expect(await page.locator('#search-results > li').count()).toBe(0);
 
     await page.goto(`${server.baseUrl}/#q=${encodeURIComponent('hello-browser')}`);
-    await expect.poll(() => page.locator('#search-results .name').allTextContents()).toEqual([
+    await expect.poll(() => page.locator('#search-results .name').allTextContents(), POLL).toEqual([
       'hello-browser-0.9.tar.gz',
       name,
     ]);
