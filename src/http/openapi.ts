@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import swagger from '@fastify/swagger';
 import type { FastifyInstance } from 'fastify';
 
-export const OPENAPI_PATH = '/api/v1/openapi.json';
+const API_PREFIX = '/api/v1/';
+export const OPENAPI_PATH = `${API_PREFIX}openapi.json`;
 
 const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
   version: string;
@@ -14,6 +15,12 @@ const { version } = JSON.parse(readFileSync(new URL('../../package.json', import
  */
 export async function registerOpenApi(app: FastifyInstance): Promise<void> {
   await app.register(swagger, {
+    // The document covers the API only. Downloads, the page, /healthz and /metrics are not part of it, whoever
+    // registers them and whether or not they remember `hide: true`.
+    transform: ({ schema, url }) => ({
+      schema: url.startsWith(API_PREFIX) ? schema : { ...schema, hide: true },
+      url,
+    }),
     openapi: {
       openapi: '3.0.3',
       info: {
