@@ -43,6 +43,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   });
 
+  // First: the OpenAPI document only sees routes registered after it.
+  await registerOpenApi(app);
+
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
   });
@@ -71,7 +74,6 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     }),
   );
 
-  await registerOpenApi(app);
   await app.register(statusRoutes, { db: deps.index.db });
   await app.register(readRoutes, {
     config,
