@@ -168,6 +168,21 @@ describe.skipIf(!existsSync(NGINX))('CDN edge (config/nginx-cdn.conf under Debia
     expect(originRequests.length).toBe(before);
   });
 
+  it('answers HEAD and conditional GETs for a cached object itself', async () => {
+    const url = `/distfiles/${hash}`;
+    const before = originRequests.length;
+    const head = await get(edge.url + url, {}, 'HEAD');
+    expect(head.status).toBe(200);
+    expect(head.headers['x-cache-status']).toBe('HIT');
+    expect(head.headers['content-length']).toBe(String(file.length));
+    const etag = head.headers['etag'] as string;
+    expect(etag).toBe(`"${hash}"`);
+    const notModified = await get(edge.url + url, { 'if-none-match': etag });
+    expect(notModified.status).toBe(304);
+    expect(notModified.body.length).toBe(0);
+    expect(originRequests.length).toBe(before);
+  });
+
   it('turns a cold Range request into one whole-object fetch from the origin', async () => {
     const url = `/${hash.slice(0, 2)}/${hash.slice(2, 4)}/${hash.slice(4, 6)}/${hash}`;
     const ranged = await get(edge.url + url, { range: 'bytes=100-' });
