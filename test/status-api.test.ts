@@ -33,6 +33,7 @@ describe('status and search API', () => {
       ['gone-1.tar.gz', 'detached later\n'],
       ['reroll-1.0.tar.gz', 'first roll\n'],
       ['reroll-1.0.tar.gz', 'second roll\n'],
+      ['ünï-😀-1.tar.gz', 'unicode\n'],
     ] as const) {
       const up = await server.upload(name, body);
       expect(up.status, name).toBeLessThan(300);
@@ -54,19 +55,19 @@ describe('status and search API', () => {
     expect(status).toBe(200);
     expect(headers['content-type']).toMatch(/^application\/json/);
     const bodies = ['hello\n', 'hello again\n', 'underscore\n', 'percent\n', 'upper\n', 'sigc\n', 'hostile\n',
-      'same bytes\n', 'detached later\n', 'first roll\n', 'second roll\n'];
+      'same bytes\n', 'detached later\n', 'first roll\n', 'second roll\n', 'unicode\n'];
     expect(json.totals).toEqual({
       blobs: bodies.length,
       bytes: bodies.reduce((n, b) => n + Buffer.byteLength(b), 0),
-      // 12 uploads, one name uploaded twice, one name detached.
-      names: 10,
+      // 13 uploads, one name uploaded twice, one name detached.
+      names: 11,
     });
   });
 
   it('lists recent ingests newest first, with download paths that serve the bytes', async () => {
     const { json } = await getJson(`${server.baseUrl}/api/v1/status?recent=3`);
-    expect(json.recent.map((r: any) => r.filename)).toEqual(['reroll-1.0.tar.gz', 'reroll-1.0.tar.gz', 'dup-b.tar.gz']);
-    const [newest, older] = json.recent;
+    expect(json.recent.map((r: any) => r.filename)).toEqual(['ünï-😀-1.tar.gz', 'reroll-1.0.tar.gz', 'reroll-1.0.tar.gz']);
+    const [, newest, older] = json.recent;
     expect(newest.current).toBe(true);
     expect(newest.sha512).toBe(sha512('second roll\n'));
     expect(older.current).toBe(false);
@@ -95,6 +96,10 @@ describe('status and search API', () => {
     expect(await names('libsigc++')).toEqual(['libsigc++-2.10.8.tar.xz']);
     expect(await names('a<b>"')).toEqual([hostile]);
     expect(await names('nothing-like-this')).toEqual([]);
+    // Beyond ASCII the range still holds: UTF-8 byte order is code point order, and U+10FFFF is the top.
+    expect(await names('ünï-')).toEqual(['ünï-😀-1.tar.gz']);
+    expect(await names('ünï-😀')).toEqual(['ünï-😀-1.tar.gz']);
+    expect(await names('ünï-😁')).toEqual([]);
   });
 
   it('leaves out detached names', async () => {
