@@ -13,8 +13,10 @@ import { installOps, serverTimeoutOptions } from './ops.js';
 import { redactUrl } from './redact.js';
 import { Readiness } from '../ops/readiness.js';
 import type { TokenStore } from '../auth/token-store.js';
+import { registerOpenApi } from './openapi.js';
 import { adminRoutes } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
+import { statusRoutes } from './routes/status.js';
 
 export interface AppDeps {
   config: Config;
@@ -49,6 +51,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     },
   });
+
+  // First: the OpenAPI document only sees routes registered after it.
+  await registerOpenApi(app);
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
@@ -85,6 +90,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     tokens: deps.tokens,
   });
 
+  await app.register(statusRoutes, { db: deps.index.db });
   await app.register(readRoutes, {
     config,
     index: deps.index,

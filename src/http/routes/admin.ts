@@ -9,6 +9,7 @@ import { isBlake2bHex, isSha512Hex } from '../../store/paths.js';
 import { requireScope } from '../auth.js';
 import { installAdminRateLimit } from '../rate-limit.js';
 import { downloadPaths } from '../urls.js';
+import { ADMIN_SCHEMAS } from './admin-schemas.js';
 
 export interface AdminRouteDeps {
   config: Config;
@@ -95,7 +96,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
 
     uploads.put<{ Params: { filename: string }; Querystring: Record<string, string | undefined> }>(
       '/distfiles/:filename',
-      { onRequest: canUpload },
+      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByName },
       async (request, reply) => {
         const { filename } = request.params;
         assertFilename(filename);
@@ -113,7 +114,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
 
     uploads.put<{ Params: { sha512: string }; Querystring: Record<string, string | undefined> }>(
       '/blobs/:sha512',
-      { onRequest: canUpload },
+      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByHash },
       async (request, reply) => {
         const sha512 = request.params.sha512;
         assertSha512(sha512);
@@ -135,6 +136,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
     {
       onRequest: canUpload,
       schema: {
+        ...ADMIN_SCHEMAS.link,
         body: {
           type: 'object',
           required: ['filename', 'sha512'],
@@ -150,7 +152,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
     },
   );
 
-  app.get<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canRead }, async (request) => {
+  app.get<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canRead, schema: ADMIN_SCHEMAS.getName }, async (request) => {
     const { filename } = request.params;
     assertFilename(filename);
     const history = index.history(filename);
@@ -171,13 +173,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
     };
   });
 
-  app.delete<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canAdmin }, async (request) => {
+  app.delete<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canAdmin, schema: ADMIN_SCHEMAS.deleteName }, async (request) => {
     const { filename } = request.params;
     const detached = ingest.detach(filename, request.principal?.name ?? null);
     return { filename, detached };
   });
 
-  app.get<{ Params: { sha512: string } }>('/blobs/:sha512', { onRequest: canRead }, async (request) => {
+  app.get<{ Params: { sha512: string } }>('/blobs/:sha512', { onRequest: canRead, schema: ADMIN_SCHEMAS.getBlob }, async (request) => {
     const { sha512 } = request.params;
     assertSha512(sha512);
     const blob = index.blob(sha512);

@@ -65,6 +65,6 @@ export async function readRoutes(app: FastifyInstance, deps: ReadRouteDeps): Pro
   }
 
   for (const url of ['/distfiles/*', '/:hash', '/:a/:b/:c/:hash']) {
-    app.route({ method: ['GET', 'HEAD'], url, handler });
+    app.route({ method: ['GET', 'HEAD'], url, handler, schema: { hide: true } });
   }
 }

@@ -1,0 +1,257 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ownClient } from './helpers/own-client.js';
+import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
+
+const NGINX = '/usr/sbin/nginx';
+const CONFIG = new URL('../config/nginx-cdn.conf', import.meta.url);
+const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
+
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address() as { port: number };
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+/**
+ * What the nginx image's envsubst step does to /etc/nginx/templates/*.template: replace ${NAME} for the
+ * variables that are set, leave every other dollar sign (nginx's own $variables) alone.
+ */
+function renderTemplate(template: string, vars: Record<string, string>): string {
+  return template.replace(/\$\{(\w+)\}/g, (whole, name: string) => vars[name] ?? whole);
+}
+
+interface Edge {
+  url: string;
+  dir: string;
+  process: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** Debian's nginx as a child process, with every path it writes under `dir`. */
+async function startEdge(originHostPort: string): Promise<Edge> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'fastpull-edge-'));
+  // Workers drop root privileges (to nobody) and must still reach the cache and temp dirs nginx creates here.
+  await chmod(dir, 0o755);
+  await mkdir(path.join(dir, 'conf.d'));
+  await mkdir(path.join(dir, 'logs'));
+  const port = await freePort();
+  const vars = {
+    FASTPULL_CDN_LISTEN: `127.0.0.1:${port}`,
+    FASTPULL_ORIGIN: originHostPort,
+    FASTPULL_CDN_CACHE_DIR: path.join(dir, 'cache'),
+  };
+  const rendered = renderTemplate(await readFile(CONFIG, 'utf8'), vars);
+  expect(rendered).not.toMatch(/\$\{/);
+  await writeFile(path.join(dir, 'conf.d', 'default.conf'), rendered);
+  // Stands in for the image's /etc/nginx/nginx.conf, which includes conf.d/*.conf inside http{}.
+  const temp = (name: string) => path.join(dir, 'temp', name);
+  await writeFile(
+    path.join(dir, 'nginx.conf'),
+    `worker_processes 1;
+pid ${path.join(dir, 'nginx.pid')};
+error_log ${path.join(dir, 'logs', 'error.log')} info;
+events { worker_connections 128; }
+http {
+  access_log ${path.join(dir, 'logs', 'access.log')};
+  client_body_temp_path ${temp('client_body')};
+  proxy_temp_path ${temp('proxy')};
+  fastcgi_temp_path ${temp('fastcgi')};
+  uwsgi_temp_path ${temp('uwsgi')};
+  scgi_temp_path ${temp('scgi')};
+  include ${path.join(dir, 'conf.d', '*.conf')};
+}
+`,
+  );
+  await mkdir(path.join(dir, 'temp'));
+  const args = ['-p', dir, '-e', path.join(dir, 'logs', 'error.log'), '-c', path.join(dir, 'nginx.conf')];
+  const check = spawnSync(NGINX, [...args, '-t'], { encoding: 'utf8' });
+  if (check.status !== 0) throw new Error(`nginx -t rejected the config:\n${check.stderr}`);
+
+  const child = spawn(NGINX, [...args, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const url = `http://127.0.0.1:${port}`;
+  for (let attempt = 0; ; attempt++) {
+    if (child.exitCode !== null) throw new Error(`nginx exited (${child.exitCode}): ${stderr}`);
+    try {
+      await (await request(`${url}/distfiles/layout.conf`)).body.dump();
+      break;
+    } catch (err) {
+      if (attempt > 100) throw err;
+      await sleep(100);
+    }
+  }
+  return {
+    url,
+    dir,
+    process: child,
+    async stop() {
+      if (child.exitCode === null) {
+        // SIGTERM is nginx's fast shutdown; the master waits for its worker, so 'exit' means all are gone.
+        child.kill('SIGTERM');
+        await exited;
+      }
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+describe.skipIf(!existsSync(NGINX))('CDN edge (config/nginx-cdn.conf under Debian nginx)', () => {
+  let origin: TestServer;
+  let edge: Edge;
+  const client = ownClient();
+  /** Every request that reached the origin, as "METHOD url range". */
+  const originRequests: string[] = [];
+  const seen = (url: string) => originRequests.filter((r) => r.split(' ')[1] === url);
+
+  const file = randomBytes(256 * 1024);
+  const hash = sha512(file);
+
+  beforeAll(async () => {
+    client.install();
+    // A two-second 404 TTL lets the test watch a cached miss expire, with room for a loaded machine before that.
+    origin = await startTestServer({ notFoundMaxAge: 2 });
+    origin.app.server.on('request', (req) => {
+      originRequests.push(`${req.method} ${req.url} ${req.headers.range ?? '-'}`);
+    });
+    const up = await origin.upload('edge-1.0.tar.gz', file);
+    expect(up.status).toBe(201);
+    edge = await startEdge(new URL(origin.baseUrl).host);
+  });
+  afterAll(async () => {
+    await client.release();
+    await edge?.stop();
+    await origin?.stop();
+  });
+
+  it('fetches a cold object once (MISS), then serves it from cache (HIT)', async () => {
+    const url = `/distfiles/${hash}`;
+    const first = await get(edge.url + url);
+    expect(first.status).toBe(200);
+    expect(first.headers['x-cache-status']).toBe('MISS');
+    expect(sha512(first.body)).toBe(hash);
+    expect(first.headers['cache-control']).toMatch(/immutable/);
+
+    const second = await get(edge.url + url);
+    expect(second.status).toBe(200);
+    expect(second.headers['x-cache-status']).toBe('HIT');
+    expect(sha512(second.body)).toBe(hash);
+    expect(second.headers['etag']).toBe(first.headers['etag']);
+    expect(second.headers['content-encoding']).toBeUndefined();
+    expect(seen(url)).toHaveLength(1);
+  });
+
+  it('answers a Range from the cached whole object without asking the origin', async () => {
+    const url = `/distfiles/${hash}`;
+    const before = originRequests.length;
+    const ranged = await get(edge.url + url, { range: 'bytes=1000-' });
+    expect(ranged.status).toBe(206);
+    expect(ranged.headers['x-cache-status']).toBe('HIT');
+    expect(ranged.headers['content-range']).toBe(`bytes 1000-${file.length - 1}/${file.length}`);
+    expect(ranged.body.equals(file.subarray(1000))).toBe(true);
+
+    const middle = await get(edge.url + url, { range: 'bytes=10-19' });
+    expect(middle.status).toBe(206);
+    expect(middle.body.equals(file.subarray(10, 20))).toBe(true);
+    expect(originRequests.length).toBe(before);
+  });
+
+  it('answers HEAD and conditional GETs for a cached object itself', async () => {
+    const url = `/distfiles/${hash}`;
+    const before = originRequests.length;
+    const head = await get(edge.url + url, {}, 'HEAD');
+    expect(head.status).toBe(200);
+    expect(head.headers['x-cache-status']).toBe('HIT');
+    expect(head.headers['content-length']).toBe(String(file.length));
+    const etag = head.headers['etag'] as string;
+    expect(etag).toBe(`"${hash}"`);
+    const notModified = await get(edge.url + url, { 'if-none-match': etag });
+    expect(notModified.status).toBe(304);
+    expect(notModified.body.length).toBe(0);
+    expect(originRequests.length).toBe(before);
+  });
+
+  it('turns a cold Range request into one whole-object fetch from the origin', async () => {
+    const url = `/${hash.slice(0, 2)}/${hash.slice(2, 4)}/${hash.slice(4, 6)}/${hash}`;
+    const ranged = await get(edge.url + url, { range: 'bytes=100-' });
+    expect(ranged.headers['x-cache-status']).toBe('MISS');
+    expect(ranged.status).toBe(206);
+    expect(ranged.body.equals(file.subarray(100))).toBe(true);
+    // The origin saw no Range: the edge stored the whole file, so later ranges and full reads are hits.
+    expect(seen(url)).toEqual([`GET ${url} -`]);
+    const full = await get(edge.url + url);
+    expect(full.headers['x-cache-status']).toBe('HIT');
+    expect(sha512(full.body)).toBe(hash);
+    expect(seen(url)).toHaveLength(1);
+  });
+
+  it('lets concurrent requests for a cold object wait for one origin fetch', async () => {
+    const url = `/${hash}`;
+    const results = await Promise.all(Array.from({ length: 6 }, () => get(edge.url + url)));
+    for (const res of results) expect(sha512(res.body)).toBe(hash);
+    expect(seen(url)).toHaveLength(1);
+  });
+
+  it('caches a 404 for as long as the origin says, then asks again', async () => {
+    const url = '/distfiles/later-2.0.tar.gz';
+    const miss = await get(edge.url + url);
+    expect(miss.status).toBe(404);
+    expect(miss.headers['x-cache-status']).toBe('MISS');
+    expect(miss.headers['cache-control']).toBe('public, max-age=2');
+
+    const cached = await get(edge.url + url);
+    expect(cached.status).toBe(404);
+    expect(cached.headers['x-cache-status']).toBe('HIT');
+    expect(seen(url)).toHaveLength(1);
+
+    // Uploaded after the miss: the edge keeps answering 404 only until the origin's TTL runs out.
+    const up = await origin.upload('later-2.0.tar.gz', 'arrived later\n');
+    expect(up.status).toBe(201);
+    // nginx counts expiry in whole seconds: max-age=2 lapses between 2 and 3 s after the miss.
+    await sleep(3200);
+    const fresh = await get(edge.url + url);
+    expect(fresh.status).toBe(200);
+    expect(fresh.body.toString()).toBe('arrived later\n');
+    expect(fresh.headers['x-cache-status']).toMatch(/^(MISS|EXPIRED)$/);
+    expect(seen(url)).toHaveLength(2);
+  });
+
+  it('passes the admin API through uncached, uploads included', async () => {
+    const put = await request(`${edge.url}/api/v1/distfiles/via-edge.tar.gz`, {
+      method: 'PUT',
+      body: 'through the edge\n',
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(put.statusCode).toBe(201);
+    expect((await put.body.json() as any).sha512).toBe(sha512('through the edge\n'));
+    for (let i = 0; i < 2; i++) {
+      const res = await get(`${edge.url}/api/v1/distfiles/via-edge.tar.gz`, { authorization: `Bearer ${ADMIN_TOKEN}` });
+      expect(res.status).toBe(200);
+      expect(res.headers['x-cache-status']).toBeUndefined();
+    }
+    expect(seen('/api/v1/distfiles/via-edge.tar.gz')).toHaveLength(3);
+  });
+});
+
+describe('docker-compose.yml and config/nginx-cdn.conf', () => {
+  it('mount the config as an nginx template and set exactly the variables it uses', async () => {
+    const template = await readFile(CONFIG, 'utf8');
+    const placeholders = [...new Set([...template.matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]))].sort();
+    expect(placeholders).toEqual(['FASTPULL_CDN_CACHE_DIR', 'FASTPULL_CDN_LISTEN', 'FASTPULL_ORIGIN']);
+    const compose = await readFile(new URL('../docker-compose.yml', import.meta.url), 'utf8');
+    expect(compose).toContain('./config/nginx-cdn.conf:/etc/nginx/templates/default.conf.template:ro');
+    for (const name of placeholders) expect(compose, name).toMatch(new RegExp(`^\\s+${name}: \\S`, 'm'));
+  });
+});
