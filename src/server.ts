@@ -7,6 +7,7 @@ import { databaseFile, openDatabase, type DB } from './db/open.js';
 import { buildApp } from './http/app.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
+import { createSpider, type Spider } from './ingest/spider.js';
 import { BlobStore } from './store/blob-store.js';
 
 export interface Server {
@@ -16,6 +17,8 @@ export interface Server {
   index: DistfileIndex;
   ingest: Ingest;
   logger: Logger;
+  /** Fetch jobs, pull-through and their counters. */
+  spider: Spider;
   /** The address actually bound (port 0 resolves here). */
   url: string;
   close(): Promise<void>;
@@ -34,22 +37,36 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   const auth = new BootstrapAuthenticator(config.adminToken);
   if (!auth.enabled()) logger.warn('FASTPULL_ADMIN_TOKEN is not set: the write API is disabled (downloads still work)');
 
-  const app = await buildApp({ config, logger, store, index, ingest, auth });
+  const spider = createSpider(config, { db, store, ingest, logger });
+  const app = await buildApp({
+    config,
+    logger,
+    store,
+    index,
+    ingest,
+    auth,
+    fetchJobs: spider.fetchJobs,
+    ...(spider.missHandler ? { missHandler: spider.missHandler } : {}),
+  });
   let address: string;
   try {
     address = await app.listen({ host: config.host, port: config.port });
   } catch (err) {
+    await spider.close();
     db.close();
     throw err;
   }
+  spider.start();
   logger.info({ address, dataDir: config.dataDir, configFile: config.configFile }, 'fastpull origin listening');
 
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
+      await spider.stopJobs();
       await app.close();
+      await spider.close();
       db.close();
       logger.info('fastpull origin stopped');
     })());
-  return { app, db, store, index, ingest, logger, url: address, close };
+  return { app, db, store, index, ingest, logger, spider, url: address, close };
 }

@@ -9,6 +9,8 @@ import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
+import { fetchRoutes } from './routes/fetches.js';
+import type { FetchJobs } from '../ingest/fetch-jobs.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 
 export interface AppDeps {
@@ -19,6 +21,7 @@ export interface AppDeps {
   ingest: Ingest;
   auth: Authenticator;
   missHandler?: MissHandler;
+  fetchJobs?: FetchJobs;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -82,5 +85,6 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ingest: deps.ingest,
     auth: deps.auth,
   });
+  if (deps.fetchJobs) await app.register(fetchRoutes, { prefix: '/api/v1', auth: deps.auth, fetchJobs: deps.fetchJobs });
   return app;
 }
