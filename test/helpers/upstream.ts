@@ -25,7 +25,7 @@ export interface Upstream {
 export async function startUpstream(routes: Record<string, Handler> = {}): Promise<Upstream> {
   const table = new Map(Object.entries(routes));
   const hits = new Map<string, number>();
-  let server: Server;
+  const box: { server?: Server } = {};
   const up: Upstream = {
     url: '',
     requests: [],
@@ -35,11 +35,11 @@ export async function startUpstream(routes: Record<string, Handler> = {}): Promi
     route: (path, handler) => void table.set(path, handler),
     close: () =>
       new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
+        box.server!.closeAllConnections();
+        box.server!.close(() => resolve());
       }),
   };
-  server = createServer((req, res) => {
+  const server = (box.server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]!;
     up.requests.push({ path, headers: req.headers });
     const hit = (hits.get(path) ?? 0) + 1;
@@ -53,7 +53,7 @@ export async function startUpstream(routes: Record<string, Handler> = {}): Promi
       return;
     }
     Promise.resolve(handler(req, res, hit)).catch(() => res.destroy());
-  });
+  }));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   up.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   return up;
@@ -135,3 +135,17 @@ export const status =
 
 /** Accepts the request and never answers. */
 export const hang: Handler = () => new Promise<void>(() => undefined);
+
+/**
+ * Stops a test server. Node only closes keep-alive connections that are idle at close() time;
+ * one whose response is still finishing would hold close() for the whole keep-alive timeout,
+ * so idle connections are swept until the close completes.
+ */
+export async function stopServer(server: { stop(): Promise<void>; app: { server: { closeIdleConnections(): void } } }): Promise<void> {
+  const sweep = setInterval(() => server.app.server.closeIdleConnections(), 50);
+  try {
+    await server.stop();
+  } finally {
+    clearInterval(sweep);
+  }
+}
