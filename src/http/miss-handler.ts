@@ -36,6 +36,9 @@ export function createMissHandler(pull: PullThrough, deps: { config: Config; ind
       'x-fastpull-pull': 'stream',
     });
     if (head.size !== undefined) reply.header('content-length', head.size);
+    // A failed pull must cut the connection even when no byte has been written yet: otherwise the
+    // framework would turn the stream error into a 500, which is the wrong answer for a bad upstream.
+    stream.once('error', () => reply.raw.destroy());
     if (target.kind === 'hash') reply.header('etag', `"${target.sha512}"`);
     else reply.header('content-disposition', contentDisposition(target.filename));
     reply.send(stream);

@@ -61,6 +61,8 @@ export class Flight {
   subscribe(): Readable | undefined {
     if (this.flowing) return undefined;
     const stream = new PassThrough({ highWaterMark: 256 * 1024 });
+    // Until the HTTP layer pipes it (and watches it), a failure must not become an unhandled error.
+    stream.on('error', () => undefined);
     this.subscribers.add(stream);
     stream.once('close', () => this.subscribers.delete(stream));
     return stream;
