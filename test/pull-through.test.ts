@@ -1,10 +1,18 @@
-import { readdir } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Config } from '../src/config.js';
+import { DistfileIndex } from '../src/db/index.js';
+import { databaseFile, openDatabase } from '../src/db/open.js';
+import { Ingest } from '../src/ingest/ingest.js';
+import { PullThrough } from '../src/ingest/pull-through.js';
+import { BlobStore } from '../src/store/blob-store.js';
+import { Fetcher } from '../src/upstream/fetcher.js';
+import { Mirror } from '../src/upstream/mirrors.js';
+import { UpstreamStats } from '../src/upstream/stats.js';
 import { shardedPath } from '../src/store/paths.js';
-import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
+import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 import { bytes, hang, serve, sha512, startUpstream, status, stopServer, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
@@ -197,6 +205,17 @@ describe('pull-through', () => {
     expect(up.requests).toHaveLength(1);
   });
 
+  it('verifies a name pulled from a fastpull origin against the sha512 in its ETag', async () => {
+    const data = bytes(50_000, 54);
+    const up = await upstream({ '/distfiles/n.tgz': serve(data, { etag: `"${sha512(bytes(50_000, 55))}"` }) });
+    const s = await origin([{ kind: 'fastpull', url: up.url }]);
+    await expect(get(`${s.baseUrl}/distfiles/n.tgz`)).rejects.toThrow();
+    expect(await blobFiles(s.dataDir)).toBe(0);
+    up.route('/distfiles/n.tgz', serve(data, { etag: `"${sha512(data)}"` }));
+    const s2 = await origin([{ kind: 'fastpull', url: up.url }]);
+    expect((await get(`${s2.baseUrl}/distfiles/n.tgz`)).body.equals(data)).toBe(true);
+  });
+
   it('remembers a miss for negativeCacheSeconds', async () => {
     const up = await upstream();
     const s = await origin([{ kind: 'flat', url: up.url }], { negativeCacheSeconds: 60 });
@@ -275,5 +294,71 @@ describe('pull-through', () => {
     const ranged = await get(`${s.baseUrl}/distfiles/r.tgz`, { range: 'bytes=100-' });
     expect(ranged.status).toBe(206);
     expect(ranged.body.equals(data.subarray(100))).toBe(true);
+  });
+});
+
+describe('pull-through deadline', () => {
+  /** The pull machinery over a real store and index, with a header deadline short enough to test. */
+  async function parts(upUrl: string, concurrency = 4) {
+    const dir = await makeDataDir();
+    const store = new BlobStore(dir);
+    await store.init();
+    const db = openDatabase(databaseFile(dir));
+    const stats = new UpstreamStats();
+    const fetcher = new Fetcher({
+      connectTimeoutMs: 5_000,
+      idleTimeoutMs: 30_000,
+      maxRedirects: 5,
+      retries: 0,
+      concurrency,
+      perHostConcurrency: concurrency,
+      stats,
+    });
+    const mirror = new Mirror({ kind: 'flat', url: upUrl }, { threshold: 1, cooldownMs: 600_000 });
+    const pull = new PullThrough({
+      ingest: new Ingest(store, new DistfileIndex(db)),
+      fetcher,
+      mirrors: [mirror],
+      stats,
+      negativeCacheSeconds: 60,
+      maxBytes: 1e9,
+      headerDeadlineMs: 300,
+    });
+    cleanup.push(async () => {
+      await pull.close();
+      await fetcher.close();
+      db.close();
+      await rm(dir, { recursive: true, force: true });
+    });
+    return { pull, mirror, stats };
+  }
+  const name = (filename: string) => ({ kind: 'name' as const, filename, form: 'flat' as const });
+
+  it('gives up on a mirror that sends no headers in time, long before its idle timeout', async () => {
+    const up = await upstream({ '/slow.tgz': hang });
+    const { pull, mirror, stats } = await parts(up.url);
+    const flight = pull.flight(name('slow.tgz'))!;
+    expect(await flight.head).toBeUndefined();
+    expect(await flight.result).toBeUndefined();
+    expect(mirror.available()).toBe(false);
+    expect(stats.counters.pullFailures).toBe(1);
+    expect(pull.flight(name('slow.tgz'))).toBeUndefined();
+  });
+
+  it('does not blame a mirror for our own full connection slots', async () => {
+    const up = await upstream({
+      '/busy.tgz': (_req, res) => {
+        res.writeHead(200, { 'content-length': 1000 });
+        res.write(Buffer.alloc(10));
+        return new Promise<void>(() => undefined);
+      },
+    });
+    const { pull, mirror } = await parts(up.url, 1);
+    const first = pull.flight(name('busy.tgz'))!;
+    expect((await first.head)?.size).toBe(1000);
+    const second = pull.flight(name('other.tgz'))!;
+    expect(await second.head).toBeUndefined();
+    expect(up.count('/other.tgz')).toBe(0);
+    expect(mirror.available()).toBe(true);
   });
 });

@@ -116,7 +116,7 @@ export class Flight {
       const { digests } = await owner.options.ingest.ingest(this.tee(res.body, held), {
         ...(this.target.kind === 'hash'
           ? { expected: { sha512: this.target.sha512 }, pinned: true }
-          : { filename: this.target.filename }),
+          : { filename: this.target.filename, expected: { sha512: announcedSha512(mirror, res) } }),
         maxBytes: owner.options.maxBytes,
         by: 'pull-through',
       });
@@ -174,13 +174,20 @@ export class Flight {
           continue;
         }
         noteFailure(true);
-        // An abort on our own deadline is not the mirror's fault alone, but a mirror that cannot answer in time is failing.
-        mirror.failed();
+        // Waiting for our own connection slots says nothing about the mirror's health.
+        if (!(err instanceof UpstreamError && err.failure === 'busy')) mirror.failed();
         log?.warn({ key: flightKey(this.target), mirror: mirror.base, reason: (err as Error).message }, 'upstream failed');
       }
     }
     return undefined;
   }
+}
+
+/** Another fastpull origin names the content in its strong ETag: a name pull from it can be verified too. */
+function announcedSha512(mirror: Mirror, res: UpstreamResponse): string | undefined {
+  if (mirror.kind !== 'fastpull') return undefined;
+  const m = /^"([0-9a-f]{128})"$/.exec(res.etag ?? '');
+  return m ? m[1] : undefined;
 }
 
 /**

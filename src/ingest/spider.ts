@@ -60,7 +60,9 @@ export function createSpider(
     const breaker = { threshold: config.upstreamFailureThreshold, cooldownMs: config.upstreamCooldownSeconds * 1000 };
     pullThrough = new PullThrough({
       ingest: deps.ingest,
-      fetcher: new Fetcher(common),
+      // Mirrors are chosen by the operator, and a CDN miss storm spans many files on the same mirror:
+      // only the global cap applies, so one long download cannot make other misses wait for a slot.
+      fetcher: new Fetcher({ ...common, perHostConcurrency: Math.max(config.fetchPerHostConcurrency, config.fetchConcurrency) }),
       mirrors: config.upstreams.map((m) => new Mirror(m, breaker)),
       stats,
       negativeCacheSeconds: config.negativeCacheSeconds,

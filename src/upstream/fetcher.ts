@@ -13,7 +13,9 @@ export type UpstreamFailure =
   | 'redirect'
   | 'protocol'
   | 'changed'
-  | 'aborted';
+  | 'aborted'
+  /** Gave up while waiting for a free connection slot: our congestion, not the upstream's fault. */
+  | 'busy';
 
 /** Why an upstream transfer failed, in words safe to show to an operator (never a stack). */
 export class UpstreamError extends Error {
@@ -59,6 +61,8 @@ export interface UpstreamResponse {
   url: string;
   /** Total size when the server announced it. */
   size: number | undefined;
+  /** Strong ETag of the first response, if any (another fastpull origin sends the sha512 here). */
+  etag: string | undefined;
   /** The body: retries and resumes happen inside; each byte of the file is emitted exactly once. */
   body: Readable;
 }
@@ -144,7 +148,8 @@ export class Fetcher {
         const length = header(opened.headers, 'content-length');
         const size = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined;
         const body = new UpstreamBody(this, opened, size, retries, signal);
-        return { url: opened.url, size, body };
+        const etag = header(opened.headers, 'etag');
+        return { url: opened.url, size, etag: etag && !etag.startsWith('W/') ? etag : undefined, body };
       }
       discard(opened);
       lastError = statusError(opened.status, opened.url);
@@ -160,7 +165,9 @@ export class Fetcher {
     for (let hop = 0; ; hop++) {
       const parsed = parseHttpUrl(url);
       seen.add(parsed.href);
-      const release = await this.limiter.acquire(parsed.host, signal);
+      const release = await this.limiter.acquire(parsed.host, signal).catch((err: unknown) => {
+        throw signal?.aborted ? new UpstreamError('busy', 'no connection slot became free in time', parsed.href) : err;
+      });
       let res: Dispatcher.ResponseData;
       try {
         this.options.stats?.add('upstreamRequests');
