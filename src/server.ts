@@ -45,7 +45,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     index,
     ingest,
     auth,
-    fetchJobs: spider.fetchJobs,
+    spider,
     ...(spider.missHandler ? { missHandler: spider.missHandler } : {}),
   });
   let address: string;

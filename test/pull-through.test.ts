@@ -254,7 +254,10 @@ describe('pull-through', () => {
     expect(bad.requests).toHaveLength(2);
     expect(bad.count('/c.tgz')).toBe(0);
     expect(s.spider.stats.counters.breakerSkips).toBe(1);
-    expect(s.spider.pullThrough!.mirrorStates()[0]!.open).toBe(true);
+    const view = await request(`${s.baseUrl}/api/v1/upstreams`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    const json = (await view.body.json()) as any;
+    expect(json.mirrors.map((m: any) => m.open)).toEqual([true, false]);
+    expect(json.counters.breakerSkips).toBe(1);
   });
 
   it('keeps serving local files and answers misses with 404 (never 503) when every upstream is down', async () => {

@@ -10,7 +10,7 @@ import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { fetchRoutes } from './routes/fetches.js';
-import type { FetchJobs } from '../ingest/fetch-jobs.js';
+import type { Spider } from '../ingest/spider.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 
 export interface AppDeps {
@@ -21,7 +21,8 @@ export interface AppDeps {
   ingest: Ingest;
   auth: Authenticator;
   missHandler?: MissHandler;
-  fetchJobs?: FetchJobs;
+  /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
+  spider?: Spider;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -85,6 +86,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ingest: deps.ingest,
     auth: deps.auth,
   });
-  if (deps.fetchJobs) await app.register(fetchRoutes, { prefix: '/api/v1', auth: deps.auth, fetchJobs: deps.fetchJobs });
+  if (deps.spider) {
+    await app.register(fetchRoutes, {
+      prefix: '/api/v1',
+      auth: deps.auth,
+      fetchJobs: deps.spider.fetchJobs,
+      pullThrough: deps.spider.pullThrough,
+      stats: deps.spider.stats,
+    });
+  }
   return app;
 }

@@ -1,11 +1,15 @@
 import type { FastifyInstance } from 'fastify';
 import type { Authenticator } from '../../auth/tokens.js';
 import type { FetchJobs } from '../../ingest/fetch-jobs.js';
+import type { PullThrough } from '../../ingest/pull-through.js';
+import type { UpstreamStats } from '../../upstream/stats.js';
 import { requireScope } from '../auth.js';
 
 export interface FetchRouteDeps {
   auth: Authenticator;
   fetchJobs: FetchJobs;
+  pullThrough: PullThrough | undefined;
+  stats: UpstreamStats;
 }
 
 /** POST /fetches queues downloads by URL; GET /fetches/:id reports per-item progress. */
@@ -27,4 +31,11 @@ export async function fetchRoutes(app: FastifyInstance, deps: FetchRouteDeps): P
   app.get<{ Params: { id: string } }>('/fetches/:id', { onRequest: canRead }, async (request) => {
     return fetchJobs.view(request.params.id);
   });
+
+  // For operators: which mirrors are being skipped (breaker open) and the upstream counters.
+  app.get('/upstreams', { onRequest: canRead }, async () => ({
+    pullThrough: deps.pullThrough !== undefined,
+    mirrors: deps.pullThrough?.mirrorStates() ?? [],
+    counters: deps.stats.snapshot(),
+  }));
 }
