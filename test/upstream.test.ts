@@ -66,6 +66,15 @@ describe('fetcher', () => {
     expect(f.options.stats!.counters.upstreamRetries).toBe(2);
   });
 
+  it('retries when the connection is reset before any response', async () => {
+    const data = bytes(3000, 13);
+    const good = serve(data);
+    const up = await upstream({ '/reset': (req, res, hit) => (hit === 1 ? void req.socket.destroy() : good(req, res, hit)) });
+    const res = await fetcher().open(`${up.url}/reset`);
+    expect((await readAll(res.body)).equals(data)).toBe(true);
+    expect(up.count('/reset')).toBe(2);
+  });
+
   it('gives up on 5xx after the configured retries', async () => {
     const up = await upstream({ '/down': status(503) });
     const err = await failure(fetcher({ retries: 2 }).open(`${up.url}/down`));

@@ -133,7 +133,7 @@ export class Fetcher {
       if (attempt > 0) {
         this.options.stats?.add('upstreamRetries');
         await sleep(this.backoff(attempt - 1), undefined, signal ? { signal } : {}).catch(() => {
-          throw lastError ?? toUpstreamError(abortReason(signal!), url);
+          throw toUpstreamError(abortReason(signal!), url);
         });
       }
       let opened: Opened;
