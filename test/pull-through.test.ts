@@ -148,6 +148,30 @@ describe('pull-through', () => {
     expect(s.spider.stats.counters.pullJoins).toBe(99);
   });
 
+  it('serves a request that joins once bytes flow from the store after the commit', async () => {
+    const data = bytes(200_000, 56);
+    let sent = 0;
+    const slow = serve(data, { chunkSize: 10_000, delayMs: 25 });
+    const up = await upstream({
+      '/late.tgz': (req, res, hit) => {
+        const write = res.write.bind(res);
+        res.write = ((chunk: Buffer) => ((sent += chunk.length), write(chunk))) as typeof res.write;
+        return slow(req, res, hit);
+      },
+    });
+    const s = await origin([{ kind: 'flat', url: up.url }]);
+    const early = get(`${s.baseUrl}/distfiles/late.tgz`);
+    while (sent < 50_000) await new Promise((r) => setTimeout(r, 10));
+    const late = await get(`${s.baseUrl}/distfiles/late.tgz`);
+    const first = await early;
+    expect(first.headers['x-fastpull-pull']).toBe('stream');
+    expect(first.body.equals(data)).toBe(true);
+    expect(late.status).toBe(200);
+    expect(late.headers['x-fastpull-pull']).toBeUndefined();
+    expect(late.body.equals(data)).toBe(true);
+    expect(up.count('/late.tgz')).toBe(1);
+  });
+
   it('hides an upstream drop from the client: the stream resumes with Range', async () => {
     const data = bytes(250_000, 47);
     const up = await upstream({ '/cut.tgz': serve(data, { dropAfter: 90_000 }) });
