@@ -11,6 +11,7 @@ import { closeGracefully, trackConnections } from './ops/shutdown.js';
 import { Readiness } from './ops/readiness.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
+import { createSpider, type Spider } from './ingest/spider.js';
 import { BlobStore } from './store/blob-store.js';
 
 export interface Server {
@@ -25,6 +26,8 @@ export interface Server {
   tokens: TokenStore;
   /** Where /metrics is served when FASTPULL_METRICS_PORT is set. */
   metricsUrl: string | undefined;
+  /** Fetch jobs, pull-through and their counters. */
+  spider: Spider;
   /** The address actually bound (port 0 resolves here). */
   url: string;
   close(): Promise<void>;
@@ -51,7 +54,21 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
-  const app = await buildApp({ config, logger, store, index, ingest, auth, metrics, readiness, tokens });
+  const spider = createSpider(config, { db, store, ingest, logger });
+  bridgeSpiderMetrics(spider, metrics);
+  const app = await buildApp({
+    config,
+    logger,
+    store,
+    index,
+    ingest,
+    auth,
+    metrics,
+    readiness,
+    tokens,
+    spider,
+    ...(spider.missHandler ? { missHandler: spider.missHandler } : {}),
+  });
   const sockets = trackConnections(app.server);
   let address: string;
   let metricsListener: Awaited<ReturnType<typeof startMetricsListener>> | undefined;
@@ -60,9 +77,11 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     if (config.metricsPort !== undefined) metricsListener = await startMetricsListener(metrics, config.host, config.metricsPort);
   } catch (err) {
     await app.close().catch(() => undefined);
+    await spider.close();
     db.close();
     throw err;
   }
+  spider.start();
   logger.info(
     { address, metrics: metricsListener?.url, dataDir: config.dataDir, configFile: config.configFile },
     'fastpull origin listening',
@@ -72,8 +91,10 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   const close = () =>
     (closing ??= (async () => {
       readiness.shuttingDown = true;
+      await spider.stopJobs();
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
+      await spider.close();
       if (metricsListener) {
         const server = metricsListener.server;
         server.closeAllConnections();
@@ -92,8 +113,24 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     metrics,
     readiness,
     tokens,
+    spider,
     metricsUrl: metricsListener?.url,
     url: address,
     close,
   };
+}
+
+/** Pull-through and fetch-job counters live in the spider; Prometheus sees them through this bridge. */
+function bridgeSpiderMetrics(spider: Spider, metrics: Metrics): void {
+  const routes: Partial<Record<string, () => void>> = {
+    pullHits: () => metrics.pullThrough.inc({ result: 'hit' }),
+    pullMisses: () => metrics.pullThrough.inc({ result: 'miss' }),
+    pullFailures: () => metrics.pullThrough.inc({ result: 'failure' }),
+    fetchItemsDone: () => metrics.fetchItems.inc({ result: 'done' }),
+    fetchItemsFailed: () => metrics.fetchItems.inc({ result: 'failed' }),
+  };
+  spider.stats.on('count', (name: string, delta: number) => {
+    const count = routes[name];
+    if (count) for (let i = 0; i < delta; i++) count();
+  });
 }

@@ -15,6 +15,8 @@ import { Readiness } from '../ops/readiness.js';
 import type { TokenStore } from '../auth/token-store.js';
 import { registerOpenApi } from './openapi.js';
 import { adminRoutes } from './routes/admin.js';
+import { fetchRoutes } from './routes/fetches.js';
+import type { Spider } from '../ingest/spider.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 import { statusRoutes } from './routes/status.js';
 
@@ -29,6 +31,8 @@ export interface AppDeps {
   metrics?: Metrics;
   readiness?: Readiness;
   tokens?: TokenStore;
+  /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
+  spider?: Spider;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -104,5 +108,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ingest: deps.ingest,
     auth: deps.auth,
   });
+  if (deps.spider) {
+    await app.register(fetchRoutes, {
+      prefix: '/api/v1',
+      auth: deps.auth,
+      fetchJobs: deps.spider.fetchJobs,
+      pullThrough: deps.spider.pullThrough,
+      stats: deps.spider.stats,
+    });
+  }
   return app;
 }

@@ -1,0 +1,162 @@
+import type { Statement } from 'better-sqlite3';
+import type { Digests } from '../store/digests.js';
+import type { DB } from './open.js';
+
+export type ItemState = 'queued' | 'downloading' | 'done' | 'failed';
+
+export interface FetchItemRow {
+  job_id: string;
+  idx: number;
+  url: string;
+  mirrors: string;
+  filename: string;
+  expected_size: number | null;
+  expected_sha512: string | null;
+  expected_blake2b: string | null;
+  state: ItemState;
+  attempts: number;
+  sha512: string | null;
+  blake2b: string | null;
+  sha256: string | null;
+  size: number | null;
+  source: string | null;
+  reason: string | null;
+  queued_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+}
+
+export interface FetchJobRow {
+  id: string;
+  created_at: number;
+  created_by: string | null;
+}
+
+export interface NewItem {
+  url: string;
+  mirrors: string[];
+  filename: string;
+  size?: number | undefined;
+  sha512?: string | undefined;
+  blake2b?: string | undefined;
+}
+
+/** Persistence of fetch jobs and of the URL → sha512 pairs learned by fetching. */
+export class FetchJobStore {
+  private readonly stmt: {
+    insertJob: Statement<[Record<string, unknown>]>;
+    insertItem: Statement<[Record<string, unknown>]>;
+    job: Statement<[string], FetchJobRow>;
+    items: Statement<[string], FetchItemRow>;
+    nextQueued: Statement<[number], FetchItemRow>;
+    start: Statement<[{ job_id: string; idx: number; at: number }]>;
+    requeue: Statement<[{ job_id: string; idx: number }]>;
+    requeueAll: Statement<[]>;
+    done: Statement<[Record<string, unknown>]>;
+    fail: Statement<[Record<string, unknown>]>;
+    urlHash: Statement<[string], { sha512: string }>;
+    rememberUrl: Statement<[Record<string, unknown>]>;
+  };
+
+  constructor(readonly db: DB) {
+    this.stmt = {
+      insertJob: db.prepare('INSERT INTO fetch_jobs (id, created_at, created_by) VALUES (@id, @at, @by)'),
+      insertItem: db.prepare(
+        `INSERT INTO fetch_items (job_id, idx, url, mirrors, filename, expected_size, expected_sha512, expected_blake2b,
+                                  state, queued_at)
+         VALUES (@job_id, @idx, @url, @mirrors, @filename, @size, @sha512, @blake2b, 'queued', @at)`,
+      ),
+      job: db.prepare('SELECT * FROM fetch_jobs WHERE id = ?'),
+      items: db.prepare('SELECT * FROM fetch_items WHERE job_id = ? ORDER BY idx'),
+      nextQueued: db.prepare(
+        `SELECT * FROM fetch_items WHERE state = 'queued' ORDER BY queued_at, job_id, idx LIMIT ?`,
+      ),
+      start: db.prepare(
+        `UPDATE fetch_items SET state = 'downloading', started_at = @at, attempts = attempts + 1
+         WHERE job_id = @job_id AND idx = @idx AND state = 'queued'`,
+      ),
+      requeue: db.prepare(
+        `UPDATE fetch_items SET state = 'queued', started_at = NULL
+         WHERE job_id = @job_id AND idx = @idx AND state = 'downloading'`,
+      ),
+      requeueAll: db.prepare(`UPDATE fetch_items SET state = 'queued', started_at = NULL WHERE state = 'downloading'`),
+      done: db.prepare(
+        `UPDATE fetch_items SET state = 'done', sha512 = @sha512, blake2b = @blake2b, sha256 = @sha256, size = @size,
+                source = @source, reason = NULL, finished_at = @at
+         WHERE job_id = @job_id AND idx = @idx`,
+      ),
+      fail: db.prepare(
+        `UPDATE fetch_items SET state = 'failed', reason = @reason, finished_at = @at WHERE job_id = @job_id AND idx = @idx`,
+      ),
+      urlHash: db.prepare('SELECT sha512 FROM fetched_urls WHERE url = ?'),
+      rememberUrl: db.prepare(
+        `INSERT INTO fetched_urls (url, sha512, fetched_at) VALUES (@url, @sha512, @at)
+         ON CONFLICT (url) DO UPDATE SET sha512 = excluded.sha512, fetched_at = excluded.fetched_at`,
+      ),
+    };
+  }
+
+  create(id: string, items: NewItem[], by: string | null): void {
+    const at = Date.now();
+    this.db
+      .transaction(() => {
+        this.stmt.insertJob.run({ id, at, by });
+        items.forEach((item, idx) =>
+          this.stmt.insertItem.run({
+            job_id: id,
+            idx,
+            url: item.url,
+            mirrors: JSON.stringify(item.mirrors),
+            filename: item.filename,
+            size: item.size ?? null,
+            sha512: item.sha512 ?? null,
+            blake2b: item.blake2b ?? null,
+            at,
+          }),
+        );
+      })
+      .immediate();
+  }
+
+  job(id: string): FetchJobRow | undefined {
+    return this.stmt.job.get(id);
+  }
+
+  items(jobId: string): FetchItemRow[] {
+    return this.stmt.items.all(jobId);
+  }
+
+  nextQueued(limit: number): FetchItemRow[] {
+    return this.stmt.nextQueued.all(limit);
+  }
+
+  /** Claims a queued item; false if it is no longer queued. */
+  start(item: FetchItemRow): boolean {
+    return this.stmt.start.run({ job_id: item.job_id, idx: item.idx, at: Date.now() }).changes === 1;
+  }
+
+  requeue(item: FetchItemRow): void {
+    this.stmt.requeue.run({ job_id: item.job_id, idx: item.idx });
+  }
+
+  /** At startup nothing is downloading: whatever was, was cut off by a stop or a crash. */
+  requeueInterrupted(): number {
+    return this.stmt.requeueAll.run().changes;
+  }
+
+  done(item: FetchItemRow, digests: Digests, source: string): void {
+    this.stmt.done.run({ job_id: item.job_id, idx: item.idx, ...digests, source, at: Date.now() });
+  }
+
+  fail(item: FetchItemRow, reason: string): void {
+    this.stmt.fail.run({ job_id: item.job_id, idx: item.idx, reason, at: Date.now() });
+  }
+
+  urlHash(url: string): string | undefined {
+    return this.stmt.urlHash.get(url)?.sha512;
+  }
+
+  rememberUrl(url: string, sha512: string): void {
+    this.stmt.rememberUrl.run({ url, sha512, at: Date.now() });
+  }
+}

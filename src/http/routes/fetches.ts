@@ -1,0 +1,41 @@
+import type { FastifyInstance } from 'fastify';
+import type { Authenticator } from '../../auth/tokens.js';
+import type { FetchJobs } from '../../ingest/fetch-jobs.js';
+import type { PullThrough } from '../../ingest/pull-through.js';
+import type { UpstreamStats } from '../../upstream/stats.js';
+import { requireScope } from '../auth.js';
+
+export interface FetchRouteDeps {
+  auth: Authenticator;
+  fetchJobs: FetchJobs;
+  pullThrough: PullThrough | undefined;
+  stats: UpstreamStats;
+}
+
+/** POST /fetches queues downloads by URL; GET /fetches/:id reports per-item progress. */
+export async function fetchRoutes(app: FastifyInstance, deps: FetchRouteDeps): Promise<void> {
+  const { auth, fetchJobs } = deps;
+  const canRead = requireScope(auth, 'read-api');
+  const canUpload = requireScope(auth, 'upload');
+
+  app.addHook('onRequest', async (request) => {
+    request.routeKind = 'api';
+  });
+
+  // Validation lives in parseItems so that each problem maps to its precise code (BAD_URL, BAD_FILENAME, BAD_HASH).
+  app.post('/fetches', { onRequest: canUpload, bodyLimit: 4 * 1024 * 1024 }, async (request, reply) => {
+    const view = fetchJobs.submit(request.body, request.principal?.name ?? null);
+    return reply.code(202).header('location', `${request.url.replace(/\/+$/, '')}/${view.id}`).send(view);
+  });
+
+  app.get<{ Params: { id: string } }>('/fetches/:id', { onRequest: canRead }, async (request) => {
+    return fetchJobs.view(request.params.id);
+  });
+
+  // For operators: which mirrors are being skipped (breaker open) and the upstream counters.
+  app.get('/upstreams', { onRequest: canRead }, async () => ({
+    pullThrough: deps.pullThrough !== undefined,
+    mirrors: deps.pullThrough?.mirrorStates() ?? [],
+    counters: deps.stats.snapshot(),
+  }));
+}
