@@ -2,6 +2,11 @@ import { pathToFileURL } from 'node:url';
 import { realpathSync } from 'node:fs';
 import { migrateCommand } from './commands/migrate.js';
 import { serveCommand } from './commands/serve.js';
+import { fsckCommand } from './commands/fsck.js';
+import { gcCommand } from './commands/gc.js';
+import { reindexCommand } from './commands/reindex.js';
+import { statsCommand } from './commands/stats.js';
+import { verifyCommand } from './commands/verify.js';
 
 export type Command = (args: string[]) => Promise<number>;
 
@@ -9,6 +14,11 @@ export type Command = (args: string[]) => Promise<number>;
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   serve: { run: serveCommand, summary: 'run the origin server' },
   migrate: { run: migrateCommand, summary: 'apply pending database migrations and print the schema version' },
+  verify: { run: verifyCommand, summary: 're-hash blobs, quarantine damaged ones (--sample N, --since DATE); exit 1 on damage' },
+  fsck: { run: fsckCommand, summary: 'reconcile blobs on disk with the index (--repair fixes what is safe)' },
+  reindex: { run: reindexCommand, summary: 'rebuild the blob table from the files on disk (names cannot be recovered)' },
+  gc: { run: gcCommand, summary: 'remove unreferenced, unpinned blobs older than the grace period (--dry-run)' },
+  stats: { run: statsCommand, summary: 'print counts, bytes stored, largest names and dedup savings (--json)' },
 };
 
 function usage(): string {

@@ -8,6 +8,8 @@ import { buildApp } from './http/app.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { BlobStore } from './store/blob-store.js';
+import { Scrubber } from './maintenance/scrub.js';
+import { StorageGuard } from './maintenance/watermark.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -34,7 +36,8 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   const auth = new BootstrapAuthenticator(config.adminToken);
   if (!auth.enabled()) logger.warn('FASTPULL_ADMIN_TOKEN is not set: the write API is disabled (downloads still work)');
 
-  const app = await buildApp({ config, logger, store, index, ingest, auth });
+  const storage = new StorageGuard(db, config.highWatermarkBytes);
+  const app = await buildApp({ config, logger, store, index, ingest, auth, storage });
   let address: string;
   try {
     address = await app.listen({ host: config.host, port: config.port });
@@ -43,10 +46,17 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     throw err;
   }
   logger.info({ address, dataDir: config.dataDir, configFile: config.configFile }, 'fastpull origin listening');
+  const scrubber =
+    config.scrubBytesPerSecond > 0
+      ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
+      : undefined;
+  scrubber?.start();
 
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
+      // Stop the scrub first: it must not touch the database after close.
+      await scrubber?.stop();
       await app.close();
       db.close();
       logger.info('fastpull origin stopped');

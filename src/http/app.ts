@@ -8,7 +8,7 @@ import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
-import { adminRoutes } from './routes/admin.js';
+import { adminRoutes, type AdminRouteDeps } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 
 export interface AppDeps {
@@ -19,6 +19,7 @@ export interface AppDeps {
   ingest: Ingest;
   auth: Authenticator;
   missHandler?: MissHandler;
+  storage?: AdminRouteDeps['storage'];
 }
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -81,6 +82,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     index: deps.index,
     ingest: deps.ingest,
     auth: deps.auth,
+    storage: deps.storage,
   });
   return app;
 }
