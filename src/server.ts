@@ -18,6 +18,8 @@ export interface Server {
   index: DistfileIndex;
   ingest: Ingest;
   logger: Logger;
+  /** Bytes stored and the high-watermark state (for metrics: storage.bytesStored(), storageState). */
+  storage: StorageGuard;
   /** The address actually bound (port 0 resolves here). */
   url: string;
   close(): Promise<void>;
@@ -61,5 +63,5 @@ export async function startServer(config: Config, options: { logger?: Logger } =
       db.close();
       logger.info('fastpull origin stopped');
     })());
-  return { app, db, store, index, ingest, logger, url: address, close };
+  return { app, db, store, index, ingest, logger, storage, url: address, close };
 }

@@ -21,9 +21,15 @@ export class Progress {
     this.lastDraw = performance.now();
   }
 
+  /** One item finished; `bytes` are those not already reported through bytes(). */
   tick(bytes: number): void {
     this.done++;
-    this.doneBytes += bytes;
+    this.bytes(bytes);
+  }
+
+  /** Bytes read so far within the current item, so one multi-GiB blob still moves the bar. */
+  bytes(n: number): void {
+    this.doneBytes += n;
     const now = performance.now();
     if (now - this.lastDraw >= this.intervalMs) {
       this.lastDraw = now;

@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { selectForVerify, verifyBlob, type VerifyOutcome } from '../maintenance/verify.js';
 import { formatBytes, openDataDir, parsePositiveInt, parseSince, UsageError, withUsage } from './context.js';
@@ -36,8 +37,18 @@ export async function verifyCommand(args: string[]): Promise<number> {
       const started = Date.now();
       const counts = { ok: 0, corrupt: 0, missing: 0, skipped: 0, bytes: 0 };
       const problems: VerifyOutcome[] = [];
+      let readBytes = 0;
+      const counting = (stream: Readable) =>
+        (async function* () {
+          for await (const chunk of stream as AsyncIterable<Buffer>) {
+            readBytes += chunk.length;
+            progress.bytes(chunk.length);
+            yield chunk;
+          }
+        })();
       for (const ref of refs) {
-        const outcome = await verifyBlob(ctx.store, ctx.queries, ref);
+        readBytes = 0;
+        const outcome = await verifyBlob(ctx.store, ctx.queries, ref, { wrap: counting });
         counts[outcome.status]++;
         if (outcome.status !== 'skipped') counts.bytes += ref.size;
         if (outcome.status === 'corrupt') {
@@ -47,7 +58,8 @@ export async function verifyCommand(args: string[]): Promise<number> {
           problems.push(outcome);
           progress.note(`MISSING ${ref.sha512} (${describeNames(outcome.names)}): indexed but not on disk`);
         }
-        progress.tick(ref.size);
+        // The bar counts the indexed size; a damaged file may have had another size.
+        progress.tick(Math.max(0, ref.size - readBytes));
       }
       progress.finish();
 

@@ -20,9 +20,6 @@ export interface GcResult {
   restored: string[];
 }
 
-/** Plain counters for metrics. */
-export const gcCounters = { blobsRemoved: 0, bytesRemoved: 0 };
-
 /** Blobs no attached name references, not pinned, ingested before `cutoff` (ms). */
 export function gcCandidates(queries: MaintenanceQueries, cutoff: number): GcCandidate[] {
   return queries.gcCandidates(cutoff).map((r) => ({
@@ -83,8 +80,6 @@ export async function collect(store: BlobStore, db: DB, queries: MaintenanceQuer
       await unlink(trash);
     }
     result.removed.push(candidate);
-    gcCounters.blobsRemoved++;
-    gcCounters.bytesRemoved += candidate.size;
   }
   return result;
 }
