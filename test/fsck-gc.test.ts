@@ -9,7 +9,7 @@ import { loadConfig } from '../src/config.js';
 import { openDatabase } from '../src/db/open.js';
 import { collect, gcCandidates } from '../src/maintenance/gc.js';
 import { MaintenanceQueries } from '../src/maintenance/queries.js';
-import { storageState } from '../src/maintenance/watermark.js';
+import { StorageGuard, storageState } from '../src/maintenance/watermark.js';
 import { startServer } from '../src/server.js';
 import { BlobStore } from '../src/store/blob-store.js';
 import { runCli } from './helpers/cli.js';
@@ -392,6 +392,32 @@ describe('high watermark', () => {
         await roomy.close();
       }
     } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('sees bytes added by its own connection and freed by another process (gc) without a restart', async () => {
+    const dataDir = await makeDataDir();
+    const db = openDatabase(path.join(dataDir, 'index.sqlite'));
+    const other = openIndex(dataDir);
+    try {
+      const guard = new StorageGuard(db, 100, 0);
+      expect(() => guard.assertAccepting()).not.toThrow();
+      const insert = (conn: typeof db, body: Buffer) =>
+        conn
+          .prepare(`INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at) VALUES (?, ?, ?, ?, 0)`)
+          .run(sha512(body), sha512(body), sha512(body).slice(0, 64), body.length);
+      insert(db, content('own', 60));
+      expect(() => guard.assertAccepting()).not.toThrow();
+      insert(other, content('other', 60));
+      expect(() => guard.assertAccepting()).toThrow(/high watermark/);
+      expect(guard.bytesStored()).toBe(120);
+      other.prepare('DELETE FROM blobs WHERE sha512 = ?').run(sha512(content('own', 60)));
+      expect(() => guard.assertAccepting()).not.toThrow();
+      expect(storageState.aboveHighWatermark).toBe(false);
+    } finally {
+      other.close();
+      db.close();
       await rm(dataDir, { recursive: true, force: true });
     }
   });
