@@ -321,6 +321,42 @@ describe('fastpull gc', () => {
   });
 });
 
+describe('gc against a concurrent re-upload', () => {
+  it('puts the file back when a re-upload that deduplicated against it records its row meanwhile', async () => {
+    const server = await startTestServer();
+    try {
+      const body = content('raced', 4321);
+      const sha = sha512(body);
+      await server.upload('raced.tar', body);
+      await detach(server.baseUrl, 'raced.tar');
+      const db = openDatabase(path.join(server.dataDir, 'index.sqlite'));
+      try {
+        const queries = new MaintenanceQueries(db);
+        const cutoff = Date.now() + 1000;
+        const running = collect(new BlobStore(server.dataDir), db, queries, gcCandidates(queries, cutoff), cutoff, 3000);
+        // The re-upload's link(2) saw the file (EEXIST) and skipped writing; it records its row only
+        // now, after gc deleted the row and moved the file.
+        while (existsSync(blobPath(server.dataDir, sha))) await new Promise((r) => setTimeout(r, 5));
+        server.index.recordBlob(
+          { sha512: sha, blake2b: sha, sha256: sha.slice(0, 64), size: body.length },
+          { filename: 'raced.tar', by: 'racer' },
+        );
+        const result = await running;
+        expect(result.removed.map((c) => c.sha512)).toEqual([sha]);
+        expect(result.restored).toEqual([sha]);
+      } finally {
+        db.close();
+      }
+      const res = await get(`${server.baseUrl}/distfiles/raced.tar`);
+      expect(res.status).toBe(200);
+      expect(res.body.equals(body)).toBe(true);
+      expect(readdirSync(path.join(server.dataDir, 'tmp'))).toEqual([]);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
 describe('high watermark', () => {
   it('refuses uploads with 507 before reading the body once stored bytes exceed it, and logs why', async () => {
     const dataDir = await makeDataDir();

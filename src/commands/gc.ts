@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { collect, gcCandidates } from '../maintenance/gc.js';
+import { collect, GC_SETTLE_MS, gcCandidates } from '../maintenance/gc.js';
 import { formatBytes, openDataDir, parsePositiveInt, withUsage } from './context.js';
 
 export const GC_USAGE = 'usage: fastpull gc [--dry-run] [--grace SECONDS] [--data-dir DIR]';
@@ -32,9 +32,13 @@ export async function gcCommand(args: string[]): Promise<number> {
         console.log(`dry run: ${candidates.length} blobs, ${total} bytes (${formatBytes(total)}) would be removed (grace ${grace}s)`);
         return 0;
       }
+      if (candidates.length > 0) {
+        console.error(`removing ${candidates.length} blobs; waiting ${GC_SETTLE_MS / 1000}s for uploads in flight to settle`);
+      }
       const result = await collect(ctx.store, ctx.db, ctx.queries, candidates, cutoff);
       for (const c of result.removed) console.log(`removed ${describe(c)}`);
       for (const c of result.kept) console.log(`kept ${c.sha512}: referenced again since selection`);
+      for (const sha of result.restored) console.log(`restored ${sha}: re-uploaded while being removed`);
       const bytes = result.removed.reduce((s, c) => s + c.size, 0);
       console.log(`removed ${result.removed.length} blobs, ${bytes} bytes (${formatBytes(bytes)}) (grace ${grace}s)`);
       return 0;
