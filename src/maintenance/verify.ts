@@ -75,6 +75,12 @@ export async function verifyBlob(
   } catch (err) {
     if (!isMissing(err)) throw err;
   }
+  // A re-upload whose link(2) met the damaged file (same size) skipped writing, then cleared the
+  // quarantine; the file it relied on has just moved. Quarantined again, the row 404s and the
+  // next re-upload (which will write, the path being free) heals it.
+  if (queries.blobState(sha512)?.quarantined_at === null && (await inode(file)) === undefined) {
+    queries.markQuarantined(sha512);
+  }
   return {
     status: 'corrupt',
     sha512,
