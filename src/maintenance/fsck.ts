@@ -56,14 +56,11 @@ export async function fsck(
   store: BlobStore,
   db: DB,
   queries: MaintenanceQueries,
-  options: { repair: boolean; onIssue?: (issue: FsckIssue) => void },
+  options: { repair: boolean },
 ): Promise<FsckReport> {
   const { repair } = options;
   const report: FsckReport = { blobsOnDisk: 0, rows: 0, tempsInFlight: 0, issues: [] };
-  const add = (issue: FsckIssue) => {
-    report.issues.push(issue);
-    options.onIssue?.(issue);
-  };
+  const add = (issue: FsckIssue) => report.issues.push(issue);
 
   // Disk → index.
   for await (const sha512 of store.list()) {

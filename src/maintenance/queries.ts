@@ -31,7 +31,6 @@ export class MaintenanceQueries {
     deleteBlob: Statement<[string]>;
     gcCandidates: Statement<[{ cutoff: number }], BlobRef & { ingested_at: number; quarantined_at: number | null }>;
     gcStillCollectable: Statement<[{ sha512: string; cutoff: number }], { ok: 1 }>;
-    bytesStored: Statement<[], { bytes: number | null }>;
     namesOf: Statement<[string], { filename: string }>;
   };
 
@@ -83,7 +82,6 @@ export class MaintenanceQueries {
          WHERE b.sha512 = @sha512 AND b.pinned = 0 AND b.ingested_at < @cutoff
            AND NOT EXISTS (SELECT 1 FROM names n WHERE n.sha512 = b.sha512 AND n.detached_at IS NULL)`,
       ),
-      bytesStored: db.prepare('SELECT sum(size) AS bytes FROM blobs'),
       namesOf: db.prepare(
         'SELECT filename FROM names WHERE sha512 = ? AND detached_at IS NULL ORDER BY seq DESC',
       ),
@@ -151,10 +149,6 @@ export class MaintenanceQueries {
 
   gcStillCollectable(sha512: string, cutoff: number): boolean {
     return this.stmt.gcStillCollectable.get({ sha512, cutoff }) !== undefined;
-  }
-
-  bytesStored(): number {
-    return this.stmt.bytesStored.get()!.bytes ?? 0;
   }
 
   attachedNames(sha512: string): string[] {
