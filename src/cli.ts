@@ -8,6 +8,11 @@ import { serveCommand } from './commands/serve.js';
 import { drainCommand } from './commands/drain.js';
 import { tokenCommand } from './commands/token.js';
 import { auditCommand } from './commands/audit.js';
+import { fsckCommand } from './commands/fsck.js';
+import { gcCommand } from './commands/gc.js';
+import { reindexCommand } from './commands/reindex.js';
+import { statsCommand } from './commands/stats.js';
+import { verifyCommand } from './commands/verify.js';
 
 export type Command = (args: string[]) => Promise<number>;
 
@@ -21,6 +26,11 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   drain: { run: drainCommand, summary: 'make /readyz fail so a load balancer drains this instance (--off to undo)' },
   token: { run: tokenCommand, summary: 'create, list or revoke API tokens (create prints the secret once)' },
   audit: { run: auditCommand, summary: 'show who uploaded, linked or deleted what, and token changes' },
+  verify: { run: verifyCommand, summary: 're-hash blobs, quarantine damaged ones (--sample N, --since DATE); exit 1 on damage' },
+  fsck: { run: fsckCommand, summary: 'reconcile blobs on disk with the index (--repair fixes what is safe)' },
+  reindex: { run: reindexCommand, summary: 'rebuild the blob table from the files on disk (names cannot be recovered)' },
+  gc: { run: gcCommand, summary: 'remove unreferenced, unpinned blobs older than the grace period (--dry-run)' },
+  stats: { run: statsCommand, summary: 'print counts, bytes stored, largest names and dedup savings (--json)' },
 };
 
 function usage(): string {

@@ -13,6 +13,8 @@ import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
 import { BlobStore } from './store/blob-store.js';
+import { Scrubber, scrubCounters } from './maintenance/scrub.js';
+import { StorageGuard, storageState } from './maintenance/watermark.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -28,6 +30,8 @@ export interface Server {
   metricsUrl: string | undefined;
   /** Fetch jobs, pull-through and their counters. */
   spider: Spider;
+  /** Bytes stored and the high-watermark state (for metrics: storage.bytesStored(), storageState). */
+  storage: StorageGuard;
   /** The address actually bound (port 0 resolves here). */
   url: string;
   close(): Promise<void>;
@@ -54,8 +58,10 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
+  const storage = new StorageGuard(db, config.highWatermarkBytes);
   const spider = createSpider(config, { db, store, ingest, logger });
   bridgeSpiderMetrics(spider, metrics);
+  bridgeMaintenanceMetrics(metrics);
   const app = await buildApp({
     config,
     logger,
@@ -67,6 +73,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     readiness,
     tokens,
     spider,
+    storage,
     ...(spider.missHandler ? { missHandler: spider.missHandler } : {}),
   });
   const sockets = trackConnections(app.server);
@@ -86,11 +93,18 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     { address, metrics: metricsListener?.url, dataDir: config.dataDir, configFile: config.configFile },
     'fastpull origin listening',
   );
+  const scrubber =
+    config.scrubBytesPerSecond > 0
+      ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
+      : undefined;
+  scrubber?.start();
 
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
       readiness.shuttingDown = true;
+      // Stop the scrub first: it must not touch the database after close.
+      await scrubber?.stop();
       await spider.stopJobs();
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
@@ -114,6 +128,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     readiness,
     tokens,
     spider,
+    storage,
     metricsUrl: metricsListener?.url,
     url: address,
     close,
@@ -132,5 +147,20 @@ function bridgeSpiderMetrics(spider: Spider, metrics: Metrics): void {
   spider.stats.on('count', (name: string, delta: number) => {
     const count = routes[name];
     if (count) for (let i = 0; i < delta; i++) count();
+  });
+}
+
+/**
+ * The scrubber and the storage guard keep plain cumulative counters (they also run inside CLI
+ * commands, where no Prometheus registry exists); each scrape adds what changed since the last one.
+ */
+function bridgeMaintenanceMetrics(metrics: Metrics): void {
+  let seen = { bytes: scrubCounters.bytesVerified, corrupt: scrubCounters.corruptFound, refused: storageState.uploadsRefused };
+  metrics.onScrape(() => {
+    const now = { bytes: scrubCounters.bytesVerified, corrupt: scrubCounters.corruptFound, refused: storageState.uploadsRefused };
+    if (now.bytes > seen.bytes) metrics.scrubBytes.inc(now.bytes - seen.bytes);
+    if (now.corrupt > seen.corrupt) metrics.scrubCorrupt.inc(now.corrupt - seen.corrupt);
+    if (now.refused > seen.refused) metrics.storageRefusals.inc({ reason: 'watermark' }, now.refused - seen.refused);
+    seen = now;
   });
 }

@@ -14,9 +14,9 @@ import { redactUrl } from './redact.js';
 import { Readiness } from '../ops/readiness.js';
 import type { TokenStore } from '../auth/token-store.js';
 import { registerOpenApi } from './openapi.js';
-import { adminRoutes } from './routes/admin.js';
 import { fetchRoutes } from './routes/fetches.js';
 import type { Spider } from '../ingest/spider.js';
+import { adminRoutes, type AdminRouteDeps } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 import { statusRoutes } from './routes/status.js';
 
@@ -33,6 +33,7 @@ export interface AppDeps {
   tokens?: TokenStore;
   /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
   spider?: Spider;
+  storage?: AdminRouteDeps['storage'];
 }
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -107,6 +108,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     index: deps.index,
     ingest: deps.ingest,
     auth: deps.auth,
+    storage: deps.storage,
   });
   if (deps.spider) {
     await app.register(fetchRoutes, {
@@ -115,6 +117,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       fetchJobs: deps.spider.fetchJobs,
       pullThrough: deps.spider.pullThrough,
       stats: deps.spider.stats,
+      storage: deps.storage,
     });
   }
   return app;

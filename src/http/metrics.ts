@@ -168,7 +168,15 @@ export class Metrics {
     }
   }
 
+  private readonly scrapeHooks: (() => void)[] = [];
+
+  /** Runs before every scrape: for counters kept outside this registry as plain totals. */
+  onScrape(hook: () => void): void {
+    this.scrapeHooks.push(hook);
+  }
+
   text(): Promise<string> {
+    for (const hook of this.scrapeHooks) hook();
     return this.registry.metrics();
   }
 }

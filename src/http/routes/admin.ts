@@ -16,6 +16,8 @@ export interface AdminRouteDeps {
   index: DistfileIndex;
   ingest: Ingest;
   auth: Authenticator;
+  /** Refuses uploads above the storage high watermark (507) before any body byte is read. */
+  storage?: { assertAccepting(log?: FastifyRequest['log']): void } | undefined;
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -79,7 +81,7 @@ function precheckLength(request: FastifyRequest, maxBytes: number, expected: Exp
 }
 
 export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): Promise<void> {
-  const { config, index, ingest, auth } = deps;
+  const { config, index, ingest, auth, storage } = deps;
   const canRead = requireScope(auth, 'read-api');
   const canUpload = requireScope(auth, 'upload');
   const canAdmin = requireScope(auth, 'admin');
@@ -101,6 +103,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
         const { filename } = request.params;
         assertFilename(filename);
         const expected = declaredDigests(request.query);
+        storage?.assertAccepting(request.log);
         precheckLength(request, config.maxUploadBytes, expected);
         const result = await ingest.ingest(request.raw, {
           filename,
@@ -119,6 +122,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
         const sha512 = request.params.sha512;
         assertSha512(sha512);
         const expected = { ...declaredDigests(request.query), sha512 };
+        storage?.assertAccepting(request.log);
         precheckLength(request, config.maxUploadBytes, expected);
         const result = await ingest.ingest(request.raw, {
           expected,

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Authenticator } from '../../auth/tokens.js';
 import type { FetchJobs } from '../../ingest/fetch-jobs.js';
 import type { PullThrough } from '../../ingest/pull-through.js';
@@ -10,6 +10,8 @@ export interface FetchRouteDeps {
   fetchJobs: FetchJobs;
   pullThrough: PullThrough | undefined;
   stats: UpstreamStats;
+  /** Above the storage high watermark new jobs are refused (507), like uploads. */
+  storage?: { assertAccepting(log?: FastifyRequest['log']): void } | undefined;
 }
 
 /** POST /fetches queues downloads by URL; GET /fetches/:id reports per-item progress. */
@@ -24,6 +26,7 @@ export async function fetchRoutes(app: FastifyInstance, deps: FetchRouteDeps): P
 
   // Validation lives in parseItems so that each problem maps to its precise code (BAD_URL, BAD_FILENAME, BAD_HASH).
   app.post('/fetches', { onRequest: canUpload, bodyLimit: 4 * 1024 * 1024 }, async (request, reply) => {
+    deps.storage?.assertAccepting(request.log);
     const view = fetchJobs.submit(request.body, request.principal?.name ?? null);
     return reply.code(202).header('location', `${request.url.replace(/\/+$/, '')}/${view.id}`).send(view);
   });

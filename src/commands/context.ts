@@ -1,0 +1,75 @@
+import { existsSync } from 'node:fs';
+import { loadConfig, type Config } from '../config.js';
+import { DistfileIndex } from '../db/index.js';
+import { databaseFile, openDatabase, type DB } from '../db/open.js';
+import { MaintenanceQueries } from '../maintenance/queries.js';
+import { BlobStore } from '../store/blob-store.js';
+
+export interface MaintenanceContext {
+  config: Config;
+  db: DB;
+  index: DistfileIndex;
+  queries: MaintenanceQueries;
+  store: BlobStore;
+  close(): void;
+}
+
+export class UsageError extends Error {}
+
+/**
+ * Opens an existing data directory for a maintenance command. A missing directory is an error,
+ * not something to create: a typo in FASTPULL_DATA_DIR must not "verify" an empty store and exit 0.
+ */
+export function openDataDir(dataDirOverride: string | undefined, options: { allowMissingDatabase?: boolean } = {}): MaintenanceContext {
+  const config = loadConfig(dataDirOverride !== undefined ? { dataDir: dataDirOverride } : {});
+  if (!existsSync(config.dataDir)) throw new UsageError(`data directory ${config.dataDir} does not exist`);
+  const file = databaseFile(config.dataDir);
+  if (!options.allowMissingDatabase && !existsSync(file)) {
+    throw new UsageError(`no index at ${file} (run fastpull reindex to rebuild it from the blobs on disk)`);
+  }
+  const db = openDatabase(file);
+  const store = new BlobStore(config.dataDir);
+  return {
+    config,
+    db,
+    index: new DistfileIndex(db),
+    queries: new MaintenanceQueries(db),
+    store,
+    close: () => db.close(),
+  };
+}
+
+/** Runs a command body, turning usage errors into exit code 2 with a message on stderr. */
+export async function withUsage(body: () => Promise<number>): Promise<number> {
+  try {
+    return await body();
+  } catch (err) {
+    if (err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`fastpull: ${(err as Error).message}`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+export { formatBytes } from './progress.js';
+
+/** Accepts an ISO date/time, or a relative age such as 7d, 12h, 30m. */
+export function parseSince(value: string, now = Date.now()): number {
+  const rel = /^(\d+)\s*([smhdw])$/.exec(value.trim());
+  if (rel) {
+    const unit = { s: 1, m: 60, h: 3600, d: 86_400, w: 604_800 }[rel[2] as 's' | 'm' | 'h' | 'd' | 'w'];
+    return now - Number(rel[1]) * unit * 1000;
+  }
+  const ms = Date.parse(value);
+  if (Number.isNaN(ms)) throw new UsageError(`--since: cannot read "${value}" as a date (try 2026-01-31 or 7d)`);
+  return ms;
+}
+
+export function parsePositiveInt(value: string, option: string, min = 1): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min) {
+    throw new UsageError(`${option}: expected an integer >= ${min}, got "${value}"`);
+  }
+  return n;
+}

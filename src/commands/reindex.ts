@@ -1,0 +1,44 @@
+import { parseArgs } from 'node:util';
+import { reindex } from '../maintenance/reindex.js';
+import { formatBytes, openDataDir, withUsage } from './context.js';
+import { Progress } from './progress.js';
+
+export const REINDEX_USAGE = 'usage: fastpull reindex [--data-dir DIR]';
+
+const NAMES_WARNING =
+  'NOTE: reindex rebuilds the blob table from the files under blobs/ alone. File names cannot be ' +
+  'recovered from disk: existing name rows are kept only where their blob still exists, and blobs ' +
+  'that had no row come back with no name (pinned, so gc keeps them). Re-attach names with ' +
+  'POST /api/v1/links or by re-uploading.';
+
+/** Exit codes: 0 done; 1 some files did not match their name (quarantined); 2 usage error. */
+export async function reindexCommand(args: string[]): Promise<number> {
+  return withUsage(async () => {
+    const { values } = parseArgs({ args, options: { 'data-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+    if (values.help) {
+      console.log(REINDEX_USAGE);
+      return 0;
+    }
+    const ctx = openDataDir(values['data-dir'], { allowMissingDatabase: true });
+    try {
+      console.error(NAMES_WARNING);
+      let progress: Progress | undefined;
+      const report = await reindex(ctx.store, ctx.db, ctx.queries, {
+        onTotal: (files, bytes) => (progress = new Progress({ label: 'reindex', totalFiles: files, totalBytes: bytes })),
+        onBlob: (_sha, size) => {
+          progress?.read(size);
+          progress?.fileDone();
+        },
+      });
+      progress?.finish();
+      console.log(`indexed ${report.indexed} blobs (${formatBytes(report.bytes)}), ${report.added} of them new (pinned, no names)`);
+      for (const sha of report.quarantined) console.log(`quarantined ${sha}: bytes do not match the name`);
+      for (const sha of report.dropped) console.log(`dropped ${sha}: not on disk (its name rows went with it)`);
+      console.log(`quarantined: ${report.quarantined.length}, dropped rows: ${report.dropped.length}`);
+      console.log(NAMES_WARNING);
+      return report.quarantined.length > 0 ? 1 : 0;
+    } finally {
+      ctx.close();
+    }
+  });
+}

@@ -1,0 +1,188 @@
+import { statSync } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { DB } from '../db/open.js';
+import type { BlobStore } from '../store/blob-store.js';
+import type { MaintenanceQueries } from './queries.js';
+
+export type FsckIssueKind =
+  /** A blob file with no index row. */
+  | 'unindexed-blob'
+  /** A file under blobs/ whose bytes do not hash to its name. */
+  | 'misnamed-blob'
+  /** An index row (not quarantined) whose file is gone. */
+  | 'missing-blob'
+  /** An index row whose file has another size: damaged. */
+  | 'size-mismatch'
+  /** A quarantined row whose file is still (or again) in the serving tree. */
+  | 'quarantined-present'
+  /** A temp file no running upload owns. */
+  | 'stale-temp';
+
+export interface FsckIssue {
+  kind: FsckIssueKind;
+  /** sha512 for blob issues, the file name for temps. */
+  subject: string;
+  detail: string;
+  repaired: boolean;
+  /** What --repair did (or would do). */
+  action: string;
+}
+
+export interface FsckReport {
+  blobsOnDisk: number;
+  rows: number;
+  tempsInFlight: number;
+  issues: FsckIssue[];
+}
+
+/** Mirrors BlobStore.removeStaleTemps' rule, so fsck can report what --repair would remove. */
+const STALE_TEMP_MS = 24 * 3600 * 1000;
+
+function isMissing(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export async function fsck(
+  store: BlobStore,
+  db: DB,
+  queries: MaintenanceQueries,
+  options: { repair: boolean },
+): Promise<FsckReport> {
+  const { repair } = options;
+  const report: FsckReport = { blobsOnDisk: 0, rows: 0, tempsInFlight: 0, issues: [] };
+  const add = (issue: FsckIssue) => report.issues.push(issue);
+
+  // Disk → index.
+  for await (const sha512 of store.list()) {
+    report.blobsOnDisk++;
+    const file = store.pathOf(sha512);
+    let info;
+    try {
+      info = await stat(file);
+    } catch (err) {
+      if (isMissing(err)) continue; // removed (gc, quarantine) since the directory was read
+      throw err;
+    }
+    const row = queries.blobState(sha512);
+    if (row && row.quarantined_at === null) {
+      if (row.size !== info.size) {
+        let repaired = false;
+        if (repair && queries.markQuarantined(sha512)) {
+          await store.quarantine(sha512).catch((err: unknown) => {
+            if (!isMissing(err)) throw err;
+          });
+          repaired = true;
+        }
+        add({
+          kind: 'size-mismatch',
+          subject: sha512,
+          detail: `index says ${row.size} bytes, file has ${info.size}`,
+          repaired,
+          action: 'quarantine (404 until re-uploaded)',
+        });
+      }
+      continue;
+    }
+    if (row === undefined) {
+      // An upload links its file just before it records the row: hashing takes a moment, so by the
+      // time we judge, an in-flight upload has long recorded it.
+      const digests = repair ? await store.hash(sha512).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err))) : undefined;
+      if (queries.blobState(sha512) !== undefined) continue;
+      if (!repair) {
+        add({ kind: 'unindexed-blob', subject: sha512, detail: `${info.size} bytes on disk, no index row`, repaired: false, action: 're-hash and index it (pinned) if its bytes match its name' });
+        continue;
+      }
+      if (digests === undefined) continue;
+      if (digests.sha512 === sha512) {
+        queries.upsertFromDisk(digests, info.mtimeMs);
+        add({ kind: 'unindexed-blob', subject: sha512, detail: `${info.size} bytes on disk, no index row`, repaired: true, action: 'indexed (pinned; no name is known)' });
+      } else {
+        await store.quarantine(sha512);
+        add({ kind: 'misnamed-blob', subject: sha512, detail: `bytes hash to ${digests.sha512}`, repaired: true, action: 'moved to quarantine' });
+      }
+      continue;
+    }
+    // Quarantined row, file still in blobs/: a crash between marking and moving, or a re-upload that
+    // deduplicated against the damaged file. Only the bytes can tell which.
+    if (!repair) {
+      add({ kind: 'quarantined-present', subject: sha512, detail: 'quarantined in the index but still under blobs/', repaired: false, action: 're-hash: clear the quarantine if good, else move the file to quarantine' });
+      continue;
+    }
+    const digests = await store.hash(sha512).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
+    if (digests === undefined) continue;
+    if (digests.sha512 === sha512) {
+      queries.clearQuarantine(sha512);
+      queries.markVerified(sha512);
+      add({ kind: 'quarantined-present', subject: sha512, detail: 'quarantined in the index but still under blobs/', repaired: true, action: 'bytes are good: quarantine cleared, servable again' });
+    } else {
+      await store.quarantine(sha512).catch((err: unknown) => {
+        if (!isMissing(err)) throw err;
+      });
+      add({ kind: 'quarantined-present', subject: sha512, detail: 'quarantined in the index but still under blobs/', repaired: true, action: 'bytes are bad: moved to quarantine' });
+    }
+  }
+
+  // Index → disk.
+  const markMissing = db.transaction((sha512: string, file: string): boolean => {
+    // Re-checked under the write lock: a re-upload that re-linked the file meanwhile wins.
+    try {
+      statSync(file);
+      return false;
+    } catch (err) {
+      if (!isMissing(err)) throw err;
+    }
+    return queries.markQuarantined(sha512);
+  });
+  for (const row of queries.allRows()) {
+    report.rows++;
+    if (row.quarantined_at !== null) continue;
+    const file = store.pathOf(row.sha512);
+    try {
+      await stat(file);
+      continue;
+    } catch (err) {
+      if (!isMissing(err)) throw err;
+    }
+    const repaired = repair ? markMissing.immediate(row.sha512, file) : false;
+    if (repair && !repaired && queries.blobState(row.sha512)?.quarantined_at === null) continue; // file is back
+    add({
+      kind: 'missing-blob',
+      subject: row.sha512,
+      detail: `indexed (${row.size} bytes${namesSuffix(queries.attachedNames(row.sha512))}) but not on disk`,
+      repaired,
+      action: 'mark quarantined: 404 until re-uploaded, name history kept',
+    });
+  }
+
+  // Temps.
+  for (const entry of await readdir(store.tmpDir).catch((err: unknown) => (isMissing(err) ? [] : Promise.reject(err)))) {
+    const pid = Number(entry.split('-', 1)[0]);
+    let stale = !Number.isInteger(pid) || !processAlive(pid);
+    if (!stale) {
+      const info = await stat(path.join(store.tmpDir, entry)).catch(() => undefined);
+      stale = info !== undefined && Date.now() - info.mtimeMs > STALE_TEMP_MS;
+    }
+    if (stale) add({ kind: 'stale-temp', subject: entry, detail: 'temp file owned by no running upload', repaired: false, action: 'delete' });
+    else report.tempsInFlight++;
+  }
+  if (repair && report.issues.some((i) => i.kind === 'stale-temp')) {
+    await store.removeStaleTemps();
+    const left = new Set(await readdir(store.tmpDir));
+    for (const issue of report.issues) if (issue.kind === 'stale-temp') issue.repaired = !left.has(issue.subject);
+  }
+  return report;
+}
+
+function namesSuffix(names: string[]): string {
+  return names.length > 0 ? `, names ${names.join(', ')}` : '';
+}

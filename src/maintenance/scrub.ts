@@ -1,0 +1,113 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import type { DB } from '../db/open.js';
+import type { BlobStore } from '../store/blob-store.js';
+import { MaintenanceQueries, type ScrubCursor } from './queries.js';
+import { TokenBucket, throttled } from './throttle.js';
+import { verifyBlob } from './verify.js';
+
+/** Plain counters for the metrics module to read; they only ever grow (except `running`). */
+export const scrubCounters = {
+  running: false,
+  passesCompleted: 0,
+  blobsVerified: 0,
+  bytesVerified: 0,
+  corruptFound: 0,
+  missingFound: 0,
+  errors: 0,
+};
+
+export interface ScrubOptions {
+  store: BlobStore;
+  db: DB;
+  bytesPerSecond: number;
+  /** Rest between full passes; a pass over a small store would otherwise re-hash it at once. */
+  pauseMs: number;
+  log?: Logger | undefined;
+}
+
+const PAGE = 100;
+
+/**
+ * Background re-verification: walks blobs oldest-verified first, reading through a token bucket
+ * so the scrub never takes more disk bandwidth than configured, quarantining what no longer matches.
+ */
+export class Scrubber {
+  private readonly abort = new AbortController();
+  private loop: Promise<void> | undefined;
+  private readonly queries: MaintenanceQueries;
+  private readonly bucket: TokenBucket;
+
+  constructor(private readonly options: ScrubOptions) {
+    this.queries = new MaintenanceQueries(options.db);
+    // One second of burst: short bursts are harmless, long ones are what starve downloads.
+    this.bucket = new TokenBucket(options.bytesPerSecond);
+  }
+
+  start(): void {
+    this.loop ??= this.run().catch((err: unknown) => {
+      if (!this.abort.signal.aborted) this.options.log?.error({ err }, 'scrub stopped after an error');
+    });
+  }
+
+  /** Stops at the next chunk boundary or sleep; resolves once no scrub read or write is in progress. */
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    const { store, log } = this.options;
+    const signal = this.abort.signal;
+    const wrap = throttled(this.bucket, signal);
+    scrubCounters.running = true;
+    try {
+      while (!signal.aborted) {
+        const passStart = Date.now();
+        let cursor: ScrubCursor = { verified: -1, sha512: '' };
+        const pass = { blobs: 0, bytes: 0, corrupt: 0, missing: 0 };
+        for (;;) {
+          const page = this.queries.scrubPage(cursor, passStart, PAGE);
+          if (page.length === 0) break;
+          for (const ref of page) {
+            if (signal.aborted) return;
+            cursor = { verified: ref.v, sha512: ref.sha512 };
+            let outcome;
+            try {
+              outcome = await verifyBlob(store, this.queries, ref, { wrap });
+            } catch (err) {
+              if (signal.aborted) return;
+              scrubCounters.errors++;
+              log?.warn({ err, sha512: ref.sha512 }, 'scrub could not verify a blob');
+              continue;
+            }
+            if (outcome.status === 'skipped') continue;
+            pass.blobs++;
+            pass.bytes += ref.size;
+            scrubCounters.blobsVerified++;
+            scrubCounters.bytesVerified += ref.size;
+            if (outcome.status === 'corrupt') {
+              pass.corrupt++;
+              scrubCounters.corruptFound++;
+              log?.error(
+                { sha512: ref.sha512, names: outcome.names, quarantinedTo: outcome.quarantinedTo, actualSha512: outcome.actualSha512 },
+                'scrub found a corrupt blob: quarantined, it will 404 until re-uploaded',
+              );
+            } else if (outcome.status === 'missing') {
+              pass.missing++;
+              scrubCounters.missingFound++;
+              log?.error({ sha512: ref.sha512, names: outcome.names }, 'scrub found a blob row whose file is missing (run fastpull fsck)');
+            }
+          }
+        }
+        scrubCounters.passesCompleted++;
+        if (pass.blobs > 0) log?.info({ ...pass, ms: Date.now() - passStart }, 'scrub pass complete');
+        await sleep(Math.max(100, this.options.pauseMs), undefined, { signal });
+      }
+    } catch (err) {
+      if (!signal.aborted) throw err;
+    } finally {
+      scrubCounters.running = false;
+    }
+  }
+}
