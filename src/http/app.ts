@@ -35,6 +35,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     trustProxy: config.trustProxy,
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
+    // Undecodable paths (e.g. overlong UTF-8 like %c0%ae) and over-long segments are rejected by the
+    // router before any route runs; without this they would get Fastify's own body, not our error shape.
+    frameworkErrors: (err, request, reply) =>
+      sendError(
+        request,
+        reply,
+        new AppError('BAD_REQUEST', err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'path segment too long' : 'path is not valid percent-encoded UTF-8'),
+      ),
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
