@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
 import type { Config } from '../config.js';
@@ -68,13 +68,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     );
   });
 
-  app.setErrorHandler((err, request, reply) =>
-    sendError(request, reply, err, { notFoundMaxAge: config.notFoundMaxAge }),
-  );
+  // Only download misses may be cached (by a CDN, briefly); admin API answers depend on the token.
+  const notFoundOptions = (request: FastifyRequest) =>
+    request.routeKind === 'api' || request.url.startsWith('/api/') ? {} : { notFoundMaxAge: config.notFoundMaxAge };
+  app.setErrorHandler((err, request, reply) => sendError(request, reply, err, notFoundOptions(request)));
   app.setNotFoundHandler((request, reply) =>
-    sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), {
-      notFoundMaxAge: config.notFoundMaxAge,
-    }),
+    sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
   await app.register(readRoutes, {
