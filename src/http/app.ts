@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
 import type { Config } from '../config.js';
@@ -36,13 +36,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
     // Undecodable paths (e.g. overlong UTF-8 like %c0%ae) and over-long segments are rejected by the
-    // router before any route runs; without this they would get Fastify's own body, not our error shape.
-    frameworkErrors: (err, request, reply) =>
-      sendError(
+    // router before any route (or hook) runs; without this they would get Fastify's own body, not our
+    // error shape, and leave no log line.
+    frameworkErrors: (err, request, reply) => {
+      reply.header('x-request-id', request.id);
+      reply.raw.once('finish', () => logRequest(request, reply));
+      return sendError(
         request,
         reply,
         new AppError('BAD_REQUEST', err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'path segment too long' : 'path is not valid percent-encoded UTF-8'),
-      ),
+      );
+    },
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
@@ -53,20 +57,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     reply.header('x-request-id', request.id);
   });
   // One log line per request, written when it is done; headers (and so tokens) are never logged.
-  app.addHook('onResponse', async (request, reply) => {
-    request.log.info(
-      {
-        method: request.method,
-        url: request.url,
-        status: reply.statusCode,
-        kind: request.routeKind,
-        range: request.headers.range,
-        ms: Math.round(reply.elapsedTime * 10) / 10,
-        remote: request.ip,
-      },
-      'request',
-    );
-  });
+  app.addHook('onResponse', async (request, reply) => logRequest(request, reply));
 
   // Only download misses may be cached (by a CDN, briefly); admin API answers depend on the token.
   const notFoundOptions = (request: FastifyRequest) =>
@@ -90,4 +81,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     auth: deps.auth,
   });
   return app;
+}
+
+function logRequest(request: FastifyRequest, reply: FastifyReply): void {
+  request.log.info(
+    {
+      method: request.method,
+      url: request.url,
+      status: reply.statusCode,
+      kind: request.routeKind,
+      range: request.headers.range,
+      ms: Math.round(reply.elapsedTime * 10) / 10,
+      remote: request.ip,
+    },
+    'request',
+  );
 }
