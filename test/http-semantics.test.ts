@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { truncate } from 'node:fs/promises';
+import { readdir, readlink, truncate } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorBody, pseudoRandomBytes, sha512 } from './helpers/core.js';
+import { Agent, request } from 'undici';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
 
 const NOT_FOUND_MAX_AGE = 17;
@@ -300,5 +301,36 @@ describe('damaged blobs', () => {
     expect(body.length).toBeLessThan(size);
     expect(all.includes('[structure]')).toBe(false);
     expect(all.includes('HTTP/1.1 200', headerEnd)).toBe(false);
+  });
+
+  it('closes the blob file when a client hangs up mid-download (no descriptor leak)', async () => {
+    const data = randomBytes(16 * 1024 * 1024);
+    const up = await server.upload('leak-check-1.0.tar.gz', data);
+    const h = up.json.sha512 as string;
+    const openOnBlob = async () => {
+      let n = 0;
+      for (const fd of await readdir('/proc/self/fd')) {
+        const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+        if (target.endsWith(h)) n++;
+      }
+      return n;
+    };
+    // Our own pool, destroyed at the end: undici may open spare connections that never send a request,
+    // and those would hold up the server's close.
+    const agent = new Agent();
+    try {
+      for (let i = 0; i < 10; i++) {
+        const controller = new AbortController();
+        const res = await request(server.baseUrl + up.json.urls.hash, { signal: controller.signal, dispatcher: agent });
+        expect(res.statusCode).toBe(200);
+        // Take one chunk, then drop the connection while the server still has most of the file to send.
+        for await (const _chunk of res.body) break;
+        controller.abort();
+      }
+      for (let i = 0; i < 200 && (await openOnBlob()) > 0; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(await openOnBlob()).toBe(0);
+    } finally {
+      await agent.destroy();
+    }
   });
 });
