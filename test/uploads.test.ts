@@ -185,6 +185,13 @@ describe('PUT /api/v1/distfiles/{filename}', () => {
     }
   });
 
+  it('takes a raw + in the upload path as a plus', async () => {
+    const res = await rawRequest(server.baseUrl, '/api/v1/distfiles/c++-1.0.tar.gz', { method: 'PUT', headers: AUTH, body: 'cpp' });
+    expect(res.status).toBe(201);
+    expect(JSON.parse(res.body.toString()).filename).toBe('c++-1.0.tar.gz');
+    expect((await get(`${server.baseUrl}/distfiles/c%2B%2B-1.0.tar.gz`)).body.toString()).toBe('cpp');
+  });
+
   it('accepts a 255-byte name', async () => {
     const res = await server.upload('y'.repeat(255), 'long name');
     expect(res.status).toBe(201);
@@ -439,6 +446,25 @@ describe('limits and failures', () => {
       expect((await server.upload('after.tar.gz', 'fine')).status).toBe(201);
     });
   }
+});
+
+describe('internal failures', () => {
+  it('answers 500 INTERNAL without paths or errno details when the store cannot write', async () => {
+    const server = await startTestServer();
+    try {
+      // A file where the temp directory should be: every write fails with ENOTDIR.
+      await rm(path.join(server.dataDir, 'tmp'), { recursive: true });
+      await writeFile(path.join(server.dataDir, 'tmp'), 'not a directory');
+      const res = await server.upload('doomed-1.0.tar.gz', 'bytes');
+      expect(res.status).toBe(500);
+      expect(res.json).toEqual({ error: 'INTERNAL', message: expect.any(String) });
+      expect(JSON.stringify(res.json)).not.toMatch(/ENOTDIR|errno|\/tmp|fastpull-test|stack/i);
+      expect(await filesUnder(path.join(server.dataDir, 'blobs'))).toEqual([]);
+      expect(rowCounts(server)).toEqual({ blobs: 0, names: 0 });
+    } finally {
+      await server.stop();
+    }
+  });
 });
 
 describe('start-up cleanup of crash leftovers', () => {
