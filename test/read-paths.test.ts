@@ -100,6 +100,8 @@ describe('every path form serves the same bytes', () => {
       expect(res.headers['content-length'], p).toBe('6');
       expect(res.headers['content-type'], p).toBe('application/octet-stream');
     }
+    // Only the hash forms exist outside /distfiles/: a bare name is not a path Funtoo or Portage uses.
+    for (const p of ['/foo-1.0.tar.gz', '/4b/foo-1.0.tar.gz']) expect((await get(server.baseUrl + p)).status, p).toBe(404);
     // The upload's own list of URLs names the same forms.
     expect(Object.values(up.json.urls).sort()).toEqual(
       [paths[0], paths[1], paths[2], paths[4], paths[5]].sort(),
