@@ -147,7 +147,14 @@ export class BlobStore {
       await rename(tmp, final);
     }
     await fsyncDir(dir);
-    if (firstCreated) await fsyncDir(path.dirname(firstCreated));
+    // Each directory mkdir just created is itself only an entry in its parent: all of those parents must
+    // reach the disk too, or a crash could lose ab/cd/ (and with it the blob) after the index row commits.
+    if (firstCreated) {
+      for (let d = dir; ; d = path.dirname(d)) {
+        await fsyncDir(path.dirname(d));
+        if (d === firstCreated || path.dirname(d) === d) break;
+      }
+    }
     return true;
   }
 
