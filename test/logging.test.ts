@@ -1,3 +1,7 @@
+import { randomBytes } from 'node:crypto';
+import { readdir, rm } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { request } from 'undici';
@@ -13,6 +17,7 @@ const WRONG = 'wrong-bearer-token-d41d8c';
 describe('request logging', () => {
   let server: Server;
   let base: string;
+  let dataDir: string;
   const lines: string[] = [];
 
   beforeAll(async () => {
@@ -22,11 +27,15 @@ describe('request logging', () => {
         done();
       },
     });
-    const config = loadConfig({ host: '127.0.0.1', port: 0, adminToken: TOKEN, dataDir: await makeDataDir() }, {});
+    dataDir = await makeDataDir();
+    const config = loadConfig({ host: '127.0.0.1', port: 0, adminToken: TOKEN, dataDir }, {});
     server = await startServer(config, { logger: pino({ level: 'info' }, sink) });
     base = server.url;
   });
-  afterAll(async () => server.close());
+  afterAll(async () => {
+    await server.close();
+    await rm(dataDir, { recursive: true, force: true });
+  });
 
   const requestLines = () => lines.map((l) => JSON.parse(l)).filter((l) => l.msg === 'request');
 
@@ -101,5 +110,53 @@ describe('request logging', () => {
     expect(all).not.toContain(Buffer.from(`u:${TOKEN}`).toString('base64'));
     // Who uploaded is recorded by the token's name, not its secret.
     expect(all).toContain('"by":"bootstrap"');
+  });
+
+  it('logs one line, marked aborted, when a client hangs up mid-download or mid-upload, and no error', async () => {
+    // Far more than loopback socket buffers hold, so the download cannot finish before we hang up.
+    const big = randomBytes(64 * 1024 * 1024);
+    const up = await request(`${base}/api/v1/distfiles/abort-1.0.tar.gz`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${TOKEN}` },
+      body: big,
+    });
+    expect(up.statusCode).toBe(201);
+    await up.body.dump();
+    const { port } = new URL(base);
+    const hangUp = async (head: string, body?: Buffer) => {
+      const socket = net.connect(Number(port), '127.0.0.1');
+      socket.on('error', () => undefined);
+      await new Promise((r) => socket.once('connect', r));
+      socket.write(head);
+      if (body) {
+        socket.write(body);
+        // Hang up only once the server is demonstrably writing the upload to a temp file.
+        const tmp = path.join(dataDir, 'tmp');
+        for (let i = 0; i < 400 && (await readdir(tmp)).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      } else {
+        await new Promise((r) => socket.once('data', r));
+      }
+      socket.destroy();
+    };
+    const id = 'abort-download-1';
+    const before = lines.length;
+    await hangUp(`GET /distfiles/abort-1.0.tar.gz HTTP/1.1\r\nHost: x\r\nX-Request-Id: ${id}\r\n\r\n`);
+    await hangUp(
+      `PUT /api/v1/distfiles/abort-2.0.tar.gz HTTP/1.1\r\nHost: x\r\nX-Request-Id: abort-upload-1\r\n` +
+        `Authorization: Bearer ${TOKEN}\r\nContent-Length: 10000000\r\n\r\n`,
+      randomBytes(200_000),
+    );
+    const mine = () => lines.slice(before).map((l) => JSON.parse(l));
+    for (let i = 0; i < 200 && mine().filter((l) => l.msg === 'request').length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    for (const reqId of ['abort-download-1', 'abort-upload-1']) {
+      const reqLines = mine().filter((l) => l.msg === 'request' && l.reqId === reqId);
+      expect(reqLines, reqId).toHaveLength(1);
+      expect(reqLines[0].aborted, reqId).toBe(true);
+    }
+    // A client hanging up is not a server failure.
+    expect(mine().filter((l) => l.level >= 50)).toEqual([]);
+    expect(mine().every((l) => !String(l.msg).includes('blob stored') || !l.filename?.startsWith('abort-2'))).toBe(true);
   });
 });

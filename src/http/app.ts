@@ -40,7 +40,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // error shape, and leave no log line.
     frameworkErrors: (err, request, reply) => {
       reply.header('x-request-id', request.id);
-      reply.raw.once('finish', () => logRequest(request, reply));
+      reply.raw.once('close', () => logRequest(request, reply));
       return sendError(
         request,
         reply,
@@ -53,11 +53,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   });
 
+  // One log line per request, written when it is done; headers (and so tokens) are never logged.
+  // 'close' rather than onResponse: it also fires when the client hangs up mid-transfer, which
+  // onResponse does not report.
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
+    reply.raw.once('close', () => logRequest(request, reply));
   });
-  // One log line per request, written when it is done; headers (and so tokens) are never logged.
-  app.addHook('onResponse', async (request, reply) => logRequest(request, reply));
 
   // Only download misses may be cached (by a CDN, briefly); admin API answers depend on the token.
   const notFoundOptions = (request: FastifyRequest) =>
@@ -93,6 +95,7 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
       range: request.headers.range,
       ms: Math.round(reply.elapsedTime * 10) / 10,
       remote: request.ip,
+      ...(reply.raw.writableFinished ? {} : { aborted: true }),
     },
     'request',
   );
