@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pseudoRandomBytes, sha512 } from './helpers/core.js';
-import { startTestServer, type TestServer } from './helpers/server.js';
+import { ADMIN_TOKEN, startTestServer, type TestServer } from './helpers/server.js';
 
 const WGET = '/usr/bin/wget';
 const CURL = '/usr/bin/curl';
@@ -117,6 +117,24 @@ describe('real download clients', () => {
       const res = await run(CURL, ['-fsS', '--noproxy', '*', '-C', '-', '-o', file, urls.hash!]);
       expect(res.code, res.out).toBe(0);
       expect(sha512(await readFile(file))).toBe(h);
+    });
+
+    it('uploads with -T (Expect: 100-continue) and the bytes come back identical', async () => {
+      const file = path.join(work, 'curl-upload-src');
+      const body = pseudoRandomBytes(2 * 1024 * 1024 + 5, 22);
+      await writeFile(file, body);
+      const res = await run(CURL, [
+        '-fsS', '--noproxy', '*', '-T', file,
+        '-H', `Authorization: Bearer ${ADMIN_TOKEN}`,
+        `${server.baseUrl}/api/v1/distfiles/curl-up%2B1.0.tar.gz?size=${body.length}`,
+      ]);
+      expect(res.code, res.out).toBe(0);
+      const json = JSON.parse(res.out);
+      expect(json).toMatchObject({ filename: 'curl-up+1.0.tar.gz', size: body.length, sha512: sha512(body) });
+      const back = path.join(work, 'curl-upload-back');
+      const dl = await run(CURL, ['-fsS', '--noproxy', '*', '-o', back, server.baseUrl + json.urls.filenameHash]);
+      expect(dl.code, dl.out).toBe(0);
+      expect(sha512(await readFile(back))).toBe(sha512(body));
     });
 
     it('gets the raw bytes even with --compressed', async () => {

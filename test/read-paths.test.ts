@@ -161,6 +161,18 @@ describe('every path form serves the same bytes', () => {
     expect((await rawRequest(server.baseUrl, '/distfiles/pkg%25402.0%3Abeta%2C1.tar.gz')).status).toBe(404);
   });
 
+  it('serves a 255-byte name of 4-byte UTF-8 characters under both name forms', async () => {
+    const name = '\u{1F600}'.repeat(63) + 'abc';
+    expect(Buffer.byteLength(name)).toBe(255);
+    const up = await server.upload(name, 'emoji name');
+    expect(up.status).toBe(201);
+    for (const p of [up.json.urls.flat, up.json.urls.filenameHash]) {
+      const res = await rawRequest(server.baseUrl, p);
+      expect(res.status, p).toBe(200);
+      expect(res.body.toString()).toBe('emoji name');
+    }
+  });
+
   it('answers 404 for a filename under the wrong filename-hash directory', async () => {
     await server.upload('foo-1.0.tar.gz', 'hello\n');
     for (const dir of ['00', '4c', 'b4']) {

@@ -467,6 +467,48 @@ describe('internal failures', () => {
   });
 });
 
+describe('healing and disabled writes', () => {
+  it('replaces a stored blob whose size on disk is damaged when the same bytes are uploaded again', async () => {
+    const server = await startTestServer();
+    try {
+      const data = pseudoRandomBytes(50_000, 31);
+      const up = await server.upload('heal-1.0.tar.gz', data);
+      const file = path.join(server.dataDir, 'blobs', ...String(up.json.urls.contentHash).split('/').slice(2));
+      await writeFile(file, data.subarray(0, 1000));
+      expect((await get(server.baseUrl + up.json.urls.flat)).status).toBe(404);
+      const again = await server.upload('heal-1.0.tar.gz', data);
+      expect(again.status).toBe(201);
+      const res = await get(server.baseUrl + up.json.urls.flat);
+      expect(res.status).toBe(200);
+      expect(res.body.equals(data)).toBe(true);
+      expect(await filesUnder(path.join(server.dataDir, 'tmp'))).toEqual([]);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('without FASTPULL_ADMIN_TOKEN refuses every write (403) and still serves downloads', async () => {
+    const dataDir = await makeDataDir();
+    const writer = await startTestServer({ dataDir });
+    await writer.upload('served-1.0.tar.gz', 'still here');
+    await writer.stop();
+    const server = await startTestServer({ dataDir, adminToken: undefined });
+    try {
+      for (const headers of [{}, AUTH]) {
+        const res = await call(server, 'PUT', '/distfiles/new.tar.gz', 'x', headers);
+        expect(res.status).toBe(403);
+        expect(res.json.error).toBe('FORBIDDEN');
+        expect(res.json.message).toMatch(/disabled/);
+      }
+      expect((await get(`${server.baseUrl}/distfiles/served-1.0.tar.gz`)).body.toString()).toBe('still here');
+      expect(rowCounts(server)).toEqual({ blobs: 1, names: 1 });
+    } finally {
+      await server.stop();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('start-up cleanup of crash leftovers', () => {
   it('removes temp files of dead processes and keeps those of live ones', async () => {
     const dataDir = await makeDataDir();
