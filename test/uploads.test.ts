@@ -212,6 +212,18 @@ describe('PUT /api/v1/distfiles/{filename}', () => {
     await expectNothingStored(server);
   });
 
+  it('refuses a repeated query parameter with 400, not a 500', async () => {
+    const h = sha512('x');
+    for (const qs of [`sha512=${h}&sha512=${h}`, `blake2b=${blake2b('x')}&blake2b=${blake2b('x')}`, 'size=1&size=1']) {
+      for (const p of [`/api/v1/distfiles/dup.tar.gz?${qs}`, `/api/v1/blobs/${h}?${qs}`]) {
+        const res = await rawRequest(server.baseUrl, p, { method: 'PUT', headers: AUTH, body: 'x' });
+        expect(res.status, p).toBe(400);
+        expect(errorBody(res.body).error, p).toBe('BAD_REQUEST');
+      }
+    }
+    await expectNothingStored(server);
+  });
+
   it('answers 401 without a token and 403 with a wrong one, storing nothing', async () => {
     const none = await call(server, 'PUT', '/distfiles/x.tar.gz', 'data', {});
     expect(none.status).toBe(401);
