@@ -583,7 +583,7 @@ describe('constant memory', () => {
   });
   afterAll(async () => server.stop());
 
-  it('streams a 256 MiB upload without growing RSS by more than tens of MB', async () => {
+  it('streams a 256 MiB upload and download without growing RSS by more than tens of MB', async () => {
     const total = 256 * 1024 * 1024;
     const block = pseudoRandomBytes(1024 * 1024, 13);
     async function* body() {
@@ -608,5 +608,22 @@ describe('constant memory', () => {
     const info = await stat(path.join(server.dataDir, 'blobs', ...(await filesUnder(path.join(server.dataDir, 'blobs')))[0]!.split(path.sep)));
     expect(info.size).toBe(total);
     expect(peak - baseline).toBeLessThan(64 * 1024 * 1024);
+
+    // And back out again: the download streams from disk too.
+    const downBase = process.memoryUsage.rss();
+    let downPeak = downBase;
+    const downSampler = setInterval(() => {
+      downPeak = Math.max(downPeak, process.memoryUsage.rss());
+    }, 10);
+    let received = 0;
+    try {
+      const res = await request(`${server.baseUrl}/distfiles/big-256m.bin`);
+      expect(res.statusCode).toBe(200);
+      for await (const chunk of res.body) received += (chunk as Buffer).length;
+    } finally {
+      clearInterval(downSampler);
+    }
+    expect(received).toBe(total);
+    expect(downPeak - downBase).toBeLessThan(64 * 1024 * 1024);
   });
 });
