@@ -424,6 +424,9 @@ describe('limits and failures', () => {
     const withLength = await server.upload('over.bin', pseudoRandomBytes(LIMIT + 1, 2));
     expect(withLength.status).toBe(413);
     expect(withLength.json).toMatchObject({ error: 'PAYLOAD_TOO_LARGE', limit: LIMIT });
+    // Refused from the Content-Length alone, and the client still reads the answer.
+    const farOver = await server.upload('far-over.bin', pseudoRandomBytes(8 * 1024 * 1024, 2));
+    expect(farOver.status).toBe(413);
 
     const chunked = await call(server, 'PUT', '/distfiles/over-chunked.bin', chunksOf(pseudoRandomBytes(LIMIT * 4, 3), 8192));
     expect(chunked.status).toBe(413);
