@@ -368,6 +368,26 @@ describe('blobs, links, history', () => {
     expect((await call(server, 'GET', '/distfiles/never-seen.tar.gz')).json.error).toBe('NAME_NOT_FOUND');
   });
 
+  it('shows nothing of an upload in progress: the name keeps serving the old bytes until the new ones are stored', async () => {
+    await server.upload('moving-1.0.tar.gz', 'old bytes');
+    const next = pseudoRandomBytes(512 * 1024, 41);
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    async function* slowBody() {
+      yield next.subarray(0, 256 * 1024);
+      await gate;
+      yield next.subarray(256 * 1024);
+    }
+    const pending = call(server, 'PUT', '/distfiles/moving-1.0.tar.gz', slowBody());
+    await eventually(async () => (await filesUnder(path.join(server.dataDir, 'tmp'))).length > 0, 'upload under way');
+    const during = await get(`${server.baseUrl}/distfiles/moving-1.0.tar.gz`);
+    expect(during.body.toString()).toBe('old bytes');
+    expect((await get(`${server.baseUrl}/distfiles/${sha512(next)}`)).status).toBe(404);
+    release();
+    expect((await pending).status).toBe(201);
+    expect((await get(`${server.baseUrl}/distfiles/moving-1.0.tar.gz`)).body.equals(next)).toBe(true);
+  });
+
   it('GET /api/v1/blobs/{sha512} lists every name of a blob', async () => {
     const a = await server.upload('one.tar.gz', 'shared bytes');
     await server.upload('two.tar.gz', 'shared bytes');
