@@ -54,6 +54,8 @@ describe('request logging', () => {
     expect(await send('/distfiles/log-1.0.tar.gz')).toBe(200);
     expect(await send('/distfiles/log-1.0.tar.gz', { method: 'HEAD' })).toBe(200);
     expect(await send('/distfiles/missing.tar.gz')).toBe(404);
+    expect(await send('/no/route')).toBe(404);
+    expect(await send('/api/v1/links', { method: 'POST' })).toBe(401);
     expect(await send(`/distfiles/${sha512('logged')}`, { headers: { range: 'bytes=99-' } })).toBe(416);
     expect(await send('/distfiles/log-1.0.tar.gz', { headers: { 'x-request-id': 'cdn-req-42' } })).toBe(200);
     const bad = await rawRequest(base, '/distfiles/%c0%ae');
