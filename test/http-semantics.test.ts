@@ -1,13 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { readdir, readlink, truncate } from 'node:fs/promises';
+import { readdir, readlink, truncate, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorBody, pseudoRandomBytes, sha512 } from './helpers/core.js';
 import { Agent, request } from 'undici';
-import { get, startTestServer, type TestServer } from './helpers/server.js';
+import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const NOT_FOUND_MAX_AGE = 17;
+
+const blobPath = (server: TestServer, h: string) =>
+  path.join(server.dataDir, 'blobs', h.slice(0, 2), h.slice(2, 4), h.slice(4, 6), h);
 const NAME_MAX_AGE = 123;
 
 describe('HTTP semantics of blob responses', () => {
@@ -251,6 +254,29 @@ describe('damaged blobs', () => {
       expect(res.headers.etag, method).toBeUndefined();
       expect(res.headers['repr-digest'], method).toBeUndefined();
     }
+  });
+
+  it('never serves a quarantined blob, by hash or by name, and will not link a name to it', async () => {
+    const up = await server.upload('quarantined-1.0.tar.gz', 'suspect bytes');
+    // Rotted in place at the same size, and flagged by a scrub that left the file where it was.
+    await writeFile(blobPath(server, up.json.sha512), 'SUSPECT BYTES');
+    server.db.prepare('UPDATE blobs SET quarantined_at = ? WHERE sha512 = ?').run(Date.now(), up.json.sha512);
+    for (const p of Object.values(up.json.urls as Record<string, string>)) {
+      for (const method of ['GET', 'HEAD'] as const) {
+        expect((await get(server.baseUrl + p, {}, method)).status, `${method} ${p}`).toBe(404);
+      }
+    }
+    const link = await request(`${server.baseUrl}/api/v1/links`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ filename: 'other-name.tar.gz', sha512: up.json.sha512 }),
+    });
+    expect(link.statusCode).toBe(404);
+    await link.body.dump();
+    // Uploading the good bytes again replaces the rotten copy (not a dedup against it) and serves again.
+    expect((await server.upload('quarantined-1.0.tar.gz', 'suspect bytes')).status).toBe(201);
+    expect((await get(server.baseUrl + up.json.urls.flat)).body.toString()).toBe('suspect bytes');
+    expect((await get(server.baseUrl + up.json.urls.hash)).body.toString()).toBe('suspect bytes');
   });
 
   it('destroys the connection, never ends it cleanly, when the file shrinks mid-download', async () => {
