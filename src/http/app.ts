@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
 import type { Config } from '../config.js';
@@ -51,6 +51,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
     ...serverTimeoutOptions(config),
+    // Undecodable paths (e.g. overlong UTF-8 like %c0%ae) and over-long segments are rejected by the
+    // router before any route (or hook) runs; without this they would get Fastify's own body, not our
+    // error shape, and leave no log line.
+    frameworkErrors: (err, request, reply) => {
+      reply.header('x-request-id', request.id);
+      reply.raw.once('close', () => logRequest(request, reply));
+      return sendError(
+        request,
+        reply,
+        new AppError('BAD_REQUEST', err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'path segment too long' : 'path is not valid percent-encoded UTF-8'),
+      );
+    },
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
@@ -60,32 +72,20 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // First: the OpenAPI document only sees routes registered after it.
   await registerOpenApi(app);
 
+  // One log line per request, written when it is done; headers (and so tokens) are never logged.
+  // 'close' rather than onResponse: it also fires when the client hangs up mid-transfer, which
+  // onResponse does not report.
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-  });
-  // One log line per request, written when it is done; headers (and so tokens) are never logged.
-  app.addHook('onResponse', async (request, reply) => {
-    request.log.info(
-      {
-        method: request.method,
-        url: redactUrl(request.url),
-        status: reply.statusCode,
-        kind: request.routeKind,
-        range: request.headers.range,
-        ms: Math.round(reply.elapsedTime * 10) / 10,
-        remote: request.ip,
-      },
-      'request',
-    );
+    reply.raw.once('close', () => logRequest(request, reply));
   });
 
-  app.setErrorHandler((err, request, reply) =>
-    sendError(request, reply, err, { notFoundMaxAge: config.notFoundMaxAge }),
-  );
+  // Only download misses may be cached (by a CDN, briefly); admin API answers depend on the token.
+  const notFoundOptions = (request: FastifyRequest) =>
+    request.routeKind === 'api' || request.url.startsWith('/api/') ? {} : { notFoundMaxAge: config.notFoundMaxAge };
+  app.setErrorHandler((err, request, reply) => sendError(request, reply, err, notFoundOptions(request)));
   app.setNotFoundHandler((request, reply) =>
-    sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), {
-      notFoundMaxAge: config.notFoundMaxAge,
-    }),
+    sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
   installOps(app, {
@@ -121,4 +121,20 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     });
   }
   return app;
+}
+
+function logRequest(request: FastifyRequest, reply: FastifyReply): void {
+  request.log.info(
+    {
+      method: request.method,
+      url: redactUrl(request.url),
+      status: reply.statusCode,
+      kind: request.routeKind,
+      range: request.headers.range,
+      ms: Math.round(reply.elapsedTime * 10) / 10,
+      remote: request.ip,
+      ...(reply.raw.writableFinished ? {} : { aborted: true }),
+    },
+    'request',
+  );
 }

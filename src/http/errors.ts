@@ -53,7 +53,10 @@ export function sendError(
 ): FastifyReply {
   const appError = toAppError(err);
   const status = STATUS_BY_CODE[appError.code];
-  if (status >= 500) request.log.error({ err }, 'request failed');
+  // A client that hung up mid-upload is not a server failure; the request line records the abort.
+  const clientGone = request.raw.destroyed && !request.raw.complete;
+  if (clientGone) request.log.info({ code: (err as NodeJS.ErrnoException | undefined)?.code }, 'client closed the connection');
+  else if (status >= 500) request.log.error({ err }, 'request failed');
   else if (appError.code === 'INTERNAL') request.log.warn({ err }, 'request failed');
   const cacheable404 = status === 404 && options.notFoundMaxAge !== undefined;
   reply.header('cache-control', cacheable404 ? `public, max-age=${options.notFoundMaxAge}` : 'no-store');

@@ -115,7 +115,7 @@ export async function sendBlob(
 
   if (request.method === 'HEAD') {
     const onDisk = await store.sizeOf(blob.sha512);
-    if (onDisk !== blob.size) return missingOnDisk(request, blob, onDisk);
+    if (onDisk !== blob.size) return missingOnDisk(request, reply, blob, onDisk);
     setLength(reply, range, blob.size);
     return reply.send();
   }
@@ -123,12 +123,26 @@ export async function sendBlob(
   const opened = await store.open(blob.sha512);
   if (!opened || opened.size !== blob.size) {
     await opened?.handle.close();
-    return missingOnDisk(request, blob, opened?.size);
+    return missingOnDisk(request, reply, blob, opened?.size);
   }
   setLength(reply, range, blob.size);
-  const stream = opened.handle.createReadStream({
-    ...(range ? { start: range.start, end: range.end } : {}),
-    highWaterMark: READ_HIGH_WATER_MARK,
+  if (blob.size === 0) {
+    await opened.handle.close();
+    return reply.send(Buffer.alloc(0));
+  }
+  // Always bounded: a file that grew must not push bytes past Content-Length into the next response.
+  const start = range ? range.start : 0;
+  const end = range ? range.end : blob.size - 1;
+  const stream = opened.handle.createReadStream({ start, end, highWaterMark: READ_HIGH_WATER_MARK });
+  // A file that shrank after the stat ends the read stream early but cleanly; piping that end would
+  // finish the response short and keep the connection alive, so a cache would store a truncated file
+  // (and a pipelined response would be read as its missing bytes). Registered before reply.send, so it
+  // runs before the pipe ends the response.
+  stream.once('end', () => {
+    if (stream.bytesRead < end - start + 1) {
+      request.log.error({ sha512: blob.sha512, expected: end - start + 1, read: stream.bytesRead }, 'blob shrank while being sent');
+      reply.raw.destroy();
+    }
   });
   return reply.send(stream);
 }
@@ -143,8 +157,12 @@ function setLength(reply: FastifyReply, range: ByteRange | undefined, size: numb
   }
 }
 
-function missingOnDisk(request: FastifyRequest, blob: ServableBlob, onDisk: number | undefined): never {
+const BLOB_HEADERS = ['accept-ranges', 'etag', 'last-modified', 'repr-digest', 'content-disposition', 'content-range'];
+
+function missingOnDisk(request: FastifyRequest, reply: FastifyReply, blob: ServableBlob, onDisk: number | undefined): never {
   // The index promises bytes the disk does not hold (or holds at the wrong size): refuse rather than serve damage.
   request.log.error({ sha512: blob.sha512, indexed: blob.size, onDisk }, 'indexed blob missing or damaged on disk');
+  // Validators on this 404 would let a cache revalidate it against the good blob's ETag.
+  for (const name of BLOB_HEADERS) reply.removeHeader(name);
   throw new AppError('NOT_FOUND', 'no such distfile');
 }

@@ -39,6 +39,10 @@ export class Ingest {
     const { digests, created } = await this.store.write(source, {
       ...(options.expected ? { expected: options.expected } : {}),
       ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}),
+      // A copy found damaged but left in place must give way to the bytes just verified; deduping
+      // against it would un-quarantine the damage. (A file with no index row yet is a concurrent
+      // upload's or a crash's: it was verified before it was linked, so dedup is right for it.)
+      replaceExisting: (d) => (this.index.blob(d.sha512)?.quarantined_at ?? null) !== null,
     });
     this.index.recordBlob(digests, {
       ...(options.filename !== undefined ? { filename: options.filename } : {}),

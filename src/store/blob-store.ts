@@ -11,6 +11,11 @@ export interface WriteOptions {
   expected?: ExpectedDigests;
   /** Bytes beyond this abort the write with PAYLOAD_TOO_LARGE. */
   maxBytes?: number;
+  /**
+   * Asked when a blob with the same hash is already on disk: true means the stored copy is not
+   * trusted (e.g. quarantined, or unknown to the index) and the freshly verified bytes replace it.
+   */
+  replaceExisting?: (digests: Digests) => boolean;
 }
 
 export interface WriteResult {
@@ -78,7 +83,7 @@ export class BlobStore {
 
   /** Streams `source` into the store. Nothing is visible under blobs/ unless every check passed. */
   async write(source: Readable | AsyncIterable<Buffer>, options: WriteOptions = {}): Promise<WriteResult> {
-    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER } = options;
+    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting } = options;
     const tmp = path.join(this.tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
     const hasher = new MultiHasher();
     let handle: FileHandle | undefined;
@@ -122,7 +127,7 @@ export class BlobStore {
       if (mismatches.length > 0) {
         throw new AppError('DIGEST_MISMATCH', 'the body does not match the declared digests', { mismatches });
       }
-      const created = await this.commit(tmp, digests);
+      const created = await this.commit(tmp, digests, replaceExisting);
       return { digests, created };
     } catch (err) {
       throw fromFsError(err);
@@ -193,7 +198,7 @@ export class BlobStore {
   }
 
   /** Moves a verified temp file into place; false if the same blob already existed. */
-  private async commit(tmp: string, digests: Digests): Promise<boolean> {
+  private async commit(tmp: string, digests: Digests, replaceExisting?: (digests: Digests) => boolean): Promise<boolean> {
     const final = this.pathOf(digests.sha512);
     const dir = path.dirname(final);
     const firstCreated = await mkdir(dir, { recursive: true });
@@ -201,13 +206,21 @@ export class BlobStore {
       await link(tmp, final);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      // Same hash already stored. A size that disagrees means the stored copy was damaged: replace it.
+      // Same hash already stored. A size that disagrees means the stored copy was damaged, and a copy the
+      // caller does not trust may be damaged at the same size: replace either with the bytes just verified.
       const existing = await stat(final);
-      if (existing.size === digests.size) return false;
+      if (existing.size === digests.size && !replaceExisting?.(digests)) return false;
       await rename(tmp, final);
     }
     await fsyncDir(dir);
-    if (firstCreated) await fsyncDir(path.dirname(firstCreated));
+    // Each directory mkdir just created is itself only an entry in its parent: all of those parents must
+    // reach the disk too, or a crash could lose ab/cd/ (and with it the blob) after the index row commits.
+    if (firstCreated) {
+      for (let d = dir; ; d = path.dirname(d)) {
+        await fsyncDir(path.dirname(d));
+        if (d === firstCreated || path.dirname(d) === d) break;
+      }
+    }
     return true;
   }
 

@@ -46,7 +46,15 @@ export function ingestView(digests: Digests, filename?: string) {
 }
 
 /** Reads `size`, `sha512`, `blake2b` from the query string, as written in a Manifest DIST line. */
-function declaredDigests(query: Record<string, string | undefined>): ExpectedDigests {
+function declaredDigests(query: Record<string, string | string[] | undefined>): ExpectedDigests {
+  for (const key of ['size', 'sha512', 'blake2b']) {
+    // `?sha512=a&sha512=b` parses to an array: two claims about one body cannot both be checked.
+    if (Array.isArray(query[key])) throw new AppError('BAD_REQUEST', `${key} may be given only once`);
+  }
+  return declaredOnce(query as Record<string, string | undefined>);
+}
+
+function declaredOnce(query: Record<string, string | undefined>): ExpectedDigests {
   const expected: ExpectedDigests = {};
   if (query.size !== undefined) {
     if (!/^\d{1,16}$/.test(query.size)) throw new AppError('BAD_REQUEST', 'size must be a non-negative integer');
@@ -96,7 +104,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
     uploads.removeAllContentTypeParsers();
     uploads.addContentTypeParser('*', (_request, payload, done) => done(null, payload));
 
-    uploads.put<{ Params: { filename: string }; Querystring: Record<string, string | undefined> }>(
+    uploads.put<{ Params: { filename: string }; Querystring: Record<string, string | string[] | undefined> }>(
       '/distfiles/:filename',
       { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByName },
       async (request, reply) => {
@@ -115,7 +123,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
       },
     );
 
-    uploads.put<{ Params: { sha512: string }; Querystring: Record<string, string | undefined> }>(
+    uploads.put<{ Params: { sha512: string }; Querystring: Record<string, string | string[] | undefined> }>(
       '/blobs/:sha512',
       { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByHash },
       async (request, reply) => {
