@@ -1,6 +1,5 @@
 import { statSync } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
-import path from 'node:path';
 import type { DB } from '../db/open.js';
 import type { BlobStore } from '../store/blob-store.js';
 import type { MaintenanceQueries } from './queries.js';
@@ -37,19 +36,9 @@ export interface FsckReport {
 }
 
 /** Mirrors BlobStore.removeStaleTemps' rule, so fsck can report what --repair would remove. */
-const STALE_TEMP_MS = 24 * 3600 * 1000;
 
 function isMissing(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 export async function fsck(
@@ -165,14 +154,8 @@ export async function fsck(
   }
 
   // Temps.
-  for (const entry of await readdir(store.tmpDir).catch((err: unknown) => (isMissing(err) ? [] : Promise.reject(err)))) {
-    const pid = Number(entry.split('-', 1)[0]);
-    let stale = !Number.isInteger(pid) || !processAlive(pid);
-    if (!stale) {
-      const info = await stat(path.join(store.tmpDir, entry)).catch(() => undefined);
-      stale = info !== undefined && Date.now() - info.mtimeMs > STALE_TEMP_MS;
-    }
-    if (stale) add({ kind: 'stale-temp', subject: entry, detail: 'temp file owned by no running upload', repaired: false, action: 'delete' });
+  for (const temp of await store.temps()) {
+    if (temp.stale) add({ kind: 'stale-temp', subject: temp.name, detail: 'temp file owned by no running upload', repaired: false, action: 'delete' });
     else report.tempsInFlight++;
   }
   if (repair && report.issues.some((i) => i.kind === 'stale-temp')) {

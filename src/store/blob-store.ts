@@ -56,23 +56,37 @@ export class BlobStore {
     await mkdir(this.blobsDir, { recursive: true });
     await mkdir(this.tmpDir, { recursive: true });
     await mkdir(this.quarantineDir, { recursive: true });
-    return this.removeStaleTemps();
+    // Nothing of ours is in flight before init returns, so a temp carrying our pid is from an earlier life (pid 1 in a container).
+    return this.removeStaleTemps({ ownAreStale: true });
   }
 
-  async removeStaleTemps(): Promise<number> {
-    let removed = 0;
-    for (const entry of await readdir(this.tmpDir)) {
-      const file = path.join(this.tmpDir, entry);
-      const pid = Number(entry.split('-', 1)[0]);
-      let stale = !Number.isInteger(pid) || pid === process.pid || !processAlive(pid);
+  /**
+   * Temp files and whether a live writer may still own them. A temp is stale when its pid runs no
+   * more (or is ours and `ownAreStale`, true only at start-up) or it went untouched for a day.
+   */
+  async temps(options: { ownAreStale?: boolean } = {}): Promise<{ name: string; stale: boolean }[]> {
+    const out: { name: string; stale: boolean }[] = [];
+    const entries = await readdir(this.tmpDir).catch((err: unknown) =>
+      (err as NodeJS.ErrnoException).code === 'ENOENT' ? [] : Promise.reject(err),
+    );
+    for (const name of entries) {
+      const pid = Number(name.split('-', 1)[0]);
+      let stale = !Number.isInteger(pid) || (pid === process.pid ? options.ownAreStale === true : !processAlive(pid));
       if (!stale) {
-        const info = await stat(file).catch(() => undefined);
+        const info = await stat(path.join(this.tmpDir, name)).catch(() => undefined);
         stale = info !== undefined && Date.now() - info.mtimeMs > STALE_TEMP_MS;
       }
-      if (stale) {
-        await unlink(file).catch(() => undefined);
-        removed++;
-      }
+      out.push({ name, stale });
+    }
+    return out;
+  }
+
+  async removeStaleTemps(options: { ownAreStale?: boolean } = {}): Promise<number> {
+    let removed = 0;
+    for (const temp of await this.temps(options)) {
+      if (!temp.stale) continue;
+      await unlink(path.join(this.tmpDir, temp.name)).catch(() => undefined);
+      removed++;
     }
     return removed;
   }

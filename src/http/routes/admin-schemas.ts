@@ -22,7 +22,8 @@ const time = { type: 'string', format: 'date-time' } as const;
 const nullableTime = { type: 'string', format: 'date-time', nullable: true } as const;
 const nullableString = { type: 'string', nullable: true } as const;
 
-const urls = {
+/** Shared with the public status/search API, which lists the same download paths. */
+export const urls = {
   type: 'object',
   description: 'Download paths relative to the origin, one per layout form (name forms only when a name is given).',
   properties: {

@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { DB } from '../../db/open.js';
 import { StatusQueries, type AttachedName, type Totals } from '../../db/status-queries.js';
 import { downloadPaths } from '../urls.js';
+import { urls } from './admin-schemas.js';
 
 export interface StatusRouteDeps {
   db: DB;
@@ -34,20 +35,6 @@ const API_CACHE_CONTROL = 'public, max-age=10';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
-const urlsSchema = {
-  type: 'object',
-  description: 'Download paths, relative to the origin; name forms only where the name serves this hash.',
-  properties: {
-    contentHash: { type: 'string' },
-    direct: { type: 'string' },
-    hash: { type: 'string' },
-    filenameHash: { type: 'string' },
-    flat: { type: 'string' },
-  },
-  required: ['contentHash', 'direct', 'hash'],
-  additionalProperties: { type: 'string' },
-} as const;
-
 const hashEntrySchema = {
   type: 'object',
   properties: {
@@ -56,7 +43,7 @@ const hashEntrySchema = {
     attachedAt: { type: 'string', format: 'date-time' },
     current: { type: 'boolean', description: 'the hash that name paths serve' },
     quarantined: { type: 'boolean', description: 'damaged on disk: every path answers 404' },
-    urls: urlsSchema,
+    urls,
   },
   required: ['sha512', 'size', 'attachedAt', 'current', 'quarantined', 'urls'],
   additionalProperties: true,
