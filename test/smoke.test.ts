@@ -33,6 +33,30 @@ describe('smoke', () => {
   });
 });
 
+describe('declared sha256', () => {
+  it('refuses a body whose sha256 differs from ?sha256= and stores nothing', async () => {
+    const server = await startTestServer();
+    try {
+      const wrong = await server.upload('bar-1.0.tar.gz', 'bar\n', { sha256: '0'.repeat(64) });
+      expect(wrong.status).toBe(422);
+      expect(wrong.json.error).toBe('DIGEST_MISMATCH');
+      expect(wrong.json.mismatches).toEqual([
+        { field: 'sha256', expected: '0'.repeat(64), actual: createHash('sha256').update('bar\n').digest('hex') },
+      ]);
+      expect((await get(`${server.baseUrl}/distfiles/bar-1.0.tar.gz`)).status).toBe(404);
+      const bad = await server.upload('bar-1.0.tar.gz', 'bar\n', { sha256: 'xyz' });
+      expect(bad.status).toBe(400);
+      expect(bad.json.error).toBe('BAD_HASH');
+      const right = await server.upload('bar-1.0.tar.gz', 'bar\n', {
+        sha256: createHash('sha256').update('bar\n').digest('hex'),
+      });
+      expect(right.status).toBe(201);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
 describe('cli', () => {
   it('migrates a fresh data directory and reports the schema version', async () => {
     const { makeDataDir } = await import('./helpers/server.js');

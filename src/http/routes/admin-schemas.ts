@@ -87,6 +87,7 @@ const declaredDigests = {
     size: { type: 'string', description: 'expected size in bytes' },
     sha512: hex128,
     blake2b: hex128,
+    sha256: { type: 'string', description: '64 lower-case hex digits' },
   },
 } as const;
 

@@ -5,7 +5,7 @@ import type { DistfileIndex, NameRow } from '../../db/index.js';
 import { AppError } from '../../errors.js';
 import { assertFilename, assertSha512, type Ingest } from '../../ingest/ingest.js';
 import type { Digests, ExpectedDigests } from '../../store/digests.js';
-import { isBlake2bHex, isSha512Hex } from '../../store/paths.js';
+import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../store/paths.js';
 import { requireScope } from '../auth.js';
 import { installAdminRateLimit } from '../rate-limit.js';
 import { downloadPaths } from '../urls.js';
@@ -45,30 +45,26 @@ export function ingestView(digests: Digests, filename?: string) {
   };
 }
 
-/** Reads `size`, `sha512`, `blake2b` from the query string, as written in a Manifest DIST line. */
+const DECLARABLE_HASHES = { sha512: isSha512Hex, blake2b: isBlake2bHex, sha256: isSha256Hex } as const;
+
+/** Reads `size`, `sha512`, `blake2b`, `sha256` from the query string, as written in a Manifest DIST line. */
 function declaredDigests(query: Record<string, string | string[] | undefined>): ExpectedDigests {
-  for (const key of ['size', 'sha512', 'blake2b']) {
+  const expected: ExpectedDigests = {};
+  for (const key of ['size', ...Object.keys(DECLARABLE_HASHES)] as const) {
     // `?sha512=a&sha512=b` parses to an array: two claims about one body cannot both be checked.
     if (Array.isArray(query[key])) throw new AppError('BAD_REQUEST', `${key} may be given only once`);
   }
-  return declaredOnce(query as Record<string, string | undefined>);
-}
-
-function declaredOnce(query: Record<string, string | undefined>): ExpectedDigests {
-  const expected: ExpectedDigests = {};
-  if (query.size !== undefined) {
-    if (!/^\d{1,16}$/.test(query.size)) throw new AppError('BAD_REQUEST', 'size must be a non-negative integer');
-    expected.size = Number(query.size);
+  const size = query.size as string | undefined;
+  if (size !== undefined) {
+    if (!/^\d{1,16}$/.test(size)) throw new AppError('BAD_REQUEST', 'size must be a non-negative integer');
+    expected.size = Number(size);
   }
-  if (query.sha512 !== undefined) {
-    const v = query.sha512.toLowerCase();
-    if (!isSha512Hex(v)) throw new AppError('BAD_HASH', 'sha512 must be 128 hex digits');
-    expected.sha512 = v;
-  }
-  if (query.blake2b !== undefined) {
-    const v = query.blake2b.toLowerCase();
-    if (!isBlake2bHex(v)) throw new AppError('BAD_HASH', 'blake2b must be 128 hex digits');
-    expected.blake2b = v;
+  for (const [key, valid] of Object.entries(DECLARABLE_HASHES) as [keyof typeof DECLARABLE_HASHES, (v: string) => boolean][]) {
+    const raw = query[key] as string | undefined;
+    if (raw === undefined) continue;
+    const value = raw.toLowerCase();
+    if (!valid(value)) throw new AppError('BAD_HASH', `${key} must be ${key === 'sha256' ? 64 : 128} hex digits`);
+    expected[key] = value;
   }
   return expected;
 }
