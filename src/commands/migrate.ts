@@ -1,9 +1,11 @@
+import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
 import { migrate, schemaVersion } from '../db/migrate.js';
 import { databaseFile, openDatabase } from '../db/open.js';
 
-export async function migrateCommand(_args: string[]): Promise<number> {
-  const config = loadConfig();
+export async function migrateCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { 'data-dir': { type: 'string' } } });
+  const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {});
   const db = openDatabase(databaseFile(config.dataDir), { migrate: false });
   try {
     const result = migrate(db);
