@@ -3,7 +3,7 @@
  * blob directory, one load generator, one target under load at a time. Then upload speed
  * against the machine's hashing ceiling, and fastpull's peak RSS over a big upload + download.
  *
- * Knobs (environment): BENCH_QUICK=1 (short smoke run), BENCH_CONNECTIONS, BENCH_DURATION (s),
+ * Knobs (environment): BENCH_QUICK=1 (short smoke run), BENCH_CONNECTIONS, BENCH_DURATION (s), BENCH_ROUNDS,
  * BENCH_UPLOAD_BYTES, BENCH_BIG_BYTES, BENCH_KEEP=1 (leave .bench/run-* for inspection).
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -31,7 +31,8 @@ function envInt(name: string, fallback: number): number {
 
 const QUICK = process.env.BENCH_QUICK === '1';
 const CONNECTIONS = envInt('BENCH_CONNECTIONS', 8);
-const DURATION = envInt('BENCH_DURATION', QUICK ? 2 : 6);
+const DURATION = envInt('BENCH_DURATION', QUICK ? 2 : 5);
+const ROUNDS = envInt('BENCH_ROUNDS', QUICK ? 1 : 3);
 const WARMUP = QUICK ? 1 : 2;
 const UPLOAD_BYTES = envInt('BENCH_UPLOAD_BYTES', QUICK ? 64 * MiB : GiB);
 const BIG_BYTES = envInt('BENCH_BIG_BYTES', QUICK ? 256 * MiB : 4 * GiB);
@@ -257,16 +258,34 @@ function load(url: string, duration: number): Promise<WrkSummary> {
   });
 }
 
-async function measure(target: Target, file: BenchFile, mode: Mode): Promise<Measure> {
-  const url = target.url(file, mode);
-  await load(url, WARMUP);
-  const r = await load(url, DURATION);
+async function measureOnce(target: Target, file: BenchFile, mode: Mode): Promise<Measure> {
+  const r = await load(target.url(file, mode), DURATION);
   const errors = r.connect + r.read + r.write + r.timeout;
   const problems = [errors ? `${errors} socket errors` : '', r.status ? `${r.status} non-2xx` : ''].filter(Boolean).join(', ');
   const seconds = r.us / 1e6;
   const m = { rps: r.requests / seconds, mbps: r.bytes / 1e6 / seconds, problems };
   log(`  ${target.name.padEnd(8)} ${file.label.padEnd(6)} by ${mode}: ${fmt(m.rps)} req/s, ${fmt(m.mbps)} MB/s${problems ? ` (${problems})` : ''}`);
   return m;
+}
+
+/**
+ * Each target is warmed up once, then measured ROUNDS times with the targets taking turns, and
+ * the median round kept: on a shared machine, load from elsewhere comes and goes, and taking
+ * turns spreads it over all targets instead of landing on whichever ran at the wrong moment.
+ */
+async function measureRow(targets: Target[], file: BenchFile, mode: Mode): Promise<Record<string, Measure>> {
+  for (const t of targets) await load(t.url(file, mode), WARMUP);
+  const runs = new Map<Target, Measure[]>(targets.map((t) => [t, []]));
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const t of targets) runs.get(t)!.push(await measureOnce(t, file, mode));
+  }
+  const out: Record<string, Measure> = {};
+  for (const [t, list] of runs) {
+    const sorted = [...list].sort((a, b) => score(file.label, a) - score(file.label, b));
+    const median = sorted[Math.floor(sorted.length / 2)]!;
+    out[t.name] = { ...median, problems: list.map((m) => m.problems).filter(Boolean).join('; ') };
+  }
+  return out;
 }
 
 async function download(url: string): Promise<{ bytes: number; seconds: number; status: number }> {
@@ -304,13 +323,12 @@ async function main(): Promise<string> {
   const st = await startStatic();
   const targets = [ng.target, st.target, fp.target];
   for (const t of targets) for (const f of files) for (const mode of ['hash', 'name'] as const) await verify(t, f, mode);
-  log(`bench: all targets serve identical bytes; ${CONNECTIONS} connections, ${DURATION} s per cell after ${WARMUP} s warm-up`);
+  log(`bench: all targets serve identical bytes; ${CONNECTIONS} connections, median of ${ROUNDS} × ${DURATION} s per cell after ${WARMUP} s warm-up`);
 
   const rows: { file: BenchFile; mode: Mode; m: Record<TargetName, Measure>; goal: (typeof SIZES)[number]['target'] }[] = [];
   for (const [i, file] of files.entries()) {
     for (const mode of ['hash', 'name'] as const) {
-      const m = {} as Record<TargetName, Measure>;
-      for (const t of targets) m[t.name] = await measure(t, file, mode);
+      const m = (await measureRow(targets, file, mode)) as Record<TargetName, Measure>;
       rows.push({ file, mode, m, goal: SIZES[i]!.target });
     }
   }
@@ -319,7 +337,7 @@ async function main(): Promise<string> {
   await fp.child.stop();
   fp = await startFastpull('info', 'info');
   const infoRows: { mode: Mode; m: Measure }[] = [];
-  for (const mode of ['hash', 'name'] as const) infoRows.push({ mode, m: await measure(fp.target, files[0]!, mode) });
+  for (const mode of ['hash', 'name'] as const) infoRows.push({ mode, m: (await measureRow([fp.target], files[0]!, mode)).fastpull! });
   await ng.child.stop();
   await st.child.stop();
 
@@ -356,8 +374,9 @@ async function main(): Promise<string> {
     '',
   );
   out.push(
-    `Downloads: wrk (1 thread), ${CONNECTIONS} connections, ${DURATION} s per cell after a ${WARMUP} s warm-up, one target under load at a time, ` +
-      'loopback. Each server is one process: nginx (`sendfile on`, `master_process off`, access log off), stock @fastify/static ' +
+    `Downloads: wrk (1 thread), ${CONNECTIONS} connections, loopback, one target under load at a time; each cell is the median of ${ROUNDS} ` +
+      `${DURATION} s runs, the targets taking turns, after a ${WARMUP} s warm-up. ` +
+      'Each server is one process: nginx (`sendfile on`, `master_process off`, access log off), stock @fastify/static ' +
       '(default options, no logger) and fastpull (`node bin/fastpull.js serve`, `FASTPULL_LOG_LEVEL=warn`). ' +
       'By hash is `/distfiles/ab/cd/ef/<sha512>` for all three (nginx and @fastify/static map it straight onto `<data>/blobs/`); ' +
       'by name is fastpull’s flat `/distfiles/<name>`, resolved through SQLite, while nginx and @fastify/static (which cannot read the index) ' +
