@@ -374,7 +374,7 @@ async function main(): Promise<string> {
     '',
   );
   out.push(
-    `Downloads: wrk (1 thread), ${CONNECTIONS} connections, loopback, one target under load at a time; each cell is the median of ${ROUNDS} ` +
+    `Downloads: wrk (1 thread), ${CONNECTIONS} connections, loopback, one target under load at a time; each cell is the median of ${ROUNDS} runs of ` +
       `${DURATION} s runs, the targets taking turns, after a ${WARMUP} s warm-up. ` +
       'Each server is one process: nginx (`sendfile on`, `master_process off`, access log off), stock @fastify/static ' +
       '(default options, no logger) and fastpull (`node bin/fastpull.js serve`, `FASTPULL_LOG_LEVEL=warn`). ' +

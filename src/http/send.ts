@@ -1,3 +1,4 @@
+import { closeSync, createReadStream } from 'node:fs';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ServableBlob } from '../db/index.js';
 import { AppError } from '../errors.js';
@@ -132,15 +133,20 @@ export async function sendBlob(
     return reply.send(range ? read.bytes.subarray(range.start, range.end + 1) : read.bytes);
   }
 
-  const opened = await store.open(blob.sha512);
+  const opened = store.openForRead(blob.sha512);
   if (!opened || opened.size !== blob.size) {
-    await opened?.handle.close();
+    if (opened) closeSync(opened.fd);
     return missingOnDisk(request, blob, opened?.size);
   }
   setLength(reply, range, blob.size);
-  const stream = opened.handle.createReadStream({
-    ...(range ? { start: range.start, end: range.end } : {}),
+  // Bounded even without a range: the stream then stops at the last byte instead of paying one
+  // more read to discover end of file. autoClose hands the descriptor back on end, error or abort.
+  const stream = createReadStream('', {
+    fd: opened.fd,
+    start: range ? range.start : 0,
+    end: range ? range.end : blob.size - 1,
     highWaterMark: READ_HIGH_WATER_MARK,
+    autoClose: true,
   });
   return reply.send(stream);
 }

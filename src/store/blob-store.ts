@@ -205,6 +205,27 @@ export class BlobStore {
     }
   }
 
+  /**
+   * Opens a blob for streaming and reports its size, inline (see readSmall): two syscalls that,
+   * through the thread pool, would be two round trips before the first byte. Undefined when missing;
+   * the caller owns the descriptor.
+   */
+  openForRead(sha512: string): { fd: number; size: number } | undefined {
+    let fd: number;
+    try {
+      fd = openSync(this.pathOf(sha512), fsConstants.O_RDONLY);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      return { fd, size: fstatSync(fd).size };
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+  }
+
   /** Size on disk without reading bytes; undefined when missing. */
   async sizeOf(sha512: string): Promise<number | undefined> {
     try {
