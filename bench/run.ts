@@ -173,7 +173,7 @@ async function startNginx(): Promise<{ child: Child; target: Target; version: st
 async function startStatic(): Promise<{ child: Child; target: Target }> {
   const port = await freePort();
   const logFile = path.join(logDir, 'static.log');
-  const child = startChild('@fastify/static', process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench', 'static-server.ts')], {
+  const child = startChild('@fastify/static', process.execPath, [path.join(ROOT, 'bench', 'static-server.mjs')], {
     env: { ...process.env, BENCH_PORT: String(port), BENCH_BLOBS: blobsDir, BENCH_NAMES: namesDir },
     logFile,
     cwd: ROOT,
