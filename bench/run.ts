@@ -375,7 +375,7 @@ async function main(): Promise<string> {
   );
   out.push(
     `Downloads: wrk (1 thread), ${CONNECTIONS} connections, loopback, one target under load at a time; each cell is the median of ${ROUNDS} runs of ` +
-      `${DURATION} s runs, the targets taking turns, after a ${WARMUP} s warm-up. ` +
+      `${DURATION} s, the targets taking turns, after a ${WARMUP} s warm-up. ` +
       'Each server is one process: nginx (`sendfile on`, `master_process off`, access log off), stock @fastify/static ' +
       '(default options, no logger) and fastpull (`node bin/fastpull.js serve`, `FASTPULL_LOG_LEVEL=warn`). ' +
       'By hash is `/distfiles/ab/cd/ef/<sha512>` for all three (nginx and @fastify/static map it straight onto `<data>/blobs/`); ' +
