@@ -11,6 +11,12 @@ process.on('exit', () => {
   for (const child of children) child.kill('SIGKILL');
 });
 
+/** Load generators too: an interrupted bench must not leave wrk hammering a port. */
+export function track(child: ChildProcess): void {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+}
+
 export interface Child {
   name: string;
   process: ChildProcess;

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { dataStream, hashingSpeed } from './data.js';
-import { freePort, sampleMemory, startChild, stopAll, waitForHttp, type Child } from './procs.js';
+import { freePort, sampleMemory, startChild, stopAll, track, waitForHttp, type Child } from './procs.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const KiB = 1024;
@@ -246,6 +246,7 @@ function load(url: string, duration: number): Promise<WrkSummary> {
   return new Promise((resolve, reject) => {
     const args = ['-t1', `-c${CONNECTIONS}`, `-d${duration}s`, '--timeout', '60s', '-s', path.join(workDir, 'report.lua'), url];
     const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    track(child);
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
