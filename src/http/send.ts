@@ -1,3 +1,4 @@
+import { closeSync, createReadStream } from 'node:fs';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ServableBlob } from '../db/index.js';
 import { AppError } from '../errors.js';
@@ -5,6 +6,11 @@ import type { BlobStore } from '../store/blob-store.js';
 
 export const IMMUTABLE = 'public, max-age=31536000, immutable';
 const READ_HIGH_WATER_MARK = 512 * 1024;
+/**
+ * Blobs up to this size are read whole, inline, and sent as one buffer (no larger than a single
+ * stream chunk): see BlobStore.readSmall for why that beats a stream for small files.
+ */
+const SMALL_BLOB_BYTES = 64 * 1024;
 
 export interface ByteRange {
   start: number;
@@ -120,20 +126,25 @@ export async function sendBlob(
     return reply.send();
   }
 
-  const opened = await store.open(blob.sha512);
+  if (blob.size <= SMALL_BLOB_BYTES) {
+    const read = store.readSmall(blob.sha512, blob.size);
+    if (!('bytes' in read)) return missingOnDisk(request, reply, blob, read.onDisk);
+    setLength(reply, range, blob.size);
+    return reply.send(range ? read.bytes.subarray(range.start, range.end + 1) : read.bytes);
+  }
+
+  const opened = store.openForRead(blob.sha512);
   if (!opened || opened.size !== blob.size) {
-    await opened?.handle.close();
+    if (opened) closeSync(opened.fd);
     return missingOnDisk(request, reply, blob, opened?.size);
   }
   setLength(reply, range, blob.size);
-  if (blob.size === 0) {
-    await opened.handle.close();
-    return reply.send(Buffer.alloc(0));
-  }
-  // Always bounded: a file that grew must not push bytes past Content-Length into the next response.
+  // Always bounded: a file that grew must not push bytes past Content-Length into the next response,
+  // and the stream stops at the last byte instead of paying one more read to discover end of file.
+  // autoClose hands the descriptor back on end, error or abort.
   const start = range ? range.start : 0;
   const end = range ? range.end : blob.size - 1;
-  const stream = opened.handle.createReadStream({ start, end, highWaterMark: READ_HIGH_WATER_MARK });
+  const stream = createReadStream('', { fd: opened.fd, start, end, highWaterMark: READ_HIGH_WATER_MARK, autoClose: true });
   // A file that shrank after the stat ends the read stream early but cleanly; piping that end would
   // finish the response short and keep the connection alive, so a cache would store a truncated file
   // (and a pipelined response would be read as its missing bytes). Registered before reply.send, so it

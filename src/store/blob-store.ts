@@ -1,4 +1,4 @@
-import { constants as fsConstants, createReadStream } from 'node:fs';
+import { closeSync, constants as fsConstants, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
 import { link, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -23,6 +23,9 @@ export interface WriteResult {
   /** False when an identical blob was already stored (deduplicated). */
   created: boolean;
 }
+
+/** A small blob read whole: its bytes, or (when missing or of the wrong size) what the disk holds. */
+export type SmallRead = { bytes: Buffer } | { onDisk: number | undefined };
 
 export interface OpenBlob {
   handle: FileHandle;
@@ -252,6 +255,60 @@ export class BlobStore {
       return { handle, size: info.size, mtimeMs: info.mtimeMs };
     } catch (err) {
       await handle.close();
+      throw err;
+    }
+  }
+
+  /**
+   * Reads a whole small blob that should be `size` bytes, synchronously. For small files the cost
+   * is not bytes but thread-pool round trips (a stream needs open, fstat, read, read-to-EOF, close,
+   * each a hop through libuv's pool); done inline they are three short syscalls. It blocks the event
+   * loop exactly as the SQLite lookup just before it does (better-sqlite3 is synchronous, its pages
+   * also come from disk), and as nginx does for every file. Asking for one byte more than expected
+   * makes a file of the wrong size show without an fstat.
+   */
+  readSmall(sha512: string, size: number): SmallRead {
+    let fd: number;
+    try {
+      fd = openSync(this.pathOf(sha512), fsConstants.O_RDONLY);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { onDisk: undefined };
+      throw err;
+    }
+    try {
+      const buffer = Buffer.allocUnsafe(size + 1);
+      let got = 0;
+      // A regular file may still return short reads; only 0 means end of file.
+      for (;;) {
+        const n = readSync(fd, buffer, got, buffer.length - got, got);
+        got += n;
+        if (n === 0 || got === buffer.length) break;
+      }
+      if (got === size) return { bytes: buffer.subarray(0, size) };
+      // Wrong size on disk: the caller refuses it and logs the real size.
+      return { onDisk: fstatSync(fd).size };
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /**
+   * Opens a blob for streaming and reports its size, inline (see readSmall): two syscalls that,
+   * through the thread pool, would be two round trips before the first byte. Undefined when missing;
+   * the caller owns the descriptor.
+   */
+  openForRead(sha512: string): { fd: number; size: number } | undefined {
+    let fd: number;
+    try {
+      fd = openSync(this.pathOf(sha512), fsConstants.O_RDONLY);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      return { fd, size: fstatSync(fd).size };
+    } catch (err) {
+      closeSync(fd);
       throw err;
     }
   }

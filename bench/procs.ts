@@ -1,0 +1,132 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { openSync, closeSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+
+const children = new Set<ChildProcess>();
+
+// A crash or ^C of the bench must not leave servers behind; 'exit' handlers run synchronously, so SIGKILL.
+process.on('exit', () => {
+  for (const child of children) child.kill('SIGKILL');
+});
+
+/** Load generators too: an interrupted bench must not leave wrk hammering a port. */
+export function track(child: ChildProcess): void {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+}
+
+export interface Child {
+  name: string;
+  process: ChildProcess;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** Starts a server as a child with its output going straight to a log file (never through our event loop). */
+export function startChild(name: string, command: string, args: string[], opts: { env?: NodeJS.ProcessEnv; logFile: string; cwd?: string }): Child {
+  const fd = openSync(opts.logFile, 'a');
+  const child = spawn(command, args, {
+    stdio: ['ignore', fd, fd],
+    env: opts.env ?? process.env,
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+  });
+  closeSync(fd);
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  if (child.pid === undefined) throw new Error(`${name}: could not start ${command}`);
+  return {
+    name,
+    process: child,
+    pid: child.pid,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill('SIGTERM');
+      const timedOut = await Promise.race([exited.then(() => false), sleep(5000).then(() => true)]);
+      if (timedOut) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
+  };
+}
+
+export async function stopAll(): Promise<void> {
+  await Promise.all([...children].map(async (child) => {
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGTERM');
+    await Promise.race([exited, sleep(5000).then(() => child.kill('SIGKILL'))]);
+  }));
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Waits until something answers HTTP on the URL (any status), or the child dies, or 20 s pass. */
+export async function waitForHttp(url: string, child: Child, logFile: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if (child.process.exitCode !== null) break;
+    try {
+      const res = await request(url);
+      await res.body.dump();
+      return;
+    } catch {
+      await sleep(100);
+    }
+  }
+  let log = '';
+  try {
+    log = readFileSync(logFile, 'utf8').slice(-2000);
+  } catch {
+    // no log yet
+  }
+  throw new Error(`${child.name} did not start answering ${url}\n${log}`);
+}
+
+export interface MemSample {
+  rssPeak: number;
+  hwm: number;
+  samples: number;
+}
+
+function statusField(pid: number, field: string): number {
+  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text);
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+/** Samples VmRSS every `everyMs` until stopped; VmHWM is the kernel's own high-water mark, which no sampling gap can miss. */
+export function sampleMemory(pid: number, everyMs = 10): { stop(): MemSample; rssNow(): number } {
+  let rssPeak = 0;
+  let samples = 0;
+  const tick = () => {
+    try {
+      rssPeak = Math.max(rssPeak, statusField(pid, 'VmRSS'));
+      samples++;
+    } catch {
+      // the process went away; the caller will notice
+    }
+  };
+  tick();
+  const timer = setInterval(tick, everyMs);
+  return {
+    rssNow: () => statusField(pid, 'VmRSS'),
+    stop() {
+      clearInterval(timer);
+      tick();
+      return { rssPeak, hwm: statusField(pid, 'VmHWM'), samples };
+    },
+  };
+}
