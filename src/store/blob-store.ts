@@ -6,6 +6,7 @@ import { Readable } from 'node:stream';
 import { AppError, fromFsError } from '../errors.js';
 import { compareDigests, MultiHasher, type Digests, type ExpectedDigests } from './digests.js';
 import { blobFile, isSha512Hex } from './paths.js';
+import { SmallBlobCache } from './small-blob-cache.js';
 
 export interface WriteOptions {
   expected?: ExpectedDigests;
@@ -34,6 +35,8 @@ export interface OpenBlob {
 }
 
 const TEMP_SUFFIX = '.tmp';
+/** Budget for the small-blob cache: 64 MiB holds some 16k 4 KiB files. */
+const SMALL_CACHE_DEFAULT_BYTES = 64 * 1024 * 1024;
 const WRITE_BATCH_BYTES = 1024 * 1024;
 /** A temp file untouched this long belongs to nobody, whatever its pid says (pids get reused). */
 const STALE_TEMP_MS = 24 * 3600 * 1000;
@@ -48,7 +51,14 @@ export class BlobStore {
   readonly tmpDir: string;
   readonly quarantineDir: string;
 
-  constructor(readonly root: string) {
+  /** Small blobs served recently; filled only by readSmall (the download path). */
+  readonly smallCache: SmallBlobCache;
+
+  constructor(
+    readonly root: string,
+    options: { smallCacheBytes?: number } = {},
+  ) {
+    this.smallCache = new SmallBlobCache(options.smallCacheBytes ?? SMALL_CACHE_DEFAULT_BYTES);
     this.blobsDir = path.join(root, 'blobs');
     this.tmpDir = path.join(root, 'tmp');
     this.quarantineDir = path.join(root, 'quarantine');
@@ -268,6 +278,8 @@ export class BlobStore {
    * makes a file of the wrong size show without an fstat.
    */
   readSmall(sha512: string, size: number): SmallRead {
+    const cached = this.smallCache.get(sha512);
+    if (cached && cached.length === size) return { bytes: cached };
     let fd: number;
     try {
       fd = openSync(this.pathOf(sha512), fsConstants.O_RDONLY);
@@ -284,7 +296,11 @@ export class BlobStore {
         got += n;
         if (n === 0 || got === buffer.length) break;
       }
-      if (got === size) return { bytes: buffer.subarray(0, size) };
+      if (got === size) {
+        const bytes = buffer.subarray(0, size);
+        this.smallCache.set(sha512, bytes);
+        return { bytes };
+      }
       // Wrong size on disk: the caller refuses it and logs the real size.
       return { onDisk: fstatSync(fd).size };
     } finally {
@@ -333,6 +349,7 @@ export class BlobStore {
 
   /** Moves a damaged blob out of the serving tree; returns where it went. */
   async quarantine(sha512: string): Promise<string> {
+    this.smallCache.delete(sha512);
     await mkdir(this.quarantineDir, { recursive: true });
     const target = path.join(this.quarantineDir, `${sha512}.${Date.now()}`);
     await rename(this.pathOf(sha512), target);
@@ -340,6 +357,7 @@ export class BlobStore {
   }
 
   async remove(sha512: string): Promise<boolean> {
+    this.smallCache.delete(sha512);
     try {
       await unlink(this.pathOf(sha512));
       return true;
