@@ -1,7 +1,8 @@
-import { readdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { filesUnder } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 import { blake2b, bytes, serve, sha512, sleep, startUpstream, stopServer, type Upstream } from './helpers/upstream.js';
 
@@ -45,17 +46,7 @@ async function settled(s: TestServer, id: string, until = (job: any) => job.coun
   throw new Error(`job ${id} did not settle`);
 }
 
-async function blobCount(dataDir: string): Promise<number> {
-  let n = 0;
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
-      if (e.isDirectory()) await walk(path.join(dir, e.name));
-      else n++;
-    }
-  };
-  await walk(path.join(dataDir, 'blobs'));
-  return n;
-}
+const blobCount = async (dataDir: string): Promise<number> => (await filesUnder(path.join(dataDir, 'blobs'))).length;
 
 describe('POST /api/v1/fetches validation', () => {
   it.each([

@@ -1,4 +1,4 @@
-import { readdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -12,6 +12,7 @@ import { Fetcher } from '../src/upstream/fetcher.js';
 import { Mirror } from '../src/upstream/mirrors.js';
 import { UpstreamStats } from '../src/upstream/stats.js';
 import { shardedPath } from '../src/store/paths.js';
+import { filesUnder } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 import { bytes, hang, serve, sha512, startUpstream, status, stopServer, type Upstream } from './helpers/upstream.js';
 
@@ -41,17 +42,7 @@ async function origin(upstreams: Config['upstreams'], overrides: Partial<Config>
 
 const LAYOUT = '[structure]\n0=content-hash SHA512 8:8:8\n1=filename-hash BLAKE2B 8\n2=flat\n';
 
-async function blobFiles(dataDir: string): Promise<number> {
-  let n = 0;
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
-      if (e.isDirectory()) await walk(path.join(dir, e.name));
-      else n++;
-    }
-  };
-  await walk(path.join(dataDir, 'blobs'));
-  return n;
-}
+const blobFiles = async (dataDir: string): Promise<number> => (await filesUnder(path.join(dataDir, 'blobs'))).length;
 
 describe('pull-through', () => {
   it('is off unless configured: a miss is a 404 and no upstream is asked', async () => {

@@ -1,7 +1,6 @@
-import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
 import { readManifests, type DistEntry } from '../ingest/manifest.js';
-import { normalizeOrigin, originHas, type RetryPolicy } from './origin-client.js';
+import { normalizeOrigin, originHas, parseOriginArgs, type RetryPolicy } from './origin-client.js';
 
 const USAGE = `usage: fastpull coverage [--origin URL] [--concurrency N] [--retries N] <Manifest...>
   prints one line per DIST entry the origin lacks; exit 0 when it has every entry, 1 when some are missing,
@@ -12,30 +11,13 @@ export async function coverageCommand(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  let values: Record<string, string | undefined>;
-  let manifestFiles: string[];
-  try {
-    const parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        origin: { type: 'string' },
-        concurrency: { type: 'string', default: '8' },
-        retries: { type: 'string', default: '3' },
-        'retry-delay-ms': { type: 'string', default: '1000' },
-      },
-    });
-    values = parsed.values;
-    manifestFiles = parsed.positionals;
-    if (manifestFiles.length === 0) throw new Error('no Manifest given');
-    if (!/^[1-9]\d*$/.test(values.concurrency!)) throw new Error('--concurrency must be a positive integer');
-    for (const opt of ['retries', 'retry-delay-ms']) {
-      if (!/^\d+$/.test(values[opt]!)) throw new Error(`--${opt} must be a non-negative integer`);
-    }
-  } catch (err) {
-    console.error(`fastpull coverage: ${(err as Error).message}\n${USAGE}`);
+  const parsed = parseOriginArgs(args, { concurrency: { type: 'string', default: '8' } }, [], 'no Manifest given');
+  if ('error' in parsed || !/^[1-9]\d*$/.test(parsed.values.concurrency!)) {
+    const message = 'error' in parsed ? parsed.error : '--concurrency must be a positive integer';
+    console.error(`fastpull coverage: ${message}\n${USAGE}`);
     return 2;
   }
+  const { values, positionals: manifestFiles } = parsed;
   const originText = values.origin ?? loadConfig().pushOrigin;
   if (!originText) {
     console.error(`fastpull coverage: no origin (--origin or FASTPULL_ORIGIN)\n${USAGE}`);

@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { request, type Dispatcher } from 'undici';
 import { shardedPath } from '../store/paths.js';
 
@@ -88,4 +89,36 @@ export async function originHas(
   const length = answer.headers['content-length'];
   const size = typeof length === 'string' ? Number(length) : undefined;
   return { present: answer.status === 200, size };
+}
+
+type StringOptions = Record<string, { type: 'string'; default?: string }>;
+
+/**
+ * Parses the options every origin-talking command shares (--origin, --retries, --retry-delay-ms)
+ * plus `extra`, requiring at least one positional and checking that `counts` are non-negative
+ * integers. Returns the usage error's message instead of throwing.
+ */
+export function parseOriginArgs(
+  args: string[],
+  extra: StringOptions,
+  counts: string[],
+  noPositionals: string,
+): { values: Record<string, string | undefined>; positionals: string[] } | { error: string } {
+  try {
+    const options: ParseArgsConfig['options'] = {
+      origin: { type: 'string' },
+      retries: { type: 'string', default: '3' },
+      'retry-delay-ms': { type: 'string', default: '1000' },
+      ...extra,
+    };
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options });
+    if (positionals.length === 0) throw new Error(noPositionals);
+    const strings = values as Record<string, string | undefined>;
+    for (const opt of ['retries', 'retry-delay-ms', ...counts]) {
+      if (!/^\d+$/.test(strings[opt]!)) throw new Error(`--${opt} must be a non-negative integer`);
+    }
+    return { values: strings, positionals };
+  } catch (err) {
+    return { error: (err as Error).message };
+  }
 }

@@ -2,12 +2,11 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import { loadConfig } from '../config.js';
-import { MultiHasher, type Digests } from '../store/digests.js';
+import { hashFile, type Digests } from '../store/digests.js';
 import { filenameProblem } from '../store/paths.js';
-import { ClientError, normalizeOrigin, originHas, withRetries, type RetryPolicy } from './origin-client.js';
+import { ClientError, normalizeOrigin, originHas, parseOriginArgs, withRetries, type RetryPolicy } from './origin-client.js';
 import { formatBytes, Progress } from './progress.js';
 
 const USAGE = `usage: fastpull push [--origin URL] [--token T] [--retries N] [--retry-delay-ms MS] <files...>
@@ -15,41 +14,22 @@ const USAGE = `usage: fastpull push [--origin URL] [--token T] [--retries N] [--
 
 type Outcome = 'uploaded' | 'linked' | 'present' | 'failed';
 
-async function digestFile(file: string): Promise<Digests> {
-  const hasher = new MultiHasher();
-  for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 })) hasher.update(chunk as Buffer);
-  return hasher.digest();
-}
-
 export async function pushCommand(args: string[]): Promise<number> {
   if (args.includes('--help') || args.includes('-h')) {
     console.log(USAGE);
     return 0;
   }
-  let values: Record<string, string | undefined>;
-  let files: string[];
-  try {
-    const parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        origin: { type: 'string' },
-        token: { type: 'string' },
-        retries: { type: 'string', default: '3' },
-        'retry-delay-ms': { type: 'string', default: '1000' },
-        'progress-interval': { type: 'string', default: '10' },
-      },
-    });
-    values = parsed.values;
-    files = parsed.positionals;
-    if (files.length === 0) throw new Error('no files given');
-    for (const opt of ['retries', 'retry-delay-ms', 'progress-interval']) {
-      if (!/^\d+$/.test(values[opt]!)) throw new Error(`--${opt} must be a non-negative integer`);
-    }
-  } catch (err) {
-    console.error(`fastpull push: ${(err as Error).message}\n${USAGE}`);
+  const parsed = parseOriginArgs(
+    args,
+    { token: { type: 'string' }, 'progress-interval': { type: 'string', default: '10' } },
+    ['progress-interval'],
+    'no files given',
+  );
+  if ('error' in parsed) {
+    console.error(`fastpull push: ${parsed.error}\n${USAGE}`);
     return 2;
   }
+  const { values, positionals: files } = parsed;
   const config = loadConfig();
   const originText = values.origin ?? config.pushOrigin;
   const token = values.token ?? config.pushToken;
@@ -90,7 +70,7 @@ export async function pushCommand(args: string[]): Promise<number> {
       if (!info.isFile()) throw new ClientError(0, 'not a regular file');
       const problem = filenameProblem(filename);
       if (problem) throw new ClientError(0, problem);
-      const digests = await digestFile(file);
+      const digests = await hashFile(file);
       outcome = await pushOne(origin, auth, policy, file, filename, digests, (n) => {
         sent += n;
         progress.read(n);

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { AppError, fromFsError } from '../errors.js';
-import { compareDigests, MultiHasher, type Digests, type ExpectedDigests } from './digests.js';
+import { compareDigests, hashFile, MultiHasher, type Digests, type ExpectedDigests } from './digests.js';
 import { blobFile, isSha512Hex } from './paths.js';
 import { SmallBlobCache } from './small-blob-cache.js';
 
@@ -340,11 +340,8 @@ export class BlobStore {
   }
 
   /** Re-hashes a stored blob. `readStream` lets callers throttle (scrub) or count bytes. */
-  async hash(sha512: string, wrap?: (stream: Readable) => Readable | AsyncIterable<Buffer>): Promise<Digests> {
-    const hasher = new MultiHasher();
-    const stream = createReadStream(this.pathOf(sha512), { highWaterMark: 1024 * 1024 });
-    for await (const chunk of wrap ? wrap(stream) : stream) hasher.update(chunk as Buffer);
-    return hasher.digest();
+  hash(sha512: string, wrap?: (stream: Readable) => Readable | AsyncIterable<Buffer>): Promise<Digests> {
+    return hashFile(this.pathOf(sha512), wrap);
   }
 
   /** Moves a damaged blob out of the serving tree; returns where it went. */

@@ -1,4 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
 
 export interface Digests {
   size: number;
@@ -52,4 +54,12 @@ export function compareDigests(expected: ExpectedDigests, actual: Digests): Mism
     if (want !== undefined && want !== actual[field]) out.push({ field, expected: want, actual: actual[field] });
   }
   return out;
+}
+
+/** Every digest of a file, streamed. `wrap` lets callers throttle (scrub) or count bytes on the way. */
+export async function hashFile(file: string, wrap?: (stream: Readable) => Readable | AsyncIterable<Buffer>): Promise<Digests> {
+  const hasher = new MultiHasher();
+  const stream = createReadStream(file, { highWaterMark: 1024 * 1024 });
+  for await (const chunk of wrap ? wrap(stream) : stream) hasher.update(chunk as Buffer);
+  return hasher.digest();
 }
