@@ -5,7 +5,6 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ownClient } from './helpers/own-client.js';
 import { get } from './helpers/server.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -19,10 +18,8 @@ describe('the built package, laid out like the Docker image', () => {
   let dir: string;
   let child: ChildProcess | undefined;
   let baseUrl: string;
-  const client = ownClient();
 
   beforeAll(async () => {
-    client.install();
     dir = await mkdtemp(path.join(tmpdir(), 'fastpull-image-'));
     for (const entry of ['node_modules', 'public', 'migrations']) {
       await symlink(path.join(ROOT, entry), path.join(dir, entry));
@@ -55,7 +52,6 @@ describe('the built package, laid out like the Docker image', () => {
   }, 180_000);
 
   afterAll(async () => {
-    await client.release();
     if (child && child.exitCode === null) {
       const exited = new Promise((resolve) => child!.once('exit', resolve));
       child.kill('SIGTERM');

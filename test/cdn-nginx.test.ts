@@ -8,7 +8,6 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ownClient } from './helpers/own-client.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const NGINX = '/usr/sbin/nginx';
@@ -111,7 +110,6 @@ http {
 describe.skipIf(!existsSync(NGINX))('CDN edge (config/nginx-cdn.conf under Debian nginx)', () => {
   let origin: TestServer;
   let edge: Edge;
-  const client = ownClient();
   /** Every request that reached the origin, as "METHOD url range". */
   const originRequests: string[] = [];
   const seen = (url: string) => originRequests.filter((r) => r.split(' ')[1] === url);
@@ -120,7 +118,6 @@ describe.skipIf(!existsSync(NGINX))('CDN edge (config/nginx-cdn.conf under Debia
   const hash = sha512(file);
 
   beforeAll(async () => {
-    client.install();
     // A two-second 404 TTL lets the test watch a cached miss expire, with room for a loaded machine before that.
     origin = await startTestServer({ notFoundMaxAge: 2 });
     origin.app.server.on('request', (req) => {
@@ -131,7 +128,6 @@ describe.skipIf(!existsSync(NGINX))('CDN edge (config/nginx-cdn.conf under Debia
     edge = await startEdge(new URL(origin.baseUrl).host);
   });
   afterAll(async () => {
-    await client.release();
     await edge?.stop();
     await origin?.stop();
   });

@@ -4,7 +4,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { filesUnder } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
-import { blake2b, bytes, serve, sha512, sleep, startUpstream, stopServer, type Upstream } from './helpers/upstream.js';
+import { blake2b, bytes, serve, sha512, sleep, startUpstream, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -19,7 +19,7 @@ async function upstream(routes: Parameters<typeof startUpstream>[0] = {}): Promi
 
 async function server(overrides: Parameters<typeof startTestServer>[0] = {}): Promise<TestServer> {
   const s = await startTestServer({ fetchRetries: 2, fetchIdleTimeoutMs: 2_000, ...overrides });
-  cleanup.push(() => stopServer(s));
+  cleanup.push(() => s.stop());
   return s;
 }
 
@@ -208,12 +208,12 @@ describe('fetch jobs', () => {
     const midway = await settled(first, id, (job) => job.items[0].state === 'downloading' && job.items[0].bytes > 0);
     expect(midway.items[0].bytes).toBeLessThanOrEqual(150_000);
     expect(midway.items[0].total).toBe(data.length);
-    await stopServer(first);
+    await first.stop();
     release = true;
     expect(await blobCount(dataDir)).toBe(0);
 
     const second = await startTestServer({ dataDir });
-    cleanup.push(() => stopServer(second));
+    cleanup.push(() => second.stop());
     const job = await settled(second, id);
     expect(job.items[0]).toMatchObject({ state: 'done', sha512: sha512(data) });
     expect(job.items[0].attempts).toBe(2);
@@ -232,9 +232,9 @@ describe('fetch jobs', () => {
     await first.spider.stopJobs();
     const id = (await api(first, 'POST', '/fetches', { url: `${up.url}/c.tgz`, filename: 'c.tgz' })).json.id;
     first.db.prepare(`UPDATE fetch_items SET state = 'downloading' WHERE job_id = ?`).run(id);
-    await stopServer(first);
+    await first.stop();
     const second = await startTestServer({ dataDir });
-    cleanup.push(() => stopServer(second));
+    cleanup.push(() => second.stop());
     const job = await settled(second, id);
     expect(job.items[0]).toMatchObject({ state: 'done', sha512: sha512(data) });
   });

@@ -3,7 +3,7 @@ import { appendFile, mkdir, rm, unlink, utimes, writeFile } from 'node:fs/promis
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { Agent, request, setGlobalDispatcher } from 'undici';
+import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { openDatabase } from '../src/db/open.js';
@@ -15,9 +15,6 @@ import { BlobStore } from '../src/store/blob-store.js';
 import { runCli } from './helpers/cli.js';
 import { blobPath, content, detach, flipBit, openIndex, quarantined, sha512, uploadBlob } from './helpers/integrity.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer } from './helpers/server.js';
-
-// See test/verify.test.ts: keep-alive connections can hold close() for the keep-alive timeout.
-setGlobalDispatcher(new Agent({ pipelining: 0 }));
 
 const cli = (dataDir: string, ...args: string[]) => runCli(args, { FASTPULL_DATA_DIR: dataDir });
 

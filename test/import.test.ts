@@ -258,7 +258,6 @@ describe('import --link', () => {
       expect(served.status).toBe(200);
       expect(sha512(served.body)).toBe(sha512(body));
     } finally {
-      server.app.server.closeAllConnections();
       await server.stop();
     }
   });
@@ -340,9 +339,6 @@ describe('import --manifest', () => {
 describe('import beside a running server', () => {
   let server: TestServer;
   afterAll(async () => {
-    // undici keeps connections alive for as long as the server's Keep-Alive hint (72 s); one the server
-    // did not count as idle when closing would hold stop() past the hook timeout.
-    server?.app.server.closeAllConnections();
     await server?.stop();
   });
 

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ownClient } from './helpers/own-client.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
@@ -24,9 +23,7 @@ const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options'];
 describe('OpenAPI document', () => {
   let server: TestServer;
   let doc: any;
-  const client = ownClient();
   beforeAll(async () => {
-    client.install();
     server = await startTestServer();
     const res = await get(`${server.baseUrl}/api/v1/openapi.json`);
     expect(res.status).toBe(200);
@@ -34,7 +31,6 @@ describe('OpenAPI document', () => {
     doc = JSON.parse(res.body.toString());
   });
   afterAll(async () => {
-    await client.release();
     await server?.stop();
   });
 
@@ -86,13 +82,10 @@ describe('OpenAPI document', () => {
 
 describe('admin responses with schemas', () => {
   let server: TestServer;
-  const client = ownClient();
   beforeAll(async () => {
-    client.install();
     server = await startTestServer();
   });
   afterAll(async () => {
-    await client.release();
     await server?.stop();
   });
 

@@ -14,7 +14,7 @@ import { UpstreamStats } from '../src/upstream/stats.js';
 import { shardedPath } from '../src/store/paths.js';
 import { filesUnder } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
-import { bytes, hang, serve, sha512, startUpstream, status, stopServer, type Upstream } from './helpers/upstream.js';
+import { bytes, hang, serve, sha512, startUpstream, status, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -36,7 +36,7 @@ async function origin(upstreams: Config['upstreams'], overrides: Partial<Config>
     negativeCacheSeconds: 60,
     ...overrides,
   });
-  cleanup.push(() => stopServer(s));
+  cleanup.push(() => s.stop());
   return s;
 }
 
@@ -81,7 +81,7 @@ describe('pull-through', () => {
   it('pulls by hash from another fastpull origin, skipping mirrors that cannot address hashes', async () => {
     const data = bytes(50_000, 42);
     const other = await startTestServer();
-    cleanup.push(() => stopServer(other));
+    cleanup.push(() => other.stop());
     expect((await other.upload('x-1.0.tar.gz', data)).status).toBe(201);
     const flat = await upstream();
     const s = await origin([

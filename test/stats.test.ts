@@ -1,11 +1,7 @@
-import { Agent, setGlobalDispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
 import { content, detach, flipBit, sha512, uploadBlob } from './helpers/integrity.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
-
-// See test/verify.test.ts: keep-alive connections can hold close() for the keep-alive timeout.
-setGlobalDispatcher(new Agent({ pipelining: 0 }));
 
 describe('fastpull stats', () => {
   let server: TestServer;

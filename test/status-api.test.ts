@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NAMES_WITH_PREFIX_SQL } from '../src/db/status-queries.js';
-import { ownClient } from './helpers/own-client.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
@@ -15,9 +14,7 @@ async function getJson(url: string) {
 describe('status and search API', () => {
   let server: TestServer;
   const hostile = `a<b>"q'&amp;.tar.gz`;
-  const client = ownClient();
   beforeAll(async () => {
-    client.install();
     server = await startTestServer();
     // Uploaded before the first status call: totals are cached for a few seconds once computed.
     for (const [name, body] of [
@@ -46,7 +43,6 @@ describe('status and search API', () => {
     await del.body.dump();
   });
   afterAll(async () => {
-    await client.release();
     await server?.stop();
   });
 
@@ -200,13 +196,10 @@ describe('status and search API', () => {
 
 describe('status on an empty store', () => {
   let server: TestServer;
-  const client = ownClient();
   beforeAll(async () => {
-    client.install();
     server = await startTestServer();
   });
   afterAll(async () => {
-    await client.release();
     await server?.stop();
   });
 

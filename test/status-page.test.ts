@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ownClient } from './helpers/own-client.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -23,7 +22,6 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
   let context: BrowserContext;
   let page: Page;
   let profileDir: string;
-  const client = ownClient();
   const pageProblems: string[] = [];
 
   const file = randomBytes(200 * 1024);
@@ -32,7 +30,6 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
   const hostile = `<img src=x onerror="window.__pwned=1">'q".tar.gz`;
 
   beforeAll(async () => {
-    client.install();
     server = await startTestServer();
     expect((await server.upload(name, file)).status).toBe(201);
     expect((await server.upload('hello-browser-0.9.tar.gz', 'older\n')).status).toBe(201);
@@ -65,7 +62,6 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
 
   afterAll(async () => {
     await context?.close();
-    await client.release();
     await server?.stop();
     if (profileDir) await rm(profileDir, { recursive: true, force: true });
   });

@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
 import { rm, unlink } from 'node:fs/promises';
-import { Agent, setGlobalDispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scrubCounters } from '../src/maintenance/scrub.js';
 import { runCli } from './helpers/cli.js';
@@ -16,10 +15,6 @@ const FILES: Record<string, Buffer> = {
   'epsilon-3.tgz': content('epsilon', 2 * 1024 * 1024),
 };
 const SHA = Object.fromEntries(Object.entries(FILES).map(([n, b]) => [n, sha512(b)]));
-
-// No keep-alive: a pooled connection whose response finishes just after close() began keeps
-// fastify's close() waiting for its 72 s keep-alive timeout (a core shutdown issue, reported).
-setGlobalDispatcher(new Agent({ pipelining: 0 }));
 
 describe('fastpull verify', () => {
   let server: TestServer;

@@ -136,16 +136,3 @@ export const status =
 /** Accepts the request and never answers. */
 export const hang: Handler = () => new Promise<void>(() => undefined);
 
-/**
- * Stops a test server. Node only closes keep-alive connections that are idle at close() time;
- * one whose response is still finishing would hold close() for the whole keep-alive timeout,
- * so idle connections are swept until the close completes.
- */
-export async function stopServer(server: { stop(): Promise<void>; app: { server: { closeIdleConnections(): void } } }): Promise<void> {
-  const sweep = setInterval(() => server.app.server.closeIdleConnections(), 50);
-  try {
-    await server.stop();
-  } finally {
-    clearInterval(sweep);
-  }
-}
