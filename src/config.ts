@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 
 /**
@@ -35,6 +36,12 @@ const int =
     if (!Number.isSafeInteger(n) || n < min || n > max) fail(source, `expected an integer in [${min}, ${max}]`);
     return n;
   };
+
+/** A process count: a positive integer, or `auto` for one per available CPU. */
+const workerCount: Parser<number> = (raw, source) => {
+  if (raw === 'auto') return availableParallelism();
+  return int(1, 256)(raw, source);
+};
 
 const bool: Parser<boolean> = (raw, source) => {
   if (typeof raw === 'boolean') return raw;
@@ -82,6 +89,7 @@ const upstreamList: Parser<UpstreamMirror[]> = (raw, source) => {
 const SETTINGS = {
   host: { env: 'FASTPULL_HOST', default: '0.0.0.0', parse: str },
   port: { env: 'FASTPULL_PORT', default: 8080, parse: int(0, 65535) },
+  workers: { env: 'FASTPULL_WORKERS', default: 1, parse: workerCount },
   dataDir: { env: 'FASTPULL_DATA_DIR', default: './data', parse: str },
   adminToken: { env: 'FASTPULL_ADMIN_TOKEN', default: undefined, parse: optionalStr },
   logLevel: {
@@ -175,4 +183,14 @@ export function loadConfig(
   const config = out as Config;
   config.dataDir = path.resolve(config.dataDir);
   return config;
+}
+
+/**
+ * Set by the cluster primary on each serving process it forks (never by an operator): the one
+ * `leader` runs the background work (fetch-job runner, scrub), `follower`s only serve.
+ * Undefined in a single-process server, which does everything itself.
+ */
+export function clusterRole(env: NodeJS.ProcessEnv = process.env): 'leader' | 'follower' | undefined {
+  const role = env.FASTPULL_CLUSTER_ROLE;
+  return role === 'leader' || role === 'follower' ? role : undefined;
 }

@@ -7,6 +7,7 @@ import { DistfileIndex } from './db/index.js';
 import { databaseFile, openDatabase, type DB } from './db/open.js';
 import { buildApp } from './http/app.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
+import type { ClusterLink } from './ops/cluster.js';
 import { closeGracefully, trackConnections } from './ops/shutdown.js';
 import { Readiness } from './ops/readiness.js';
 import { Ingest } from './ingest/ingest.js';
@@ -38,7 +39,7 @@ export interface Server {
 }
 
 /** Wiring: config → db → store → ingest → app → listen. */
-export async function startServer(config: Config, options: { logger?: Logger } = {}): Promise<Server> {
+export async function startServer(config: Config, options: { logger?: Logger; cluster?: ClusterLink } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const store = new BlobStore(config.dataDir);
   const removedTemps = await store.init();
@@ -59,7 +60,22 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
   const storage = new StorageGuard(db, config.highWatermarkBytes);
-  const spider = createSpider(config, { db, store, ingest, logger });
+  const link = options.cluster;
+  // Background work runs in one process: alone, or the cluster's leader.
+  const runsBackgroundWork = link === undefined || link.role === 'leader';
+  const spider = createSpider(config, {
+    db,
+    store,
+    ingest,
+    logger,
+    ...(link ? { flightLock: link.flightLock } : {}),
+    ...(link && !runsBackgroundWork ? { onJobQueued: link.jobsQueued } : {}),
+  });
+  if (link) {
+    metrics.aggregateWith(link.metricsText);
+    link.serveMetrics(() => metrics.collect());
+    if (runsBackgroundWork) link.onJobsQueued(() => spider.fetchJobs.wake());
+  }
   bridgeSpiderMetrics(spider, metrics);
   bridgeMaintenanceMetrics(metrics);
   const app = await buildApp({
@@ -88,13 +104,16 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     db.close();
     throw err;
   }
-  spider.start();
-  logger.info(
-    { address, metrics: metricsListener?.url, dataDir: config.dataDir, configFile: config.configFile },
-    'fastpull origin listening',
-  );
+  if (runsBackgroundWork) spider.start();
+  if (link) logger.info({ role: link.role, address }, 'serving process ready');
+  else {
+    logger.info(
+      { address, metrics: metricsListener?.url, dataDir: config.dataDir, configFile: config.configFile },
+      'fastpull origin listening',
+    );
+  }
   const scrubber =
-    config.scrubBytesPerSecond > 0
+    runsBackgroundWork && config.scrubBytesPerSecond > 0
       ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
       : undefined;
   scrubber?.start();

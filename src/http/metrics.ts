@@ -111,6 +111,8 @@ export class Metrics {
       };
       new Gauge({
         name: 'fastpull_blobs_stored',
+        // Every serving process reads the same index and disk: a cluster reports the value once.
+        aggregator: 'max',
         help: 'Blobs in the index (quarantined ones included)',
         registers: [this.registry],
         collect() {
@@ -120,6 +122,8 @@ export class Metrics {
       });
       new Gauge({
         name: 'fastpull_blob_bytes_stored',
+        // Every serving process reads the same index and disk: a cluster reports the value once.
+        aggregator: 'max',
         help: 'Total size of the blobs in the index',
         registers: [this.registry],
         collect() {
@@ -129,6 +133,8 @@ export class Metrics {
       });
       new Gauge({
         name: 'fastpull_blobs_quarantined',
+        // Every serving process reads the same index and disk: a cluster reports the value once.
+        aggregator: 'max',
         help: 'Blobs whose bytes failed verification and are not served',
         registers: [this.registry],
         collect() {
@@ -140,6 +146,8 @@ export class Metrics {
     if (dataDir) {
       new Gauge({
         name: 'fastpull_disk_free_bytes',
+        // Every serving process reads the same index and disk: a cluster reports the value once.
+        aggregator: 'max',
         help: 'Bytes available to the origin on the data directory filesystem',
         registers: [this.registry],
         async collect() {
@@ -175,7 +183,21 @@ export class Metrics {
     this.scrapeHooks.push(hook);
   }
 
+  private aggregate: (() => Promise<string>) | undefined;
+
+  /** In a cluster, any serving process answers /metrics for all of them, through `aggregate`. */
+  aggregateWith(aggregate: () => Promise<string>): void {
+    this.aggregate = aggregate;
+  }
+
+  /** This process's metrics as JSON, for the cluster primary to add up. */
+  collect() {
+    for (const hook of this.scrapeHooks) hook();
+    return this.registry.getMetricsAsJSON();
+  }
+
   text(): Promise<string> {
+    if (this.aggregate) return this.aggregate();
     for (const hook of this.scrapeHooks) hook();
     return this.registry.metrics();
   }

@@ -9,6 +9,7 @@ import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.j
 import { Mirror } from '../upstream/mirrors.js';
 import { UpstreamStats } from '../upstream/stats.js';
 import { FetchJobs } from './fetch-jobs.js';
+import type { FlightLock } from './flight-lock.js';
 import type { Ingest } from './ingest.js';
 import { PullThrough } from './pull-through.js';
 
@@ -28,7 +29,7 @@ export interface Spider {
 /** Everything that talks to upstream servers, built from configuration. */
 export function createSpider(
   config: Config,
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger },
+  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
@@ -53,6 +54,7 @@ export function createSpider(
     concurrency: config.fetchConcurrency,
     maxBytes: config.maxUploadBytes,
     log,
+    ...(deps.onJobQueued ? { onQueued: deps.onJobQueued } : {}),
   });
   let pullThrough: PullThrough | undefined;
   let missHandler: MissHandler | undefined;
@@ -68,6 +70,7 @@ export function createSpider(
       negativeCacheSeconds: config.negativeCacheSeconds,
       maxBytes: config.maxUploadBytes,
       log,
+      ...(deps.flightLock ? { lock: deps.flightLock } : {}),
     });
     missHandler = createMissHandler(pullThrough, { config, index: deps.ingest.index, store: deps.store });
   }
