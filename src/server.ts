@@ -6,6 +6,7 @@ import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
 import { databaseFile, openDatabase, type DB } from './db/open.js';
 import { buildApp } from './http/app.js';
+import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
 import { closeGracefully, trackConnections } from './ops/shutdown.js';
 import { Readiness } from './ops/readiness.js';
@@ -61,6 +62,8 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   const storage = new StorageGuard(db, config.highWatermarkBytes);
   const spider = createSpider(config, { db, store, ingest, logger });
   bridgeSpiderMetrics(spider, metrics);
+  // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
+  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, store });
   bridgeMaintenanceMetrics(metrics);
   const app = await buildApp({
     config,
@@ -74,7 +77,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     tokens,
     spider,
     storage,
-    ...(spider.missHandler ? { missHandler: spider.missHandler } : {}),
+    ...(missHandler ? { missHandler } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;

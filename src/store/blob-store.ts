@@ -5,7 +5,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { AppError, fromFsError } from '../errors.js';
 import { compareDigests, hashFile, MultiHasher, type Digests, type ExpectedDigests } from './digests.js';
-import { blobFile, isSha512Hex } from './paths.js';
+import { isSha512Hex } from '../domain/hashes.js';
+import { blobFile } from './paths.js';
 import { SmallBlobCache } from './small-blob-cache.js';
 
 export interface WriteOptions {
