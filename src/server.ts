@@ -13,7 +13,8 @@ import { Readiness } from './ops/readiness.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
-import { BlobStore } from './store/blob-store.js';
+import type { BlobStore } from './store/blob-store.js';
+import { localBlobStore } from './store/open-storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
 
@@ -41,7 +42,7 @@ export interface Server {
 /** Wiring: config → db → store → ingest → app → listen. */
 export async function startServer(config: Config, options: { logger?: Logger } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   const removedTemps = await store.init();
   if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
 

@@ -383,7 +383,7 @@ export class BlobStore {
   }
 }
 
-async function readdirSafe(dir: string): Promise<string[]> {
+export async function readdirSafe(dir: string): Promise<string[]> {
   try {
     return (await readdir(dir)).sort();
   } catch (err) {
@@ -414,7 +414,7 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-function processAlive(pid: number): boolean {
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
