@@ -85,6 +85,30 @@ const upstreamList: Parser<UpstreamMirror[]> = (raw, source) => {
   });
 };
 
+/** Where blobs live: the local store under the data dir (default), or an S3-compatible bucket. */
+export type StorageLocation = { kind: 'local' } | { kind: 's3'; bucket: string; prefix: string };
+
+/** `s3://BUCKET[/PREFIX]`; unset or empty keeps today's `<dataDir>/blobs`. */
+const storageLocation: Parser<StorageLocation> = (raw, source) => {
+  if (raw === undefined || raw === null || raw === '') return { kind: 'local' };
+  const m = /^s3:\/\/([^/]*)(?:\/(.*))?$/.exec(str(raw, source).trim());
+  if (!m) fail(source, 'expected s3://BUCKET[/PREFIX] (unset keeps blobs in <dataDir>/blobs)');
+  const bucket = m[1]!;
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) fail(source, `"${bucket}" is not an S3 bucket name (3-63 of a-z 0-9 . -)`);
+  const prefix = (m[2] ?? '').replace(/\/+$/, '');
+  // eslint-disable-next-line no-control-regex
+  if (prefix !== '' && (prefix.split('/').some((s) => s === '' || s === '.' || s === '..') || /[\u0000-\u001f\u007f\\]/.test(prefix))) {
+    fail(source, `prefix "${prefix}" must be plain path segments`);
+  }
+  return { kind: 's3', bucket, prefix };
+};
+
+const httpUrl: Parser<string | undefined> = (raw, source) => {
+  const text = optionalStr(raw, source);
+  if (text !== undefined && !/^https?:\/\/[^/]/.test(text)) fail(source, 'expected an http(s) URL');
+  return text;
+};
+
 /** Declarative table: the README's configuration table mirrors this list. */
 const SETTINGS = {
   host: { env: 'FASTPULL_HOST', default: '0.0.0.0', parse: str },
@@ -135,6 +159,12 @@ const SETTINGS = {
   idleTimeoutMs: { env: 'FASTPULL_IDLE_TIMEOUT_MS', default: 60_000, parse: int(1) },
   keepAliveTimeoutMs: { env: 'FASTPULL_KEEP_ALIVE_TIMEOUT_MS', default: 72_000, parse: int(1) },
   maxHeaderBytes: { env: 'FASTPULL_MAX_HEADER_BYTES', default: 16 * 1024, parse: int(1024, 1024 * 1024) },
+
+  // Blob storage (issue 9). Credentials come from the AWS SDK's own chain (AWS_ACCESS_KEY_ID, profiles…).
+  storage: { env: 'FASTPULL_STORAGE', default: { kind: 'local' } as StorageLocation, parse: storageLocation },
+  s3ForcePathStyle: { env: 'FASTPULL_S3_FORCE_PATH_STYLE', default: false, parse: bool },
+  s3Endpoint: { env: 'AWS_ENDPOINT_URL_S3', default: undefined as string | undefined, parse: httpUrl },
+  s3Region: { env: 'AWS_REGION', default: undefined as string | undefined, parse: optionalStr },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = typeof SETTINGS;

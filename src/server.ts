@@ -6,6 +6,7 @@ import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
 import { databaseFile, openDatabase, type DB } from './db/open.js';
 import { buildApp } from './http/app.js';
+import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
 import type { ClusterLink } from './ops/cluster.js';
 import { closeGracefully, trackConnections } from './ops/shutdown.js';
@@ -13,7 +14,8 @@ import { Readiness } from './ops/readiness.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
-import { BlobStore } from './store/blob-store.js';
+import type { BlobStore } from './store/blob-store.js';
+import { localBlobStore } from './store/open-storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
 
@@ -41,7 +43,7 @@ export interface Server {
 /** Wiring: config → db → store → ingest → app → listen. */
 export async function startServer(config: Config, options: { logger?: Logger; cluster?: ClusterLink } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   const removedTemps = await store.init();
   if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
 
@@ -77,6 +79,8 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     if (runsBackgroundWork) link.onJobsQueued(() => spider.fetchJobs.wake());
   }
   bridgeSpiderMetrics(spider, metrics);
+  // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
+  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, store });
   bridgeMaintenanceMetrics(metrics);
   const app = await buildApp({
     config,
@@ -90,7 +94,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     tokens,
     spider,
     storage,
-    ...(spider.missHandler ? { missHandler: spider.missHandler } : {}),
+    ...(missHandler ? { missHandler } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;

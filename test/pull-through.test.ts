@@ -11,7 +11,7 @@ import { BlobStore } from '../src/store/blob-store.js';
 import { Fetcher } from '../src/upstream/fetcher.js';
 import { Mirror } from '../src/upstream/mirrors.js';
 import { UpstreamStats } from '../src/upstream/stats.js';
-import { shardedPath } from '../src/store/paths.js';
+import { shardedPath } from '../src/domain/layout.js';
 import { filesUnder } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 import { bytes, hang, serve, sha512, startUpstream, status, type Upstream } from './helpers/upstream.js';

@@ -3,7 +3,8 @@ import { loadConfig, type Config } from '../config.js';
 import { DistfileIndex } from '../db/index.js';
 import { databaseFile, openDatabase, type DB } from '../db/open.js';
 import { MaintenanceQueries } from '../maintenance/queries.js';
-import { BlobStore } from '../store/blob-store.js';
+import type { BlobStore } from '../store/blob-store.js';
+import { localBlobStore } from '../store/open-storage.js';
 
 export interface MaintenanceContext {
   config: Config;
@@ -28,7 +29,7 @@ export function openDataDir(dataDirOverride: string | undefined, options: { allo
     throw new UsageError(`no index at ${file} (run fastpull reindex to rebuild it from the blobs on disk)`);
   }
   const db = openDatabase(file);
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   return {
     config,
     db,

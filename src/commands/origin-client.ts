@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { request, type Dispatcher } from 'undici';
-import { shardedPath } from '../store/paths.js';
+import { shardedPath } from '../domain/layout.js';
 
 /** The spider side of the upload API: HEAD by hash, link, upload; retried where a retry can help. */
 

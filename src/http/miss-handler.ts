@@ -5,7 +5,7 @@ import { AppError } from '../errors.js';
 import type { Flight, PullFlight, PullThrough } from '../ingest/pull-through.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { sendError } from './errors.js';
-import type { BlobTarget } from './read-path.js';
+import type { BlobTarget } from '../domain/target.js';
 import { lookup, type MissHandler } from './routes/read.js';
 import { contentDisposition, IMMUTABLE, sendBlob } from './send.js';
 

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { isBlake2bHex, isSha512Hex } from '../store/paths.js';
+import { isBlake2bHex, isSha512Hex } from '../domain/hashes.js';
 
 /** One `DIST <name> <size> BLAKE2B <hex> SHA512 <hex>` line of a Gentoo Manifest. */
 export interface DistEntry {

@@ -1,7 +1,7 @@
 import { PassThrough, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { isAppError } from '../errors.js';
-import type { BlobTarget } from '../http/read-path.js';
+import type { BlobTarget } from '../domain/target.js';
 import type { Digests } from '../store/digests.js';
 import { UpstreamError, type Fetcher, type UpstreamResponse } from '../upstream/fetcher.js';
 import type { Mirror } from '../upstream/mirrors.js';

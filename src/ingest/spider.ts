@@ -2,8 +2,6 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { FetchJobStore } from '../db/fetch-jobs.js';
 import type { DB } from '../db/open.js';
-import { createMissHandler } from '../http/miss-handler.js';
-import type { MissHandler } from '../http/routes/read.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
 import { Mirror } from '../upstream/mirrors.js';
@@ -17,7 +15,6 @@ export interface Spider {
   stats: UpstreamStats;
   fetchJobs: FetchJobs;
   pullThrough: PullThrough | undefined;
-  missHandler: MissHandler | undefined;
   /** Starts the fetch job runner (call once the server listens). */
   start(): void;
   /** Stops job downloads (items go back to queued). Call before closing the HTTP server. */
@@ -57,7 +54,6 @@ export function createSpider(
     ...(deps.onJobQueued ? { onQueued: deps.onJobQueued } : {}),
   });
   let pullThrough: PullThrough | undefined;
-  let missHandler: MissHandler | undefined;
   if (config.pullThrough && config.upstreams.length > 0) {
     const breaker = { threshold: config.upstreamFailureThreshold, cooldownMs: config.upstreamCooldownSeconds * 1000 };
     pullThrough = new PullThrough({
@@ -72,13 +68,11 @@ export function createSpider(
       log,
       ...(deps.flightLock ? { lock: deps.flightLock } : {}),
     });
-    missHandler = createMissHandler(pullThrough, { config, index: deps.ingest.index, store: deps.store });
   }
   return {
     stats,
     fetchJobs,
     pullThrough,
-    missHandler,
     start: () => fetchJobs.start(),
     stopJobs: () => fetchJobs.stop(),
     async close() {

@@ -5,7 +5,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { AppError, fromFsError } from '../errors.js';
 import { compareDigests, hashFile, MultiHasher, type Digests, type ExpectedDigests } from './digests.js';
-import { blobFile, isSha512Hex } from './paths.js';
+import { isSha512Hex } from '../domain/hashes.js';
+import { blobFile } from './paths.js';
 import { SmallBlobCache } from './small-blob-cache.js';
 
 export interface WriteOptions {
@@ -382,7 +383,7 @@ export class BlobStore {
   }
 }
 
-async function readdirSafe(dir: string): Promise<string[]> {
+export async function readdirSafe(dir: string): Promise<string[]> {
   try {
     return (await readdir(dir)).sort();
   } catch (err) {
@@ -413,7 +414,7 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-function processAlive(pid: number): boolean {
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -5,7 +5,7 @@ import type { DistfileIndex, NameRow } from '../../db/index.js';
 import { AppError } from '../../errors.js';
 import { assertFilename, assertSha512, type Ingest } from '../../ingest/ingest.js';
 import type { Digests, ExpectedDigests } from '../../store/digests.js';
-import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../store/paths.js';
+import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../domain/hashes.js';
 import { requireScope } from '../auth.js';
 import { installAdminRateLimit } from '../rate-limit.js';
 import { downloadPaths } from '../urls.js';
