@@ -28,7 +28,7 @@ export function openDataDir(dataDirOverride: string | undefined, options: { allo
     throw new UsageError(`no index at ${file} (run fastpull reindex to rebuild it from the blobs on disk)`);
   }
   const db = openDatabase(file);
-  const store = new BlobStore(config.dataDir);
+  const store = new BlobStore(config.dataDir, { reserveBytes: config.reserveBytes });
   return {
     config,
     db,

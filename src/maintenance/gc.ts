@@ -70,7 +70,8 @@ export async function collect(
   });
   const moved: { sha512: string; final: string; trash: string }[] = [];
   for (const candidate of candidates) {
-    if (!deleteIfCollectable.immediate(candidate.sha512)) {
+    // On a full disk the deletion may need the reserve's room: gc is what gives space back.
+    if (!(await store.reserve.whenFull(() => deleteIfCollectable.immediate(candidate.sha512)))) {
       result.kept.push(candidate);
       continue;
     }
@@ -97,5 +98,7 @@ export async function collect(
     }
     await unlink(trash);
   }
+  // With space back, the reserve returns (and with it, uploads) if it had been used.
+  await store.reserve.ensure();
   return result;
 }

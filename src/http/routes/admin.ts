@@ -183,7 +183,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
 
   app.delete<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canAdmin, schema: ADMIN_SCHEMAS.deleteName }, async (request) => {
     const { filename } = request.params;
-    const detached = ingest.detach(filename, request.principal?.name ?? null);
+    const detached = await ingest.detach(filename, request.principal?.name ?? null);
     return { filename, detached };
   });
 
