@@ -15,6 +15,8 @@ export interface IngestOptions {
   by?: string | null;
   /** Keep the blob even when no name references it. */
   pinned?: boolean;
+  /** Space held against the high watermark: grown as bytes arrive, told of the commit. */
+  lease?: { grow(received: number): void; recorded(size: number, created: boolean): void };
 }
 
 export interface IngestResult {
@@ -43,6 +45,7 @@ export class Ingest {
       // against it would un-quarantine the damage. (A file with no index row yet is a concurrent
       // upload's or a crash's: it was verified before it was linked, so dedup is right for it.)
       replaceExisting: (d) => (this.index.blob(d.sha512)?.quarantined_at ?? null) !== null,
+      ...(options.lease ? { onProgress: (n: number) => options.lease!.grow(n) } : {}),
     });
     try {
       this.index.recordBlob(digests, {
@@ -50,6 +53,7 @@ export class Ingest {
         by: options.by ?? null,
         pinned: options.pinned ?? false,
       });
+      options.lease?.recorded(digests.size, created);
     } catch (err) {
       // No blob file may stay without its row (e.g. SQLite "database or disk is full" after the link):
       // take back what this upload placed; a file that was already there before stays.

@@ -18,6 +18,8 @@ export interface WriteOptions {
    * trusted (e.g. quarantined, or unknown to the index) and the freshly verified bytes replace it.
    */
   replaceExisting?: (digests: Digests) => boolean;
+  /** Told the bytes received so far before each chunk is written; throwing aborts the write. */
+  onProgress?: (received: number) => void;
 }
 
 export interface WriteResult {
@@ -114,7 +116,7 @@ export class BlobStore {
 
   /** Streams `source` into the store. Nothing is visible under blobs/ unless every check passed. */
   async write(source: Readable | AsyncIterable<Buffer>, options: WriteOptions = {}): Promise<WriteResult> {
-    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting } = options;
+    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting, onProgress } = options;
     // The reserve goes back in place before any blob byte may take space; while it cannot, the disk
     // is full as far as uploads are concerned (only gc frees room for it).
     if (!(await this.reserve.ensure())) {
@@ -143,6 +145,7 @@ export class BlobStore {
             mismatches: [{ field: 'size', expected: expected.size, actual: `more than ${expected.size}` }],
           });
         }
+        onProgress?.(total);
         hasher.update(chunk);
         batch.push(chunk);
         batchBytes += chunk.length;
