@@ -150,6 +150,7 @@ const SETTINGS = {
   scrubPauseSeconds: { env: 'FASTPULL_SCRUB_PAUSE_SECONDS', default: 600, parse: int(0) },
   gcGraceSeconds: { env: 'FASTPULL_GC_GRACE_SECONDS', default: 86_400, parse: int(0) },
   highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: int(1) },
+  reserveBytes: { env: 'FASTPULL_RESERVE_BYTES', default: 64 * 1024 ** 2, parse: int(0) },
   adminRateLimitPerMinute: { env: 'FASTPULL_ADMIN_RATE_LIMIT', default: 600, parse: int(0) },
 
   // Spider-side client (push, coverage): where to send files and with which upload token.

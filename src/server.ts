@@ -46,6 +46,9 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const store = localBlobStore(config);
   const removedTemps = await store.init();
   if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
+  if (!(await store.reserve.ensure())) {
+    logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
+  }
 
   const db = openDatabase(databaseFile(config.dataDir));
   const index = new DistfileIndex(db);

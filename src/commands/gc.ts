@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { collect, GC_SETTLE_MS, gcCandidates } from '../maintenance/gc.js';
+import { collect, GC_SETTLE_MS, gcCandidates, orphanCandidates } from '../maintenance/gc.js';
 import { formatBytes, openDataDir, parsePositiveInt, withUsage } from './context.js';
 
 export const GC_USAGE = 'usage: fastpull gc [--dry-run] [--grace SECONDS] [--data-dir DIR]';
@@ -23,10 +23,10 @@ export async function gcCommand(args: string[]): Promise<number> {
     try {
       const grace = values.grace !== undefined ? parsePositiveInt(values.grace, '--grace', 0) : ctx.config.gcGraceSeconds;
       const cutoff = Date.now() - grace * 1000;
-      const candidates = gcCandidates(ctx.queries, cutoff);
+      const candidates = [...gcCandidates(ctx.queries, cutoff), ...(await orphanCandidates(ctx.store, ctx.queries, cutoff))];
       const total = candidates.reduce((s, c) => s + c.size, 0);
       const describe = (c: (typeof candidates)[number]) =>
-        `${c.sha512} ${c.size} bytes (${formatBytes(c.size)}), ingested ${new Date(c.ingestedAt).toISOString()}${c.quarantined ? ', quarantined' : ''}`;
+        `${c.sha512} ${c.size} bytes (${formatBytes(c.size)}), ${c.orphan ? 'written' : 'ingested'} ${new Date(c.ingestedAt).toISOString()}${c.quarantined ? ', quarantined' : ''}${c.orphan ? ', no index row' : ''}`;
       if (values['dry-run']) {
         for (const c of candidates) console.log(`would remove ${describe(c)}`);
         console.log(`dry run: ${candidates.length} blobs, ${total} bytes (${formatBytes(total)}) would be removed (grace ${grace}s)`);

@@ -65,7 +65,7 @@ export class MaintenanceQueries {
       ),
       upsertFromDisk: db.prepare(
         `INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at, verified_at, pinned)
-         VALUES (@sha512, @blake2b, @sha256, @size, @ingested_at, @verified_at, 1)
+         VALUES (@sha512, @blake2b, @sha256, @size, @ingested_at, @verified_at, @pinned)
          ON CONFLICT (sha512) DO UPDATE SET
            blake2b = excluded.blake2b, sha256 = excluded.sha256, size = excluded.size,
            verified_at = excluded.verified_at, quarantined_at = NULL`,
@@ -134,9 +134,17 @@ export class MaintenanceQueries {
     }
   }
 
-  /** Records a blob found on disk. Pinned: with its names unknown, nothing proves gc may remove it. */
-  upsertFromDisk(digests: Digests, ingestedAt: number, verifiedAt = Date.now()): void {
-    this.stmt.upsertFromDisk.run({ ...digests, ingested_at: Math.floor(ingestedAt), verified_at: verifiedAt });
+  /**
+   * Records a blob found on disk. `pinned` (reindex, where every name is lost) keeps it from gc;
+   * unpinned (fsck's orphans) it is reclaimed after the grace period unless a name or upload claims it.
+   */
+  upsertFromDisk(digests: Digests, ingestedAt: number, options: { pinned: boolean }, verifiedAt = Date.now()): void {
+    this.stmt.upsertFromDisk.run({
+      ...digests,
+      ingested_at: Math.floor(ingestedAt),
+      verified_at: verifiedAt,
+      pinned: options.pinned ? 1 : 0,
+    });
   }
 
   deleteBlob(sha512: string): boolean {
