@@ -16,7 +16,6 @@ describe('status and search API', () => {
   const hostile = `a<b>"q'&amp;.tar.gz`;
   beforeAll(async () => {
     server = await startTestServer();
-    // Uploaded before the first status call: totals are cached for a few seconds once computed.
     for (const [name, body] of [
       ['foo-1.0.tar.gz', 'hello\n'],
       ['foo-1.1.tar.gz', 'hello again\n'],
@@ -57,6 +56,11 @@ describe('status and search API', () => {
       bytes: bodies.reduce((n, b) => n + Buffer.byteLength(b), 0),
       // 13 uploads, one name uploaded twice, one name detached.
       names: 11,
+      quarantinedBlobs: 0,
+      quarantinedBytes: 0,
+      pinnedBlobs: 0,
+      // dup-a and dup-b share one blob.
+      dedupSavedBytes: Buffer.byteLength('same bytes\n'),
     });
   });
 
@@ -206,7 +210,7 @@ describe('status on an empty store', () => {
   it('reports zeros and no recent ingests', async () => {
     const { status, json } = await getJson(`${server.baseUrl}/api/v1/status`);
     expect(status).toBe(200);
-    expect(json.totals).toEqual({ blobs: 0, bytes: 0, names: 0 });
+    expect(json.totals).toEqual({ blobs: 0, bytes: 0, names: 0, quarantinedBlobs: 0, quarantinedBytes: 0, pinnedBlobs: 0, dedupSavedBytes: 0 });
     expect(json.recent).toEqual([]);
   });
 });
