@@ -55,6 +55,18 @@ export interface ScrubState {
   lastProgressAt: number;
 }
 
+/** /metrics may be public: a mirror is labelled by its URL without credentials. */
+export function mirrorLabel(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = '';
+    u.password = '';
+    return u.href.replace(/\/$/, '');
+  } catch {
+    return '(unparsable)';
+  }
+}
+
 /** A mirror's circuit-breaker state, as pull-through reports it. */
 export interface MirrorState {
   kind: string;
@@ -285,7 +297,7 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        for (const m of mirrors()) this.labels(m.url, m.kind).set(m.open ? 1 : 0);
+        for (const m of mirrors()) this.labels(mirrorLabel(m.url), m.kind).set(m.open ? 1 : 0);
       },
     });
     new Gauge({
@@ -295,7 +307,7 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        for (const m of mirrors()) this.labels(m.url, m.kind).set(m.failures);
+        for (const m of mirrors()) this.labels(mirrorLabel(m.url), m.kind).set(m.failures);
       },
     });
   }
