@@ -53,7 +53,12 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const db = openDatabase(databaseFile(config.dataDir));
   const index = new DistfileIndex(db);
   const ingest = new Ingest(store, index, logger);
-  const metrics = new Metrics({ db, dataDir: config.dataDir });
+  const metrics = new Metrics({
+    db,
+    dataDir: config.dataDir,
+    highWatermarkBytes: config.highWatermarkBytes,
+    minFreeBytes: config.minFreeBytes,
+  });
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
   const readiness = new Readiness(config, db, logger);
@@ -84,7 +89,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   bridgeSpiderMetrics(spider, metrics);
   // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
   const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, store });
-  bridgeMaintenanceMetrics(metrics);
+  bridgeMaintenanceMetrics(metrics, config.scrubBytesPerSecond > 0);
   const app = await buildApp({
     config,
     logger,
@@ -103,7 +108,14 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   let address: string;
   let metricsListener: Awaited<ReturnType<typeof startMetricsListener>> | undefined;
   try {
-    address = await app.listen({ host: config.host, port: config.port });
+    // Fastify logs "Server listening at" once per interface; the line below says it once, with more.
+    const log = app.log;
+    app.log = log.child({}, { level: 'warn' });
+    try {
+      address = await app.listen({ host: config.host, port: config.port });
+    } finally {
+      app.log = log;
+    }
     if (config.metricsPort !== undefined) metricsListener = await startMetricsListener(metrics, config.host, config.metricsPort);
   } catch (err) {
     await app.close().catch(() => undefined);
@@ -174,19 +186,27 @@ function bridgeSpiderMetrics(spider: Spider, metrics: Metrics): void {
     const count = routes[name];
     if (count) for (let i = 0; i < delta; i++) count();
   });
+  spider.stats.on('fetch', (seconds: number, result: string) => metrics.upstreamFetchDuration.labels(result).observe(seconds));
+  const pullThrough = spider.pullThrough;
+  if (pullThrough) metrics.watchMirrors(() => pullThrough.mirrorStates());
 }
 
 /**
- * The scrubber and the storage guard keep plain cumulative counters (they also run inside CLI
- * commands, where no Prometheus registry exists); each scrape adds what changed since the last one.
+ * Verification totals come from the index (any process adds to them); the storage guard keeps a
+ * plain counter (it also runs inside CLI commands, where no Prometheus registry exists), and each
+ * scrape adds what changed since the last one.
  */
-function bridgeMaintenanceMetrics(metrics: Metrics): void {
-  let seen = { bytes: scrubCounters.bytesVerified, corrupt: scrubCounters.corruptFound, refused: storageState.uploadsRefused };
+function bridgeMaintenanceMetrics(metrics: Metrics, scrubEnabled: boolean): void {
+  let refused = storageState.uploadsRefused;
   metrics.onScrape(() => {
-    const now = { bytes: scrubCounters.bytesVerified, corrupt: scrubCounters.corruptFound, refused: storageState.uploadsRefused };
-    if (now.bytes > seen.bytes) metrics.scrubBytes.inc(now.bytes - seen.bytes);
-    if (now.corrupt > seen.corrupt) metrics.scrubCorrupt.inc(now.corrupt - seen.corrupt);
-    if (now.refused > seen.refused) metrics.storageRefusals.inc({ reason: 'watermark' }, now.refused - seen.refused);
-    seen = now;
+    const now = storageState.uploadsRefused;
+    if (now > refused) metrics.storageRefusals.inc({ reason: 'watermark' }, now - refused);
+    refused = now;
   });
+  metrics.watchScrub(() => ({
+    enabled: scrubEnabled,
+    running: scrubCounters.running,
+    resting: scrubCounters.resting,
+    lastProgressAt: scrubCounters.lastProgressAt,
+  }));
 }

@@ -40,6 +40,9 @@ describe('metrics fed by the spider and the storage guard', () => {
     const after = await scrape(server);
     expect(metric(after, 'fastpull_pull_through_total', { result: 'hit' })).toBe(1);
     expect(metric(after, 'fastpull_pull_through_total', { result: 'miss' })).toBe(1);
+    // The hit was one upstream download read to its end; the miss was a 404.
+    expect(metric(after, 'fastpull_upstream_fetch_duration_seconds_count', { result: 'complete' })).toBe(1);
+    expect(metric(after, 'fastpull_upstream_fetch_duration_seconds_count', { result: 'not-found' })).toBe(1);
   });
 
   it('counts uploads refused above the high watermark', async () => {

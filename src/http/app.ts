@@ -8,7 +8,7 @@ import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
-import type { Metrics } from './metrics.js';
+import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
 import { redactUrl } from './redact.js';
 import { Readiness } from '../ops/readiness.js';
@@ -88,14 +88,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
-  installOps(app, {
-    config,
-    metrics: deps.metrics,
-    readiness: deps.readiness ?? new Readiness(config, deps.index.db, deps.logger),
-    tokens: deps.tokens,
-  });
+  const readiness = deps.readiness ?? new Readiness(config, deps.index.db, deps.logger);
+  installOps(app, { config, metrics: deps.metrics, readiness, tokens: deps.tokens });
 
-  await app.register(statusRoutes, { db: deps.index.db });
+  const pullThrough = deps.spider?.pullThrough;
+  await app.register(statusRoutes, {
+    db: deps.index.db,
+    config,
+    readiness,
+    ...(deps.metrics ? { traffic: deps.metrics.traffic } : {}),
+    ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
+  });
   await app.register(readRoutes, {
     config,
     index: deps.index,
@@ -132,7 +135,11 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
       kind: request.routeKind,
       range: request.headers.range,
       ms: Math.round(reply.elapsedTime * 10) / 10,
+      bytes: responseBytes(request),
       remote: request.ip,
+      ua: request.headers['user-agent'],
+      // Who wrote: the token's name, never the token (set only once authentication succeeded).
+      ...(request.principal ? { tokenName: request.principal.name } : {}),
       ...(reply.raw.writableFinished ? {} : { aborted: true }),
     },
     'request',

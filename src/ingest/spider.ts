@@ -4,6 +4,7 @@ import { FetchJobStore } from '../db/fetch-jobs.js';
 import type { DB } from '../db/open.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
+import { timeFetches } from '../upstream/fetch-timing.js';
 import { Mirror } from '../upstream/mirrors.js';
 import { UpstreamStats } from '../upstream/stats.js';
 import { FetchJobs } from './fetch-jobs.js';
@@ -46,7 +47,7 @@ export function createSpider(
     ingest: deps.ingest,
     jobs: new FetchJobStore(deps.db),
     store: deps.store,
-    fetcher: new Fetcher(common),
+    fetcher: timeFetches(new Fetcher(common), stats),
     stats,
     concurrency: config.fetchConcurrency,
     maxBytes: config.maxUploadBytes,
@@ -60,7 +61,10 @@ export function createSpider(
       ingest: deps.ingest,
       // Mirrors are chosen by the operator, and a CDN miss storm spans many files on the same mirror:
       // only the global cap applies, so one long download cannot make other misses wait for a slot.
-      fetcher: new Fetcher({ ...common, perHostConcurrency: Math.max(config.fetchPerHostConcurrency, config.fetchConcurrency) }),
+      fetcher: timeFetches(
+        new Fetcher({ ...common, perHostConcurrency: Math.max(config.fetchPerHostConcurrency, config.fetchConcurrency) }),
+        stats,
+      ),
       mirrors: config.upstreams.map((m) => new Mirror(m, breaker)),
       stats,
       negativeCacheSeconds: config.negativeCacheSeconds,
