@@ -7,6 +7,8 @@ import { urls } from './admin-schemas.js';
 
 export interface StatusRouteDeps {
   db: DB;
+  /** Outbox delivery state per target, shown on the status page. */
+  events?: (() => unknown) | undefined;
 }
 
 /** Both src/http/routes (tsx) and dist/http/routes (built) sit three levels below the package root. */
@@ -130,6 +132,11 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
                 items: { ...hashEntrySchema, properties: { filename: { type: 'string' }, ...hashEntrySchema.properties } },
               },
               generatedAt: { type: 'string', format: 'date-time' },
+              events: {
+                type: 'object',
+                description: 'event delivery (CDN purges, webhooks): pending, oldest pending, last success and error per target',
+                additionalProperties: true,
+              },
             },
             required: ['totals', 'recent', 'generatedAt'],
             additionalProperties: true,
@@ -145,6 +152,7 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
         totals: cachedTotals(),
         recent: queries.recent(request.query.recent).map((row) => ({ filename: row.filename, ...hashEntry(row) })),
         generatedAt: new Date().toISOString(),
+        ...(deps.events ? { events: deps.events() } : {}),
       };
     },
   );
