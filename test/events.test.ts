@@ -343,3 +343,40 @@ describe('generic CDN and gc', () => {
     expect(stream[3]).toMatchObject({ sha512: sha512('old\n'), size: 4, names: ['old-1.0.tar.gz'], actor: `cli:${userInfo().username}` });
   });
 });
+
+describe('outbox bookkeeping (real SQLite file)', () => {
+  it('refuses events outside a transaction, starts a new target at the newest event, prunes what no configured target needs', async () => {
+    const { openDatabase, databaseFile } = await import('../src/db/open.js');
+    const { EventOutbox, recordEvent } = await import('../src/db/events.js');
+    const { DistfileIndex } = await import('../src/db/index.js');
+    const dir = await dataDir();
+    const db = openDatabase(databaseFile(dir));
+    try {
+      const index = new DistfileIndex(db);
+      const digests = (body: string) => ({ sha512: sha512(body), blake2b: 'b'.repeat(128), sha256: 'c'.repeat(64), size: body.length });
+      expect(() => recordEvent(db, { type: 'blob.stored', sha512: sha512('x') })).toThrow(/inside the transaction/);
+      index.recordBlob(digests('one'), { filename: 'one.tar.gz', by: 'test', at: 1_000 });
+      const outbox = new EventOutbox(db);
+      outbox.materialize('webhook:new', ['blob.stored', 'name.attached']);
+      expect(outbox.status('webhook:new').pending).toBe(0);
+      index.recordBlob(digests('two'), { filename: 'two.tar.gz', by: 'test', at: 2_000 });
+      outbox.materialize('webhook:new', ['blob.stored', 'name.attached']);
+      outbox.materialize('webhook:old', ['blob.stored', 'name.attached']);
+      expect(outbox.status('webhook:new').pending).toBe(2);
+
+      // Pending for a configured target: kept. Pending only for a target no longer configured: pruned.
+      expect(outbox.prune(Date.now(), ['webhook:new'])).toBe(2);
+      expect(outbox.after(0, 10).map((e) => e.at)).toEqual([2_000, 2_000]);
+      const claimed = outbox.claim('webhook:new', 'me', 60_000, (c) => c);
+      // One per blob at a time: the name event waits for the blob event.
+      expect(claimed.map((c) => c.event.type)).toEqual(['blob.stored']);
+      outbox.delivered('webhook:new', claimed.map((c) => c.event.id));
+      // Delivered everywhere and past retention: gone; the pending one stays.
+      expect(outbox.prune(Date.now(), ['webhook:new'])).toBe(1);
+      expect(outbox.after(0, 10).map((e) => e.type)).toEqual(['name.attached']);
+      expect(outbox.claim('webhook:new', 'me', 60_000, (c) => c).map((c) => c.event.type)).toEqual(['name.attached']);
+    } finally {
+      db.close();
+    }
+  });
+});

@@ -142,7 +142,7 @@ export class EventOutbox {
     targetSuccess: Statement<[{ target: string; now: number }]>;
     targetFailure: Statement<[{ target: string; now: number; error: string }]>;
     status: Statement<[string], Omit<TargetStatus, 'target'> & { pending: number }>;
-    prune: Statement<[{ cutoff: number }]>;
+    prune: Statement<[{ cutoff: number; targets: string }]>;
   };
 
   constructor(readonly db: DB) {
@@ -202,9 +202,12 @@ export class EventOutbox {
                 t.last_success_at AS lastSuccessAt, t.last_failure_at AS lastFailureAt, t.last_error AS lastError
          FROM event_targets t WHERE t.target = ?`,
       ),
+      // Deliveries pending for a target no longer configured do not hold events forever.
       prune: db.prepare(
         `DELETE FROM events WHERE at < @cutoff
-           AND NOT EXISTS (SELECT 1 FROM event_deliveries d WHERE d.event_id = events.id AND d.state = 'pending')`,
+           AND NOT EXISTS (SELECT 1 FROM event_deliveries d
+                           WHERE d.event_id = events.id AND d.state = 'pending'
+                             AND d.target IN (SELECT value FROM json_each(@targets)))`,
       ),
     };
   }
@@ -317,8 +320,8 @@ export class EventOutbox {
     };
   }
 
-  /** Deletes events older than `cutoff` (ms) that no target still has to deliver. */
-  prune(cutoff: number): number {
-    return this.stmt.prune.run({ cutoff }).changes;
+  /** Deletes events older than `cutoff` (ms) that none of `targets` still has to deliver. */
+  prune(cutoff: number, targets: string[]): number {
+    return this.stmt.prune.run({ cutoff, targets: JSON.stringify(targets) }).changes;
   }
 }

@@ -73,7 +73,10 @@ export class EventDispatcher {
     if (this.options.retentionDays > 0) {
       const prune = () => {
         try {
-          const removed = this.outbox.prune(Date.now() - this.options.retentionDays * 86_400_000);
+          const removed = this.outbox.prune(
+            Date.now() - this.options.retentionDays * 86_400_000,
+            this.options.targets.map((t) => t.id),
+          );
           if (removed > 0) this.options.log?.info({ removed }, 'pruned delivered events past retention');
         } catch (err) {
           this.options.log?.warn({ err }, 'could not prune old events');
@@ -157,6 +160,10 @@ export class EventDispatcher {
       { target: target.id, events: ids, attempts, retryInMs: delay, error: result.error, detail: result.detail },
       'event delivery failed; will retry',
     );
+    // The next due delivery would most likely meet the same outage: pause the target a little (or as
+    // long as Retry-After asks) rather than fail through a backlog at full speed.
+    const pause = Math.min(result.retryAfterMs ?? Math.min(delay, this.options.retryBaseMs), this.options.retryMaxMs);
+    await sleep(pause, undefined, { signal }).catch(() => undefined);
   }
 }
 
