@@ -1,16 +1,12 @@
-import { Agent, request, type Dispatcher } from 'undici';
+import { request, type Dispatcher } from 'undici';
+import { createAgent } from '../upstream/fetcher.js';
 
 /**
- * The one undici dispatcher for outbound event traffic (webhooks, CDN APIs). Every request this
- * module sends goes through it, so the outbound SSRF guard (FASTPULL_FETCH_ALLOW_CIDRS) plugs in here.
+ * The one undici dispatcher for outbound event traffic (webhooks, CDN APIs): the upstream fetcher's
+ * agent, so the outbound address guard (FASTPULL_FETCH_ALLOW_CIDRS) that applies to fetching applies here.
  */
 export function createEventAgent(timeoutMs: number): Dispatcher {
-  return new Agent({
-    connect: { timeout: timeoutMs },
-    headersTimeout: timeoutMs,
-    bodyTimeout: timeoutMs,
-    keepAliveTimeout: 4_000,
-  });
+  return createAgent(timeoutMs, timeoutMs);
 }
 
 export interface PostResult {
