@@ -13,6 +13,7 @@ import { gcCommand } from './commands/gc.js';
 import { reindexCommand } from './commands/reindex.js';
 import { statsCommand } from './commands/stats.js';
 import { verifyCommand } from './commands/verify.js';
+import { purgeCommand } from './commands/purge.js';
 
 export type Command = (args: string[]) => Promise<number>;
 
@@ -31,6 +32,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   reindex: { run: reindexCommand, summary: 'rebuild the blob table from the files on disk (names cannot be recovered)' },
   gc: { run: gcCommand, summary: 'remove unreferenced, unpinned blobs older than the grace period (--dry-run)' },
   stats: { run: statsCommand, summary: 'print counts, bytes stored, largest names and dedup savings (--json)' },
+  purge: { run: purgeCommand, summary: 'ask the CDN to purge the paths of names or sha512s (as fastpull does on quarantine)' },
 };
 
 function usage(): string {

@@ -109,6 +109,20 @@ const httpUrl: Parser<string | undefined> = (raw, source) => {
   return text;
 };
 
+/** `https://a/hook https://b/hook` or `a,b` (env), or a JSON array of URLs (file or env). */
+const urlList: Parser<string[]> = (raw, source) => {
+  let items: unknown = raw;
+  if (typeof raw === 'string') {
+    const text = raw.trim();
+    items = text === '' ? [] : text.startsWith('[') ? JSON.parse(text) : text.split(/[\s,]+/).filter(Boolean);
+  }
+  if (!Array.isArray(items)) fail(source, 'expected a list of URLs');
+  return items.map((url: unknown, i) => {
+    if (typeof url !== 'string' || !/^https?:\/\/./.test(url)) fail(source, `URL ${i}: must be http(s)`);
+    return url;
+  });
+};
+
 /** Declarative table: the README's configuration table mirrors this list. */
 const SETTINGS = {
   host: { env: 'FASTPULL_HOST', default: '0.0.0.0', parse: str },
@@ -152,6 +166,27 @@ const SETTINGS = {
   highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: int(1) },
   reserveBytes: { env: 'FASTPULL_RESERVE_BYTES', default: 64 * 1024 ** 2, parse: int(0) },
   adminRateLimitPerMinute: { env: 'FASTPULL_ADMIN_RATE_LIMIT', default: 600, parse: int(0) },
+
+  // Events: outbox delivery to webhooks and the CDN (purge, prefetch).
+  webhooks: { env: 'FASTPULL_WEBHOOKS', default: [] as string[], parse: urlList },
+  webhookSecret: { env: 'FASTPULL_WEBHOOK_SECRET', default: undefined as string | undefined, parse: optionalStr },
+  cdn: { env: 'FASTPULL_CDN', default: 'none' as 'none' | 'cdn77' | 'generic', parse: oneOf('none', 'cdn77', 'generic') },
+  cdn77ApiUrl: { env: 'FASTPULL_CDN77_API_URL', default: 'https://api.cdn77.com', parse: str },
+  cdn77ResourceId: { env: 'FASTPULL_CDN77_RESOURCE_ID', default: undefined as string | undefined, parse: optionalStr },
+  cdn77Token: { env: 'FASTPULL_CDN77_TOKEN', default: undefined as string | undefined, parse: optionalStr },
+  cdnPurgeUrl: { env: 'FASTPULL_CDN_PURGE_URL', default: undefined as string | undefined, parse: optionalStr },
+  cdnPrefetchUrl: { env: 'FASTPULL_CDN_PREFETCH_URL', default: undefined as string | undefined, parse: optionalStr },
+  cdnBodyTemplate: { env: 'FASTPULL_CDN_BODY_TEMPLATE', default: '{"action":"{{action}}","paths":{{paths}}}', parse: str },
+  cdnAuthorization: { env: 'FASTPULL_CDN_AUTHORIZATION', default: undefined as string | undefined, parse: optionalStr },
+  cdnPrefetch: { env: 'FASTPULL_CDN_PREFETCH', default: false, parse: bool },
+  cdnMaxPaths: { env: 'FASTPULL_CDN_MAX_PATHS', default: 2000, parse: int(1, 100_000) },
+  cdnRequestsPerMinute: { env: 'FASTPULL_CDN_REQUESTS_PER_MINUTE', default: 4, parse: int(1, 60_000) },
+  eventTimeoutMs: { env: 'FASTPULL_EVENT_TIMEOUT_MS', default: 15_000, parse: int(100) },
+  eventRetryBaseMs: { env: 'FASTPULL_EVENT_RETRY_BASE_MS', default: 1000, parse: int(1) },
+  eventRetryMaxMs: { env: 'FASTPULL_EVENT_RETRY_MAX_MS', default: 600_000, parse: int(1) },
+  eventMaxAttempts: { env: 'FASTPULL_EVENT_MAX_ATTEMPTS', default: 0, parse: int(0) },
+  eventPollMs: { env: 'FASTPULL_EVENT_POLL_MS', default: 1000, parse: int(10) },
+  eventRetentionDays: { env: 'FASTPULL_EVENT_RETENTION_DAYS', default: 30, parse: int(0) },
 
   // Spider-side client (push, coverage): where to send files and with which upload token.
   pushOrigin: { env: 'FASTPULL_ORIGIN', default: undefined as string | undefined, parse: optionalStr },

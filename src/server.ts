@@ -18,6 +18,11 @@ import type { BlobStore } from './store/blob-store.js';
 import { localBlobStore } from './store/open-storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
+import { EventDispatcher } from './events/dispatcher.js';
+import { createEventAgent } from './events/http.js';
+import { meterEvents } from './events/metrics.js';
+import { eventsReadinessDetail } from './events/status.js';
+import { buildTargets } from './events/targets.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -35,6 +40,8 @@ export interface Server {
   spider: Spider;
   /** Bytes stored and the high-watermark state (for metrics: storage.bytesStored(), storageState). */
   storage: StorageGuard;
+  /** Outbox delivery to the CDN and webhooks. */
+  events: EventDispatcher;
   /** The address actually bound (port 0 resolves here). */
   url: string;
   close(): Promise<void>;
@@ -69,6 +76,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
+  const events = startEvents(config, db, metrics, readiness, logger);
   const storage = new StorageGuard(db, config.highWatermarkBytes);
   const link = options.cluster;
   // Background work runs in one process: alone, or the cluster's leader.
@@ -102,6 +110,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     tokens,
     spider,
     storage,
+    events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
   });
   const sockets = trackConnections(app.server);
@@ -120,10 +129,14 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   } catch (err) {
     await app.close().catch(() => undefined);
     await spider.close();
+    await events.close();
     db.close();
     throw err;
   }
-  if (runsBackgroundWork) spider.start();
+  if (runsBackgroundWork) {
+    spider.start();
+    events.dispatcher.start();
+  }
   if (link) logger.info({ role: link.role, address }, 'serving process ready');
   else {
     logger.info(
@@ -147,6 +160,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
       await spider.close();
+      await events.close();
       if (metricsListener) {
         const server = metricsListener.server;
         server.closeAllConnections();
@@ -167,9 +181,41 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     tokens,
     spider,
     storage,
+    events: events.dispatcher,
     metricsUrl: metricsListener?.url,
     url: address,
     close,
+  };
+}
+
+/** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
+function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readiness, logger: Logger) {
+  const agent = createEventAgent(config.eventTimeoutMs);
+  const targets = buildTargets(config, agent);
+  if (config.webhooks.length > 0 && config.webhookSecret === undefined) {
+    logger.warn('FASTPULL_WEBHOOKS without FASTPULL_WEBHOOK_SECRET: webhook POSTs are not signed');
+  }
+  const dispatcher = new EventDispatcher({
+    db,
+    targets,
+    log: logger,
+    pollMs: config.eventPollMs,
+    timeoutMs: config.eventTimeoutMs,
+    retryBaseMs: config.eventRetryBaseMs,
+    retryMaxMs: config.eventRetryMaxMs,
+    maxAttempts: config.eventMaxAttempts,
+    retentionDays: config.eventRetentionDays,
+  });
+  dispatcher.observe = meterEvents(metrics.registry, dispatcher);
+  readiness.inform('events', () => eventsReadinessDetail(dispatcher.status()));
+  if (targets.length > 0) logger.info({ targets: targets.map((t) => t.id) }, 'event delivery targets');
+  return {
+    dispatcher,
+    async close() {
+      // Before the database closes: a loop must not claim or record after it.
+      await dispatcher.stop();
+      await agent.destroy().catch(() => undefined);
+    },
   };
 }
 

@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { userInfo } from 'node:os';
 import { loadConfig, type Config } from '../config.js';
 import { DistfileIndex } from '../db/index.js';
 import { databaseFile, openDatabase, type DB } from '../db/open.js';
@@ -34,10 +35,19 @@ export function openDataDir(dataDirOverride: string | undefined, options: { allo
     config,
     db,
     index: new DistfileIndex(db),
-    queries: new MaintenanceQueries(db),
+    queries: new MaintenanceQueries(db, { actor: cliActor() }),
     store,
     close: () => db.close(),
   };
+}
+
+/** How changes made by a CLI command are attributed in events: `cli:<login name>`. */
+export function cliActor(): string {
+  try {
+    return `cli:${userInfo().username}`;
+  } catch {
+    return 'cli:unknown';
+  }
 }
 
 /** Runs a command body, turning usage errors into exit code 2 with a message on stderr. */

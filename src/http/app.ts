@@ -19,6 +19,10 @@ import type { Spider } from '../ingest/spider.js';
 import { adminRoutes, type AdminRouteDeps } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 import { statusRoutes } from './routes/status.js';
+import { eventRoutes } from './routes/events.js';
+import { EventOutbox } from '../db/events.js';
+import type { EventDispatcher } from '../events/dispatcher.js';
+import { eventsStatusView } from '../events/status.js';
 
 export interface AppDeps {
   config: Config;
@@ -34,6 +38,8 @@ export interface AppDeps {
   /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
   spider?: Spider;
   storage?: AdminRouteDeps['storage'];
+  /** Outbox delivery; without it GET /api/v1/events still works, status shows no targets. */
+  events?: EventDispatcher;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -98,7 +104,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     readiness,
     ...(deps.metrics ? { traffic: deps.metrics.traffic } : {}),
     ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
+    events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
   });
+  await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events?.outbox ?? new EventOutbox(deps.index.db) });
   await app.register(readRoutes, {
     config,
     index: deps.index,

@@ -44,7 +44,7 @@ export class Scrubber {
   private readonly bucket: TokenBucket;
 
   constructor(private readonly options: ScrubOptions) {
-    this.queries = new MaintenanceQueries(options.db);
+    this.queries = new MaintenanceQueries(options.db, { actor: 'scrub' });
     // One second of burst: short bursts are harmless, long ones are what starve downloads.
     this.bucket = new TokenBucket(options.bytesPerSecond);
   }

@@ -19,6 +19,8 @@ export interface StatusRouteDeps {
   traffic?: TrafficHistory;
   /** Pull-through mirrors and their breakers. */
   mirrors?: () => MirrorState[];
+  /** Outbox delivery state per target, shown on the status page. */
+  events?: (() => unknown) | undefined;
 }
 
 /** Both src/http/routes (tsx) and dist/http/routes (built) sit three levels below the package root. */
@@ -251,6 +253,11 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
                 items: { ...hashEntrySchema, properties: { filename: { type: 'string' }, ...hashEntrySchema.properties } },
               },
               generatedAt: { type: 'string', format: 'date-time' },
+              events: {
+                type: 'object',
+                description: 'event delivery (CDN purges, webhooks): pending, oldest pending, last success and error per target',
+                additionalProperties: true,
+              },
             },
             required: ['totals', 'recent', 'generatedAt'],
             additionalProperties: true,
@@ -281,6 +288,7 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
         },
         traffic: { minutes: (traffic?.lastHour() ?? []).map((m) => ({ ...m, at: iso(m.at) })) },
         generatedAt: new Date().toISOString(),
+        ...(deps.events ? { events: deps.events() } : {}),
       };
     },
   );
