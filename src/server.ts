@@ -9,6 +9,7 @@ import { buildApp } from './http/app.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
 import { closeGracefully, trackConnections } from './ops/shutdown.js';
 import { Readiness } from './ops/readiness.js';
+import { assertDataDirWritable, publicListeners } from './ops/startup.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
@@ -40,6 +41,7 @@ export interface Server {
 /** Wiring: config → db → store → ingest → app → listen. */
 export async function startServer(config: Config, options: { logger?: Logger } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  await assertDataDirWritable(config.dataDir);
   const store = new BlobStore(config.dataDir);
   const removedTemps = await store.init();
   if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
@@ -89,6 +91,15 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     throw err;
   }
   spider.start();
+  const exposed = publicListeners(config, Number(new URL(address).port), metricsListener ? Number(new URL(metricsListener.url).port) : undefined);
+  if (exposed.length > 0) {
+    logger.warn(
+      { public: exposed, host: config.host },
+      `public listeners: ${exposed.map((l) => `${l.address} serves ${l.serves}`).join('; ')}. ` +
+        'To keep the API and metrics local: FASTPULL_HOST=127.0.0.1 behind a proxy or CDN that forwards only downloads, ' +
+        'and FASTPULL_METRICS_PORT for /metrics on a port of its own',
+    );
+  }
   logger.info(
     { address, metrics: metricsListener?.url, dataDir: config.dataDir, configFile: config.configFile },
     'fastpull origin listening',
