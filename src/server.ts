@@ -11,6 +11,7 @@ import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/m
 import type { ClusterLink } from './ops/cluster.js';
 import { closeGracefully, trackConnections } from './ops/shutdown.js';
 import { Readiness } from './ops/readiness.js';
+import { assertDataDirWritable, publicListeners } from './ops/startup.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
@@ -50,6 +51,7 @@ export interface Server {
 /** Wiring: config → db → store → ingest → app → listen. */
 export async function startServer(config: Config, options: { logger?: Logger; cluster?: ClusterLink } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  await assertDataDirWritable(config.dataDir);
   const store = localBlobStore(config);
   const removedTemps = await store.init();
   if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
@@ -136,6 +138,16 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   if (runsBackgroundWork) {
     spider.start();
     events.dispatcher.start();
+  }
+  // Said once per origin: by the single process, or the cluster's leader.
+  const exposed = publicListeners(config, Number(new URL(address).port), metricsListener ? Number(new URL(metricsListener.url).port) : undefined);
+  if (exposed.length > 0 && runsBackgroundWork) {
+    logger.warn(
+      { public: exposed, host: config.host },
+      `public listeners: ${exposed.map((l) => `${l.address} serves ${l.serves}`).join('; ')}. ` +
+        'To keep the API and metrics local: FASTPULL_HOST=127.0.0.1 behind a proxy or CDN that forwards only downloads, ' +
+        'and FASTPULL_METRICS_PORT for /metrics on a port of its own',
+    );
   }
   if (link) logger.info({ role: link.role, address }, 'serving process ready');
   else {

@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
 import { DistfileIndex } from '../db/index.js';
 import { databaseFile, openDatabase } from '../db/open.js';
@@ -10,9 +9,13 @@ import { purgePathsFor } from '../events/paths.js';
 import { buildCdnTarget } from '../events/targets.js';
 import { isSha512Hex } from '../domain/hashes.js';
 import { filenameProblem } from '../domain/names.js';
-import { UsageError, withUsage } from './context.js';
+import { intOption, runCommand, UsageError } from './args.js';
 
-export const PURGE_USAGE = 'usage: fastpull purge [--dry-run] [--retries N] [--data-dir DIR] <name|sha512>...';
+export const PURGE_USAGE = `usage: fastpull purge [--dry-run] [--retries N] [--data-dir DIR] <name|sha512>...
+  asks the configured CDN (FASTPULL_CDN) to purge what fastpull purges on its own: for a sha512 every
+  hash path form and the paths of each name attached to it, for a name its flat and filename-hash paths
+  --dry-run     print the paths and send nothing
+  --retries N   attempts after the first failed one (default 4)`;
 
 /**
  * Sends the CDN the same purge fastpull sends on its own: for a sha512 every hash path form plus the
@@ -20,25 +23,16 @@ export const PURGE_USAGE = 'usage: fastpull purge [--dry-run] [--retries N] [--d
  * filename-hash paths as Portage requests them. Exit codes: 0 purged, 1 the CDN refused, 2 usage.
  */
 export async function purgeCommand(args: string[]): Promise<number> {
-  return withUsage(async () => {
-    const { values, positionals } = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        'dry-run': { type: 'boolean' },
-        retries: { type: 'string' },
-        'data-dir': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-    if (values.help) {
-      console.log(PURGE_USAGE);
-      return 0;
-    }
-    if (positionals.length === 0) throw new UsageError(`nothing to purge\n${PURGE_USAGE}`);
+  const spec = {
+    name: 'purge',
+    usage: PURGE_USAGE,
+    options: { 'dry-run': { type: 'boolean' }, retries: { type: 'string' }, 'data-dir': { type: 'string' } },
+    positionals: true,
+  } as const;
+  return runCommand(spec, args, async (values, positionals) => {
+    if (positionals.length === 0) throw new UsageError('nothing to purge: name one or more file names or sha512s');
+    const retries = values.retries === undefined ? 4 : intOption(values.retries, 'retries', 0);
     const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {});
-    const retries = values.retries === undefined ? 4 : Number(values.retries);
-    if (!Number.isSafeInteger(retries) || retries < 0) throw new UsageError('--retries: expected an integer >= 0');
 
     const dbFile = databaseFile(config.dataDir);
     const db = existsSync(dbFile) ? openDatabase(dbFile, { migrate: false, readonly: true }) : undefined;

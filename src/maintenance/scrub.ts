@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { AuditLog } from '../db/audit.js';
 import type { DB } from '../db/open.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { MaintenanceQueries, type ScrubCursor } from './queries.js';
@@ -42,9 +43,11 @@ export class Scrubber {
   private loop: Promise<void> | undefined;
   private readonly queries: MaintenanceQueries;
   private readonly bucket: TokenBucket;
+  private readonly audit: AuditLog;
 
   constructor(private readonly options: ScrubOptions) {
     this.queries = new MaintenanceQueries(options.db, { actor: 'scrub' });
+    this.audit = new AuditLog(options.db);
     // One second of burst: short bursts are harmless, long ones are what starve downloads.
     this.bucket = new TokenBucket(options.bytesPerSecond);
   }
@@ -107,6 +110,11 @@ export class Scrubber {
                 { sha512: ref.sha512, names: outcome.names, quarantinedTo: outcome.quarantinedTo, actualSha512: outcome.actualSha512 },
                 'scrub found a corrupt blob: quarantined, it will 404 until re-uploaded',
               );
+              try {
+                this.audit.record({ actor: 'scrub', action: 'scrub.quarantine', sha512: ref.sha512, detail: `now hashes to ${outcome.actualSha512}` });
+              } catch (err) {
+                log?.error({ err, sha512: ref.sha512 }, 'could not write the audit record');
+              }
             } else if (outcome.status === 'missing') {
               pass.missing++;
               scrubCounters.missingFound++;

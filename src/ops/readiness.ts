@@ -5,8 +5,12 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { DB } from '../db/open.js';
 
-/** Where the drain flag lives: FASTPULL_DRAIN_FILE, else `<dataDir>/drain`. Shared by readyz and `fastpull drain`. */
-export function drainFilePath(config: Pick<Config, 'drainFile' | 'dataDir'>): string {
+/**
+ * Where the drain flag lives: FASTPULL_DRAIN_FILE, else `<dataDir>/drain`; undefined when the config file
+ * turned it off (`drainFile: null`). Shared by readyz and `fastpull drain`.
+ */
+export function drainFilePath(config: Pick<Config, 'drainFile' | 'dataDir'>): string | undefined {
+  if (config.drainFile === null) return undefined;
   return config.drainFile ? path.resolve(config.drainFile) : path.join(config.dataDir, 'drain');
 }
 
@@ -29,7 +33,7 @@ export class Readiness {
   /** Set when shutdown begins, so readyz fails while in-flight downloads finish. */
   shuttingDown = false;
   private readonly probeQuery;
-  private readonly drainFile: string;
+  private readonly drainFile: string | undefined;
   private readonly probeDir: string;
   private lastFailing = '';
   /** Reported with the checks but never failing readiness (e.g. event delivery: a CDN outage must not drain us). */
@@ -113,6 +117,7 @@ export class Readiness {
   }
 
   private async drain(): Promise<CheckResult> {
+    if (this.drainFile === undefined) return { ok: true, detail: 'no drain file (drainFile: null)' };
     try {
       await access(this.drainFile);
       return { ok: false, detail: 'drain file present (fastpull drain --off to undo)' };
