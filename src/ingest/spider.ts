@@ -28,7 +28,8 @@ export interface Spider {
 /** Everything that talks to upstream servers, built from configuration. */
 export function createSpider(
   config: Config,
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger },
+  /** `jobs`: the queue to run (default: every job in the database; sync-repo passes a scoped one). */
+  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; jobs?: FetchJobStore },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
@@ -46,7 +47,7 @@ export function createSpider(
   const log = deps.logger.child({ component: 'upstream' });
   const fetchJobs = new FetchJobs({
     ingest: deps.ingest,
-    jobs: new FetchJobStore(deps.db),
+    jobs: deps.jobs ?? new FetchJobStore(deps.db),
     store: deps.store,
     fetcher: new Fetcher(common),
     stats,
