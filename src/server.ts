@@ -15,6 +15,7 @@ import { createSpider, type Spider } from './ingest/spider.js';
 import { BlobStore } from './store/blob-store.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
+import { createServeVerifier } from './maintenance/verify-on-serve.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -75,12 +76,15 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     spider,
     storage,
     ...(spider.missHandler ? { missHandler: spider.missHandler } : {}),
+    ...(config.verifyOnServe ? { watch: createServeVerifier({ store, db, logger }) } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
   let metricsListener: Awaited<ReturnType<typeof startMetricsListener>> | undefined;
   try {
-    address = await app.listen({ host: config.host, port: config.port });
+    // A deep accept queue (the kernel caps it at net.core.somaxconn): under a crowd of keep-alive clients a
+    // new connection waits in the queue for the next accept instead of being dropped and retried seconds later.
+    address = await app.listen({ host: config.host, port: config.port, backlog: 4096 });
     if (config.metricsPort !== undefined) metricsListener = await startMetricsListener(metrics, config.host, config.metricsPort);
   } catch (err) {
     await app.close().catch(() => undefined);

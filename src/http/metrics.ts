@@ -198,21 +198,26 @@ export function installHttpMetrics(app: FastifyInstance, metrics: Metrics): void
   });
   // Callback style, not async: no promise allocated per response on the download path.
   app.addHook('onResponse', (request, reply, done) => {
-    const socket = request.raw.socket as CountedSocket | null;
-    let bytes = 0;
-    if (socket) {
-      const written = socket.bytesWritten;
-      bytes = written - (socket[SOCKET_BYTES_COUNTED] ?? 0);
-      socket[SOCKET_BYTES_COUNTED] = written;
-    }
     const kind = request.routeKind ?? 'other';
     const status = reply.statusCode;
-    metrics.countRequest(kind, status, bytes);
+    countResponse(metrics, request.raw.socket, kind, status);
     if (kind === 'api' && request.method === 'PUT') {
       uploads.labels(String(status), request.errorCode ?? (status < 400 ? 'OK' : 'ERROR')).inc();
     }
     done();
   });
+}
+
+/** Counts one completed response and the wire bytes its socket sent since the previous one (also used by hot-path.ts). */
+export function countResponse(metrics: Metrics, socket: Socket | null, kind: string, status: number): void {
+  const counted = socket as CountedSocket | null;
+  let bytes = 0;
+  if (counted) {
+    const written = counted.bytesWritten;
+    bytes = written - (counted[SOCKET_BYTES_COUNTED] ?? 0);
+    counted[SOCKET_BYTES_COUNTED] = written;
+  }
+  metrics.countRequest(kind, status, bytes);
 }
 
 /** GET /metrics on the main app (used when no separate metrics port is configured). */

@@ -227,14 +227,15 @@ export class BlobReader {
    * the socket has taken it, so a slow client holds at most that many buffers and nothing piles up.
    * `onChunk` sees each chunk before it is written (verification on serve). `done` is called once:
    * with no argument after the last byte was handed to `out`, with 'short' when the file ended early,
-   * with an Error when a read failed or `out` was destroyed. The caller decides what to destroy.
+   * 'refused' when onChunk said no, an Error when a read failed or `out` closed first. The caller
+   * decides what to destroy.
    */
   pump(
     file: OpenFile,
     start: number,
     end: number,
     out: Writable,
-    done: (outcome?: 'short' | Error) => void,
+    done: (outcome?: 'short' | 'refused' | Error) => void,
     onChunk?: (chunk: Buffer, last: boolean) => boolean,
   ): void {
     let next = start; // next file offset to read
@@ -245,7 +246,7 @@ export class BlobReader {
     /** Chunks read out of order wait here until the ones before them are written. */
     const ready = new Map<number, { buffer: Buffer; n: number }>();
 
-    const finish = (outcome?: 'short' | Error) => {
+    const finish = (outcome?: 'short' | 'refused' | Error) => {
       if (finished) return;
       finished = true;
       out.off('close', onClose);
@@ -264,13 +265,12 @@ export class BlobReader {
     const flush = () => {
       for (let chunk = ready.get(written); chunk; chunk = ready.get(written)) {
         ready.delete(written);
-        const offset = written;
         written += chunk.n;
         const last = written > end;
         const view = chunk.buffer.subarray(0, chunk.n);
         if (onChunk && !onChunk(view, last)) {
           this.giveBuffer(chunk.buffer);
-          return finish(new Error(`chunk at ${offset} refused`));
+          return finish('refused');
         }
         const buffer = chunk.buffer;
         const ok = out.write(view, () => {
