@@ -185,6 +185,8 @@ const SETTINGS = {
   shutdownGraceMs: { env: 'FASTPULL_SHUTDOWN_GRACE_MS', default: 30_000, parse: int(0) },
   scrubBytesPerSecond: { env: 'FASTPULL_SCRUB_BYTES_PER_SECOND', default: 0, parse: int(0) },
   scrubPauseSeconds: { env: 'FASTPULL_SCRUB_PAUSE_SECONDS', default: 600, parse: int(0) },
+  verifyOnServe: { env: 'FASTPULL_VERIFY_ON_SERVE', default: false, parse: bool },
+  accelRedirect: { env: 'FASTPULL_ACCEL_REDIRECT', default: undefined as string | undefined, parse: optionalStr },
   gcGraceSeconds: { env: 'FASTPULL_GC_GRACE_SECONDS', default: 86_400, parse: int(0) },
   highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: optional(int(1)) },
   reserveBytes: { env: 'FASTPULL_RESERVE_BYTES', default: 64 * 1024 ** 2, parse: int(0) },

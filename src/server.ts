@@ -24,6 +24,7 @@ import { createEventAgent } from './events/http.js';
 import { meterEvents } from './events/metrics.js';
 import { eventsReadinessDetail } from './events/status.js';
 import { buildTargets } from './events/targets.js';
+import { createServeVerifier } from './maintenance/verify-on-serve.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -114,6 +115,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
+    ...(config.verifyOnServe ? { watch: createServeVerifier({ store, db, logger }) } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -123,7 +125,9 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     const log = app.log;
     app.log = log.child({}, { level: 'warn' });
     try {
-      address = await app.listen({ host: config.host, port: config.port });
+      // A deep accept queue (the kernel caps it at net.core.somaxconn): under a crowd of keep-alive clients a
+      // new connection waits in the queue for the next accept instead of being dropped and retried seconds later.
+      address = await app.listen({ host: config.host, port: config.port, backlog: 4096 });
     } finally {
       app.log = log;
     }

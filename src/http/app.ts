@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import http from 'node:http';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptions, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
 import type { Config } from '../config.js';
@@ -23,6 +23,7 @@ import { eventRoutes } from './routes/events.js';
 import { EventOutbox } from '../db/events.js';
 import type { EventDispatcher } from '../events/dispatcher.js';
 import { eventsStatusView } from '../events/status.js';
+import { createHotPath, requestIdOf, type BodyWatch } from './hot-path.js';
 
 export interface AppDeps {
   config: Config;
@@ -40,9 +41,39 @@ export interface AppDeps {
   storage?: AdminRouteDeps['storage'];
   /** Outbox delivery; without it GET /api/v1/events still works, status shows no targets. */
   events?: EventDispatcher;
+  /** Watches full bodies the lean download path sends (verification on serve). */
+  watch?: BodyWatch;
 }
 
-const REQUEST_ID = /^[\w.:-]{1,64}$/;
+/**
+ * Downloads skip fastify: the node:http server hands GET/HEAD of download paths to the lean path
+ * (hot-path.ts), which passes anything it does not answer itself on to fastify. The server is set up
+ * exactly as fastify would set up its own (same options, timeouts and keep-alive).
+ */
+function leanServer(deps: AppDeps): Pick<FastifyServerOptions, 'serverFactory'> {
+  let server: http.Server | undefined;
+  const hot = createHotPath({
+    config: deps.config,
+    index: deps.index,
+    store: deps.store,
+    logger: deps.logger,
+    metrics: deps.metrics,
+    watch: deps.watch,
+    closing: () => server !== undefined && !server.listening,
+  });
+  if (!hot) return {};
+  return {
+    serverFactory: (handler, options) => {
+      const opts = options as FastifyServerOptions & { http?: http.ServerOptions };
+      server = http.createServer(opts.http ?? {}, (req, res) => hot(req, res, handler));
+      if (opts.keepAliveTimeout !== undefined) server.keepAliveTimeout = opts.keepAliveTimeout;
+      if (opts.requestTimeout !== undefined) server.requestTimeout = opts.requestTimeout;
+      if (opts.connectionTimeout !== undefined) server.setTimeout(opts.connectionTimeout);
+      if (opts.maxRequestsPerSocket) server.maxRequestsPerSocket = opts.maxRequestsPerSocket;
+      return server;
+    },
+  };
+}
 
 /** Builds the HTTP app without listening; tests inject() or listen on port 0. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -69,10 +100,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         new AppError('BAD_REQUEST', err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'path segment too long' : 'path is not valid percent-encoded UTF-8'),
       );
     },
-    genReqId: (req) => {
-      const given = req.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-    },
+    genReqId: requestIdOf,
+    ...leanServer(deps),
   });
 
   // First: the OpenAPI document only sees routes registered after it.
