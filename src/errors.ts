@@ -7,6 +7,7 @@ export const ERROR_CODES = [
   'BAD_FILENAME',
   'BAD_HASH',
   'BAD_URL',
+  'BAD_QUERY',
   'UNAUTHORIZED',
   'FORBIDDEN',
   'NOT_FOUND',

@@ -7,6 +7,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   BAD_FILENAME: 400,
   BAD_HASH: 400,
   BAD_URL: 400,
+  BAD_QUERY: 400,
   UNAUTHORIZED: 401,
   FORBIDDEN: 403,
   NOT_FOUND: 404,
