@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import path from 'node:path';
 
 /**
@@ -78,6 +79,33 @@ const upstreamList: Parser<UpstreamMirror[]> = (raw, source) => {
   });
 };
 
+/** Splits `a.b.c.d/n` or `<ipv6>/n` (a bare address is a /32 or /128); throws a plain message. */
+export function parseCidr(text: string): readonly [string, number] {
+  const slash = text.indexOf('/');
+  const network = (slash === -1 ? text : text.slice(0, slash)).trim();
+  const family = isIP(network);
+  if (family === 0) throw new Error(`"${text}" is not an IPv4 or IPv6 address or CIDR`);
+  const max = family === 4 ? 32 : 128;
+  const prefixText = slash === -1 ? String(max) : text.slice(slash + 1).trim();
+  if (!/^\d{1,3}$/.test(prefixText) || Number(prefixText) > max) throw new Error(`"${text}" needs a prefix length from 0 to ${max}`);
+  return [network, Number(prefixText)];
+}
+
+/** `127.0.0.0/8,::1/128` (env) or a JSON list (file): each entry validated, returned normalised. */
+const cidrList: Parser<string[]> = (raw, source) => {
+  const items = typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter((s) => s !== '') : raw;
+  if (!Array.isArray(items)) fail(source, 'expected a comma-separated list of CIDRs such as 127.0.0.0/8,::1/128');
+  return items.map((item: unknown) => {
+    if (typeof item !== 'string') fail(source, 'expected a list of CIDR strings');
+    try {
+      const [network, prefix] = parseCidr(item);
+      return `${network}/${prefix}`;
+    } catch (err) {
+      fail(source, (err as Error).message);
+    }
+  });
+};
+
 /** Declarative table: the README's configuration table mirrors this list. */
 const SETTINGS = {
   host: { env: 'FASTPULL_HOST', default: '0.0.0.0', parse: str },
@@ -107,6 +135,8 @@ const SETTINGS = {
   negativeCacheSeconds: { env: 'FASTPULL_NEGATIVE_CACHE_SECONDS', default: 60, parse: int(0) },
   upstreamFailureThreshold: { env: 'FASTPULL_UPSTREAM_FAILURE_THRESHOLD', default: 5, parse: int(1) },
   upstreamCooldownSeconds: { env: 'FASTPULL_UPSTREAM_COOLDOWN_SECONDS', default: 30, parse: int(0) },
+  /** Non-public ranges outbound fetches may reach anyway (by default only public addresses are). */
+  fetchAllowCidrs: { env: 'FASTPULL_FETCH_ALLOW_CIDRS', default: [] as string[], parse: cidrList },
 
   // Operations.
   metricsPort: { env: 'FASTPULL_METRICS_PORT', default: undefined as number | undefined, parse: int(0, 65535) },

@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Fetcher, UpstreamError, type FetcherOptions } from '../src/upstream/fetcher.js';
 import { gentooPath, parseLayoutConf } from '../src/upstream/mirrors.js';
 import { UpstreamStats } from '../src/upstream/stats.js';
-import { bytes, hang, serve, sha512, sleep, startUpstream, status, type Upstream } from './helpers/upstream.js';
+import { bytes, hang, LOOPBACK_CIDRS, serve, sha512, sleep, startUpstream, status, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -25,6 +25,7 @@ function fetcher(overrides: Partial<FetcherOptions> = {}): Fetcher {
     perHostConcurrency: 8,
     backoffBaseMs: 10,
     stats: new UpstreamStats(),
+    allowCidrs: LOOPBACK_CIDRS,
     ...overrides,
   });
   cleanup.push(() => f.close());
