@@ -7,7 +7,8 @@ import type { DistfileIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
-import { sendError } from './errors.js';
+import { sendError, STATUS_BY_CODE } from './errors.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
 import type { Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
 import { redactUrl } from './redact.js';
@@ -77,7 +78,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // onResponse does not report.
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    reply.raw.once('close', () => logRequest(request, reply));
+    reply.raw.once('close', () => logRequest(request, reply, deps.metrics));
   });
 
   // Only download misses may be cached (by a CDN, briefly); admin API answers depend on the token.
@@ -123,17 +124,23 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   return app;
 }
 
-function logRequest(request: FastifyRequest, reply: FastifyReply): void {
+function logRequest(request: FastifyRequest, reply: FastifyReply, metrics?: Metrics): void {
+  const finished = reply.raw.writableFinished;
+  // A stalled transfer the idle timeout ended is a 408 (when no answer had started), not the default 200.
+  const timedOut = !finished && cutByIdleTimeout(request.raw.socket);
+  const status = timedOut && !reply.raw.headersSent ? STATUS_BY_CODE.REQUEST_TIMEOUT : reply.statusCode;
+  // Such uploads never reach onResponse, where uploads are otherwise counted.
+  if (timedOut && request.routeKind === 'api' && request.method === 'PUT') metrics?.uploads.labels(String(status), 'REQUEST_TIMEOUT').inc();
   request.log.info(
     {
       method: request.method,
       url: redactUrl(request.url),
-      status: reply.statusCode,
+      status,
       kind: request.routeKind,
       range: request.headers.range,
       ms: Math.round(reply.elapsedTime * 10) / 10,
       remote: request.ip,
-      ...(reply.raw.writableFinished ? {} : { aborted: true }),
+      ...(finished ? {} : { aborted: timedOut ? 'idle-timeout' : true }),
     },
     'request',
   );
