@@ -106,6 +106,25 @@ const cidrList: Parser<string[]> = (raw, source) => {
   });
 };
 
+/**
+ * Which connecting peers may set X-Forwarded-For: `false` (nobody), the proxies' addresses or CIDRs
+ * (`127.0.0.1,10.0.0.0/8`), or a number of proxy hops. `true` is refused: it would believe a value
+ * any client wrote, handing out fresh admin rate-limit allowances and forged log addresses.
+ */
+export type TrustProxy = false | number | string[];
+const trustProxy: Parser<TrustProxy> = (raw, source) => {
+  if (raw === false || raw === 'false' || raw === '0' || raw === 'no' || raw === '' || raw === 0) return false;
+  if (raw === true || raw === 'true' || raw === 'yes') {
+    fail(
+      source,
+      'true would believe an X-Forwarded-For written by any client; give the proxies\' addresses or CIDRs ' +
+        '(e.g. 127.0.0.1,10.0.0.0/8) or the number of proxy hops in front of the origin (e.g. 1)',
+    );
+  }
+  if (typeof raw === 'number' || (typeof raw === 'string' && /^\d+$/.test(raw.trim()))) return int(1, 16)(raw, source);
+  return cidrList(raw, source);
+};
+
 /** Declarative table: the README's configuration table mirrors this list. */
 const SETTINGS = {
   host: { env: 'FASTPULL_HOST', default: '0.0.0.0', parse: str },
@@ -121,7 +140,7 @@ const SETTINGS = {
   nameMaxAge: { env: 'FASTPULL_NAME_MAX_AGE', default: 300, parse: int(0) },
   layoutMaxAge: { env: 'FASTPULL_LAYOUT_MAX_AGE', default: 3600, parse: int(0) },
   maxUploadBytes: { env: 'FASTPULL_MAX_UPLOAD_BYTES', default: 64 * 1024 ** 3, parse: int(1) },
-  trustProxy: { env: 'FASTPULL_TRUST_PROXY', default: false, parse: bool },
+  trustProxy: { env: 'FASTPULL_TRUST_PROXY', default: false as TrustProxy, parse: trustProxy },
 
   // Upstream fetching (fetch jobs and pull-through).
   upstreams: { env: 'FASTPULL_UPSTREAMS', default: [] as UpstreamMirror[], parse: upstreamList },
