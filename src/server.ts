@@ -206,7 +206,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
 
 /** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
 function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readiness, logger: Logger) {
-  const agent = createEventAgent(config.eventTimeoutMs);
+  const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
   const targets = buildTargets(config, agent);
   if (config.webhooks.length > 0 && config.webhookSecret === undefined) {
     logger.warn('FASTPULL_WEBHOOKS without FASTPULL_WEBHOOK_SECRET: webhook POSTs are not signed');

@@ -7,6 +7,7 @@ import type { DistfileIndex, ServableBlob } from '../db/index.js';
 import { SMALL_BLOB_BYTES, type OpenFile } from '../store/blob-reader.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
+import { clientAddress } from './proxy-trust.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
 import { redactUrl } from './redact.js';
 import { decide, fixedHeaders, IMMUTABLE, type ByteRange } from './send.js';
@@ -60,12 +61,9 @@ export type HotHandler = (req: IncomingMessage, res: ServerResponse, fallback: (
  * log line, request id and metrics fastify's route would give, but none of its per-request machinery
  * (hooks, promises, reply objects, header rebuilding). Everything else (errors, misses, pull-through,
  * every other route) goes to fastify untouched; nothing is written before that decision.
- * Returns undefined when the configuration needs fastify's request handling (a trust-proxy list).
  */
 export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
   const { config, index, store, logger, metrics, closing, watch } = deps;
-  const trust = config.trustProxy as unknown;
-  if (typeof trust !== 'boolean') return undefined;
   const nameCacheControl = `public, max-age=${config.nameMaxAge}`;
   const layoutBody = Buffer.from(LAYOUT_CONF);
   const layoutHeaders = [
@@ -78,17 +76,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
   ];
   const logs = logger.isLevelEnabled('info');
 
-  const remoteOf = (req: IncomingMessage): string | undefined => {
-    if (trust) {
-      // Trust everything (fastify's trustProxy: true): the client is the left-most forwarded address.
-      const xff = req.headers['x-forwarded-for'];
-      if (typeof xff === 'string' && xff !== '') {
-        const comma = xff.indexOf(',');
-        return (comma === -1 ? xff : xff.slice(0, comma)).trim();
-      }
-    }
-    return req.socket.remoteAddress;
-  };
+  const remoteOf = clientAddress(config.trustProxy);
 
   /** When head() wrote the status line: time to first byte for the histogram. */
   const headWrittenAt = new WeakMap<ServerResponse, number>();

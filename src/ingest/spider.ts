@@ -3,6 +3,7 @@ import type { Config } from '../config.js';
 import { FetchJobStore } from '../db/fetch-jobs.js';
 import type { DB } from '../db/open.js';
 import type { BlobStore } from '../store/blob-store.js';
+import { AddressPolicy } from '../upstream/address-guard.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
 import { timeFetches } from '../upstream/fetch-timing.js';
 import { Mirror } from '../upstream/mirrors.js';
@@ -32,7 +33,7 @@ export function createSpider(
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
-  const agent = createAgent(config.fetchConnectTimeoutMs, config.fetchIdleTimeoutMs);
+  const agent = createAgent(config.fetchConnectTimeoutMs, config.fetchIdleTimeoutMs, new AddressPolicy(config.fetchAllowCidrs));
   const common: FetcherOptions = {
     connectTimeoutMs: config.fetchConnectTimeoutMs,
     idleTimeoutMs: config.fetchIdleTimeoutMs,
