@@ -2,7 +2,7 @@ import http from 'node:http';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptions, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
-import type { Config, TrustProxy } from '../config.js';
+import type { Config } from '../config.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
