@@ -24,6 +24,8 @@ describe('upstream mirrors on the status API and in /metrics', () => {
       upstreamFailureThreshold: 1,
       upstreamCooldownSeconds: 3600,
       fetchRetries: 0,
+      // The dead mirror is on loopback, which the address guard refuses unless allowed.
+      fetchAllowCidrs: ['127.0.0.0/8'],
     });
   });
   afterAll(async () => server?.stop());

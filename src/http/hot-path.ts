@@ -8,6 +8,7 @@ import { SMALL_BLOB_BYTES, type OpenFile } from '../store/blob-reader.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
 import { clientAddress } from './proxy-trust.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
 import { redactUrl } from './redact.js';
 import { decide, fixedHeaders, IMMUTABLE, type ByteRange } from './send.js';
@@ -106,7 +107,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
           bytes: bytesSent(),
           remote: remoteOf(req),
           ua: req.headers['user-agent'],
-          ...(res.writableFinished ? {} : { aborted: true }),
+          ...(res.writableFinished ? {} : { aborted: cutByIdleTimeout(req.socket) ? 'idle-timeout' : true }),
         },
         'request',
       );
