@@ -376,6 +376,20 @@ describe('generic CDN and gc', () => {
     expect(cache.requests.slice(2).map((q) => q.answer)).toEqual([503, 503]);
   });
 
+  it('the background scrub announces a quarantine as actor "scrub"', async () => {
+    const dir = await dataDir();
+    const server = await serve({ ...baseEnv(dir), FASTPULL_SCRUB_BYTES_PER_SECOND: '100000000', FASTPULL_SCRUB_PAUSE_SECONDS: '0' });
+    const body = 'scrubbed bytes\n'.repeat(50);
+    expect(await put(server.baseUrl, 'scrub-1.0.tar.gz', body)).toBe(201);
+    await flipBit(dir, sha512(body), 3);
+    let quarantine: any;
+    for (let i = 0; i < 200 && !quarantine; i++) {
+      quarantine = (await events(server.baseUrl)).find((e) => e.type === 'blob.quarantined');
+      if (!quarantine) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(quarantine).toMatchObject({ sha512: sha512(body), names: ['scrub-1.0.tar.gz'], actor: 'scrub' });
+  });
+
   it('gc deleting a blob announces it (blob.deleted, with its past names and the CLI actor)', async () => {
     const dir = await dataDir();
     const env = baseEnv(dir);
