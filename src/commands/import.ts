@@ -90,7 +90,7 @@ export async function importCommand(args: string[]): Promise<number> {
   }
 
   const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: String(values['data-dir']) } : {});
-  const store = new BlobStore(config.dataDir);
+  const store = new BlobStore(config.dataDir, { reserveBytes: config.reserveBytes });
   // Also clears temp files an interrupted import left behind; a running server's own temps survive (its pid lives).
   await store.init();
   const db = openDatabase(databaseFile(config.dataDir));
