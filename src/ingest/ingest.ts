@@ -4,7 +4,8 @@ import { AppError, fromFsError } from '../errors.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { BlobStore } from '../store/blob-store.js';
 import type { Digests, ExpectedDigests } from '../store/digests.js';
-import { filenameProblem, isSha512Hex } from '../store/paths.js';
+import { isSha512Hex } from '../domain/hashes.js';
+import { filenameProblem } from '../domain/names.js';
 
 export interface IngestOptions {
   /** Name to attach once the blob is stored. */

@@ -46,7 +46,8 @@ export class StorageGuard {
     readonly highWatermarkBytes: number | undefined,
     private readonly minRefreshMs = 1000,
   ) {
-    this.sum = db.prepare('SELECT sum(size) AS bytes FROM blobs');
+    // Kept by triggers (migration 005): one row, not a scan of every blob at start and on each change.
+    this.sum = db.prepare('SELECT blob_bytes AS bytes FROM index_counters WHERE id = 1');
     this.changes = db.prepare('SELECT total_changes() AS n');
     storageState.highWatermarkBytes = highWatermarkBytes;
     this.refresh(true);
