@@ -8,6 +8,7 @@ import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError, STATUS_BY_CODE } from './errors.js';
+import { strictQueryOnWrites } from './strict-query.js';
 import { cutByIdleTimeout } from '../ops/timeouts.js';
 import type { Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
@@ -79,6 +80,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   });
 
+  // Before any route: every write route gets its query checked (see strict-query.ts).
+  app.addHook('onRoute', strictQueryOnWrites);
   // First: the OpenAPI document only sees routes registered after it.
   await registerOpenApi(app);
 
