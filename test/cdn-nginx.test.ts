@@ -6,11 +6,10 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { pino } from 'pino';
-import { Writable } from 'node:stream';
 import { Agent, request } from 'undici';
 import { loadConfig } from '../src/config.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { captureLogs } from './helpers/log-capture.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const NGINX = '/usr/sbin/nginx';
@@ -129,7 +128,7 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
   const originRequests: string[] = [];
   /** The X-Forwarded-For each origin request carried, by URL. */
   const forwardedFor = new Map<string, string | undefined>();
-  const logLines: any[] = [];
+  const logs = captureLogs();
   const seen = (url: string) => originRequests.filter((r) => r.split(' ')[1] === url);
   const RATE_LIMIT = 8;
 
@@ -138,16 +137,10 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
 
   beforeAll(async () => {
     // A two-second 404 TTL lets the test watch a cached miss expire, with room for a loaded machine before that.
-    const sink = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        for (const line of chunk.toString('utf8').split('\n')) if (line !== '') logLines.push(JSON.parse(line));
-        done();
-      },
-    });
     // The origin trusts exactly the edge's address (nginx connects to it from 127.0.0.1).
     origin = await startTestServer(
       { notFoundMaxAge: 2, trustProxy: ['127.0.0.1/32'], adminRateLimitPerMinute: RATE_LIMIT },
-      { logger: pino({ level: 'info' }, sink) },
+      { logger: logs.logger },
     );
     origin.app.server.on('request', (req) => {
       originRequests.push(`${req.method} ${req.url} ${req.headers.range ?? '-'}`);
@@ -303,7 +296,7 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
         expect(res.statusCode).toBe(404);
         await res.body.dump();
         expect(forwardedFor.get(url), forged).toBe('127.0.0.5');
-        const line = await waitForLine((l) => l.msg === 'request' && l.url === url);
+        const line = await logs.waitFor((l) => l.msg === 'request' && l.url === url);
         expect(line.remote, forged).toBe('127.0.0.5');
       }
     } finally {
@@ -328,18 +321,9 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
     }
     expect(statuses.slice(0, RATE_LIMIT)).toEqual(new Array(RATE_LIMIT).fill(200));
     expect(statuses[RATE_LIMIT]).toBe(429);
-    const lines = logLines.filter((l) => l.msg === 'request' && l.url === `/api/v1/blobs/${hash}`);
+    const lines = logs.lines.filter((l) => l.msg === 'request' && l.url === `/api/v1/blobs/${hash}`);
     expect(lines.map((l) => l.remote)).toEqual(new Array(RATE_LIMIT + 1).fill('127.0.0.6'));
   });
-
-  async function waitForLine(match: (line: any) => boolean): Promise<any> {
-    for (let i = 0; i < 100; i++) {
-      const found = logLines.find(match);
-      if (found) return found;
-      await sleep(50);
-    }
-    throw new Error('no such log line');
-  }
 });
 
 describe('docker-compose.yml and config/nginx-cdn.conf', () => {
