@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import http from 'node:http';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptions, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
 import type { Config, TrustProxy } from '../config.js';
@@ -10,7 +10,7 @@ import { AppError } from '../errors.js';
 import { sendError, STATUS_BY_CODE } from './errors.js';
 import { strictQueryOnWrites } from './strict-query.js';
 import { cutByIdleTimeout } from '../ops/timeouts.js';
-import type { Metrics } from './metrics.js';
+import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
 import { redactUrl } from './redact.js';
 import { Readiness } from '../ops/readiness.js';
@@ -21,6 +21,11 @@ import type { Spider } from '../ingest/spider.js';
 import { adminRoutes, type AdminRouteDeps } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 import { statusRoutes } from './routes/status.js';
+import { eventRoutes } from './routes/events.js';
+import { EventOutbox } from '../db/events.js';
+import type { EventDispatcher } from '../events/dispatcher.js';
+import { eventsStatusView } from '../events/status.js';
+import { createHotPath, requestIdOf, type BodyWatch } from './hot-path.js';
 
 export interface AppDeps {
   config: Config;
@@ -36,9 +41,41 @@ export interface AppDeps {
   /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
   spider?: Spider;
   storage?: AdminRouteDeps['storage'];
+  /** Outbox delivery; without it GET /api/v1/events still works, status shows no targets. */
+  events?: EventDispatcher;
+  /** Watches full bodies the lean download path sends (verification on serve). */
+  watch?: BodyWatch;
 }
 
-const REQUEST_ID = /^[\w.:-]{1,64}$/;
+/**
+ * Downloads skip fastify: the node:http server hands GET/HEAD of download paths to the lean path
+ * (hot-path.ts), which passes anything it does not answer itself on to fastify. The server is set up
+ * exactly as fastify would set up its own (same options, timeouts and keep-alive).
+ */
+function leanServer(deps: AppDeps): Pick<FastifyServerOptions, 'serverFactory'> {
+  let server: http.Server | undefined;
+  const hot = createHotPath({
+    config: deps.config,
+    index: deps.index,
+    store: deps.store,
+    logger: deps.logger,
+    metrics: deps.metrics,
+    watch: deps.watch,
+    closing: () => server !== undefined && !server.listening,
+  });
+  if (!hot) return {};
+  return {
+    serverFactory: (handler, options) => {
+      const opts = options as FastifyServerOptions & { http?: http.ServerOptions };
+      server = http.createServer(opts.http ?? {}, (req, res) => hot(req, res, handler));
+      if (opts.keepAliveTimeout !== undefined) server.keepAliveTimeout = opts.keepAliveTimeout;
+      if (opts.requestTimeout !== undefined) server.requestTimeout = opts.requestTimeout;
+      if (opts.connectionTimeout !== undefined) server.setTimeout(opts.connectionTimeout);
+      if (opts.maxRequestsPerSocket) server.maxRequestsPerSocket = opts.maxRequestsPerSocket;
+      return server;
+    },
+  };
+}
 
 /**
  * Fastify 5 treats a numeric trustProxy as "trust nobody"; a hop count is given here as proxy-addr's
@@ -74,10 +111,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         new AppError('BAD_REQUEST', err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'path segment too long' : 'path is not valid percent-encoded UTF-8'),
       );
     },
-    genReqId: (req) => {
-      const given = req.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-    },
+    genReqId: requestIdOf,
+    ...leanServer(deps),
   });
 
   // Before any route: every write route gets its query checked (see strict-query.ts).
@@ -101,14 +136,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
-  installOps(app, {
-    config,
-    metrics: deps.metrics,
-    readiness: deps.readiness ?? new Readiness(config, deps.index.db, deps.logger),
-    tokens: deps.tokens,
-  });
+  const readiness = deps.readiness ?? new Readiness(config, deps.index.db, deps.logger);
+  installOps(app, { config, metrics: deps.metrics, readiness, tokens: deps.tokens });
 
-  await app.register(statusRoutes, { db: deps.index.db });
+  const pullThrough = deps.spider?.pullThrough;
+  await app.register(statusRoutes, {
+    db: deps.index.db,
+    config,
+    readiness,
+    ...(deps.metrics ? { traffic: deps.metrics.traffic } : {}),
+    ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
+    events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
+  });
+  await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events?.outbox ?? new EventOutbox(deps.index.db) });
   await app.register(readRoutes, {
     config,
     index: deps.index,
@@ -151,7 +191,11 @@ function logRequest(request: FastifyRequest, reply: FastifyReply, metrics?: Metr
       kind: request.routeKind,
       range: request.headers.range,
       ms: Math.round(reply.elapsedTime * 10) / 10,
+      bytes: responseBytes(request),
       remote: request.ip,
+      ua: request.headers['user-agent'],
+      // Who wrote: the token's name, never the token (set only once authentication succeeded).
+      ...(request.principal ? { tokenName: request.principal.name } : {}),
       ...(finished ? {} : { aborted: timedOut ? 'idle-timeout' : true }),
     },
     'request',

@@ -1,5 +1,5 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { AppError, isAppError, type ErrorCode } from '../errors.js';
+import { AppError, fromFsError, isAppError, type ErrorCode } from '../errors.js';
 import { cutByIdleTimeout } from '../ops/timeouts.js';
 
 /** The one mapping from error code to HTTP status. */
@@ -17,6 +17,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   JOB_NOT_FOUND: 404,
   REQUEST_TIMEOUT: 408,
   PAYLOAD_TOO_LARGE: 413,
+  PRECONDITION_FAILED: 412,
   RANGE_NOT_SATISFIABLE: 416,
   DIGEST_MISMATCH: 422,
   RATE_LIMITED: 429,
@@ -39,6 +40,9 @@ const CODE_BY_FRAMEWORK_STATUS: Record<number, ErrorCode> = {
 /** Turns anything thrown into a client-safe AppError; 5xx never carry internals. */
 export function toAppError(err: unknown): AppError {
   if (isAppError(err)) return err;
+  // A full disk (ENOSPC, SQLite's "database or disk is full") is 507 wherever it surfaces.
+  const full = fromFsError(err);
+  if (isAppError(full)) return full;
   const fe = err as Partial<FastifyError> | undefined;
   if (fe?.validation) return new AppError('BAD_REQUEST', fe.message ?? 'invalid request');
   const status = fe?.statusCode;
