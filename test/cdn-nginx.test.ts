@@ -7,7 +7,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
+import type { IncomingMessage } from 'node:http';
 import { loadConfig } from '../src/config.js';
+import { clientAddress, trustFunction } from '../src/http/client-address.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { captureLogs } from './helpers/log-capture.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
@@ -290,10 +292,15 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
   it('replaces a forged X-Forwarded-For: the origin logs the address the edge saw', async () => {
     const dispatcher = clientFrom('127.0.0.5');
     try {
-      for (const forged of ['203.0.113.7', '203.0.113.7, 198.51.100.1', 'unknown']) {
-        const url = `/distfiles/forged-${randomBytes(6).toString('hex')}.tar.gz`;
+      for (const [forged, url, status] of [
+        ['203.0.113.7', `/distfiles/forged-${randomBytes(6).toString('hex')}.tar.gz`, 404],
+        ['203.0.113.7, 198.51.100.1', `/distfiles/forged-${randomBytes(6).toString('hex')}.tar.gz`, 404],
+        ['unknown', `/distfiles/forged-${randomBytes(6).toString('hex')}.tar.gz`, 404],
+        // A download the origin serves (its lean download path writes this log line, by the same trust rule).
+        ['203.0.113.8', `/distfiles/edge-1.0.tar.gz?bust=${randomBytes(6).toString('hex')}`, 200],
+      ] as const) {
         const res = await request(edge.url + url, { dispatcher, headers: { 'x-forwarded-for': forged } });
-        expect(res.statusCode).toBe(404);
+        expect(res.statusCode).toBe(status);
         await res.body.dump();
         expect(forwardedFor.get(url), forged).toBe('127.0.0.5');
         const line = await logs.waitFor((l) => l.msg === 'request' && l.url === url);
@@ -353,5 +360,18 @@ describe('docker-compose.yml and config/nginx-cdn.conf', () => {
     expect(trust('2')).toBe(2);
     expect(() => trust('true')).toThrow(/FASTPULL_TRUST_PROXY.*any client/);
     expect(() => trust('edge.internal')).toThrow(/FASTPULL_TRUST_PROXY/);
+  });
+
+  it('names the client by walking back from the socket through trusted hops only', () => {
+    const req = (peer: string, xff?: string) =>
+      ({ socket: { remoteAddress: peer }, headers: xff === undefined ? {} : { 'x-forwarded-for': xff } }) as unknown as IncomingMessage;
+    const byList = trustFunction(['10.0.0.0/8', '127.0.0.1/32']);
+    expect(clientAddress(req('127.0.0.1', '203.0.113.7, 198.51.100.1'), byList)).toBe('198.51.100.1');
+    expect(clientAddress(req('::ffff:127.0.0.1', '203.0.113.7, 10.1.1.1'), byList)).toBe('203.0.113.7');
+    expect(clientAddress(req('198.51.100.9', '203.0.113.7'), byList)).toBe('198.51.100.9');
+    expect(clientAddress(req('127.0.0.1'), byList)).toBe('127.0.0.1');
+    const oneHop = trustFunction(1);
+    expect(clientAddress(req('192.0.2.1', '203.0.113.7, 198.51.100.1'), oneHop)).toBe('198.51.100.1');
+    expect(clientAddress(req('192.0.2.1', '203.0.113.7'), trustFunction(false))).toBe('192.0.2.1');
   });
 });

@@ -2,13 +2,14 @@ import http from 'node:http';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptions, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
-import type { Config, TrustProxy } from '../config.js';
+import type { Config } from '../config.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError, STATUS_BY_CODE } from './errors.js';
 import { strictQueryOnWrites } from './strict-query.js';
+import { trustFunction } from './client-address.js';
 import { cutByIdleTimeout } from '../ops/timeouts.js';
 import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
@@ -77,15 +78,6 @@ function leanServer(deps: AppDeps): Pick<FastifyServerOptions, 'serverFactory'> 
   };
 }
 
-/**
- * Fastify 5 treats a numeric trustProxy as "trust nobody"; a hop count is given here as proxy-addr's
- * trust function (hop 0 is the connecting peer). It cannot check who that peer is, hence the README's
- * advice to prefer addresses.
- */
-function proxyTrust(trust: TrustProxy): boolean | string[] | ((address: string, hop: number) => boolean) {
-  return typeof trust === 'number' ? (_address, hop) => hop < trust : trust;
-}
-
 /** Builds the HTTP app without listening; tests inject() or listen on port 0. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config } = deps;
@@ -95,7 +87,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     // Distfile names reach 255 bytes, three times that when percent-encoded; hashes are 128 hex.
     routerOptions: { maxParamLength: 1024 },
-    trustProxy: proxyTrust(config.trustProxy),
+    trustProxy: trustFunction(config.trustProxy),
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
     ...serverTimeoutOptions(config),

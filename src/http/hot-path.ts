@@ -9,6 +9,8 @@ import type { BlobStore } from '../store/blob-store.js';
 import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
 import { redactUrl } from './redact.js';
+import { clientAddress, trustFunction } from './client-address.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
 import { decide, fixedHeaders, IMMUTABLE, type ByteRange } from './send.js';
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -60,12 +62,10 @@ export type HotHandler = (req: IncomingMessage, res: ServerResponse, fallback: (
  * log line, request id and metrics fastify's route would give, but none of its per-request machinery
  * (hooks, promises, reply objects, header rebuilding). Everything else (errors, misses, pull-through,
  * every other route) goes to fastify untouched; nothing is written before that decision.
- * Returns undefined when the configuration needs fastify's request handling (a trust-proxy list).
  */
 export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
   const { config, index, store, logger, metrics, closing, watch } = deps;
-  const trust = config.trustProxy as unknown;
-  if (typeof trust !== 'boolean') return undefined;
+  const trust = trustFunction(config.trustProxy);
   const nameCacheControl = `public, max-age=${config.nameMaxAge}`;
   const layoutBody = Buffer.from(LAYOUT_CONF);
   const layoutHeaders = [
@@ -78,17 +78,8 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
   ];
   const logs = logger.isLevelEnabled('info');
 
-  const remoteOf = (req: IncomingMessage): string | undefined => {
-    if (trust) {
-      // Trust everything (fastify's trustProxy: true): the client is the left-most forwarded address.
-      const xff = req.headers['x-forwarded-for'];
-      if (typeof xff === 'string' && xff !== '') {
-        const comma = xff.indexOf(',');
-        return (comma === -1 ? xff : xff.slice(0, comma)).trim();
-      }
-    }
-    return req.socket.remoteAddress;
-  };
+  // The same rule fastify's request.ip follows (FASTPULL_TRUST_PROXY), so both log the same client.
+  const remoteOf = (req: IncomingMessage): string | undefined => clientAddress(req, trust);
 
   /** When head() wrote the status line: time to first byte for the histogram. */
   const headWrittenAt = new WeakMap<ServerResponse, number>();
@@ -118,7 +109,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
           bytes: bytesSent(),
           remote: remoteOf(req),
           ua: req.headers['user-agent'],
-          ...(res.writableFinished ? {} : { aborted: true }),
+          ...(res.writableFinished ? {} : { aborted: cutByIdleTimeout(req.socket) ? 'idle-timeout' : true }),
         },
         'request',
       );
