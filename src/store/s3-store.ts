@@ -89,7 +89,7 @@ export class S3BlobStorage implements BlobStorage {
   /** '' or 'prefix/'. */
   readonly root: string;
   private readonly client: S3Client;
-  private readonly spoolDir: string;
+  readonly spoolDir: string;
   private readonly staleAfterMs: number;
   private readonly pageSize: number;
   private readonly partSize: number | undefined;
@@ -348,9 +348,11 @@ export class S3BlobStorage implements BlobStorage {
       if (!stale) stale = ((await stat(path.join(this.spoolDir, name)).catch(() => undefined))?.mtimeMs ?? now) < now - this.staleAfterMs;
       if (stale && (await unlink(path.join(this.spoolDir, name)).then(() => true, () => false))) removed++;
     }
+    // Listings give whole seconds, and Swift rounds them up: a time may be up to 1 s later than the event.
+    const bar = now - this.staleAfterMs + 1000;
     const stale: { key: string; uploadId: string }[] = [];
     for await (const u of this.multipartUploads()) {
-      if ((u.initiated?.getTime() ?? 0) <= now - this.staleAfterMs) stale.push(u);
+      if ((u.initiated?.getTime() ?? 0) <= bar) stale.push(u);
     }
     for (const u of stale) {
       await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.key, UploadId: u.uploadId })).catch((err: unknown) => {
@@ -365,7 +367,7 @@ export class S3BlobStorage implements BlobStorage {
         new ListObjectsV2Command({ Bucket: this.bucket, Prefix: gcTrash, ...(startAfter ? { StartAfter: startAfter } : {}) }),
       );
       for (const o of page.Contents ?? []) {
-        if (o.Key && (o.LastModified?.getTime() ?? 0) <= now - this.staleAfterMs) {
+        if (o.Key && (o.LastModified?.getTime() ?? 0) <= bar) {
           await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: o.Key }));
           removed++;
         }
