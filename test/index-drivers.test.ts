@@ -1,0 +1,166 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DistfileIndex } from '../src/db/index.js';
+import { SqliteIndexDriver, type IndexDriver } from '../src/db/index-driver.js';
+import { openDatabase } from '../src/db/open.js';
+import { connectPostgres, migratePostgres, PostgresIndexDriver, type Sql } from '../src/db/postgres-index.js';
+import { listMigrations, MIGRATIONS_DIR } from '../src/db/migrate.js';
+import { blake2b, sha256, sha512 } from './helpers/core.js';
+import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
+import { skipWithoutService } from './helpers/services.js';
+
+/** One body of index tests for both drivers: same answers from SQLite and PostgreSQL. */
+interface Flavour {
+  open(): Promise<{ driver: IndexDriver; quarantine(sha512: string): Promise<void> }>;
+}
+
+const opened: IndexDriver[] = [];
+const dirs: string[] = [];
+let pg: Postgres | undefined;
+let databases = 0;
+const skipPg = skipWithoutService('PostgreSQL', postgresMissing());
+
+const sqlite: Flavour = {
+  async open() {
+    const dir = await mkdtemp(path.join(tmpdir(), 'fp-index-'));
+    dirs.push(dir);
+    const db = openDatabase(path.join(dir, 'index.sqlite'));
+    const driver = new SqliteIndexDriver(new DistfileIndex(db));
+    opened.push(driver);
+    return { driver, quarantine: async (h) => void db.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h) };
+  },
+};
+
+const postgresFlavour: Flavour = {
+  async open() {
+    const sql = connectPostgres(await pg!.createDatabase(`index_${++databases}`));
+    await migratePostgres(sql);
+    const driver = new PostgresIndexDriver(sql);
+    opened.push(driver);
+    return { driver, quarantine: async (h) => void (await sql`UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ${h}`) };
+  },
+};
+
+afterAll(async () => {
+  for (const d of opened) await d.close();
+  await pg?.stop();
+  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+});
+
+const digests = (text: string) => {
+  const b = Buffer.from(text);
+  return { size: b.length, sha512: sha512(b), blake2b: blake2b(b), sha256: sha256(b) };
+};
+
+describe.each([
+  { name: 'sqlite', flavour: sqlite, skip: false },
+  { name: 'postgres', flavour: postgresFlavour, skip: skipPg },
+])('index driver: $name', ({ name, flavour, skip }) => {
+  beforeAll(async () => {
+    if (!skip && name === 'postgres') pg ??= await startPostgres();
+  }, 60_000);
+
+  it.skipIf(skip)('records blobs and names; a name serves its latest attachment, a hash is exact', async () => {
+    const { driver } = await flavour.open();
+    const v1 = digests('kubectl 1\n');
+    const v2 = digests('kubectl 2\n');
+    await driver.recordBlob(v1, { filename: 'kubectl.tar.gz', by: 'spider', at: 1000 });
+    expect(await driver.servableByName('kubectl.tar.gz')).toEqual({
+      sha512: v1.sha512, blake2b: v1.blake2b, size: v1.size, filename: 'kubectl.tar.gz', modified_at: 1000, quarantined_at: null,
+    });
+    await driver.recordBlob(v2, { filename: 'kubectl.tar.gz', by: 'spider', at: 2000 });
+    expect((await driver.servableByName('kubectl.tar.gz'))?.sha512).toBe(v2.sha512);
+    expect(await driver.servableByHash(v1.sha512)).toEqual({
+      sha512: v1.sha512, blake2b: v1.blake2b, size: v1.size, filename: 'kubectl.tar.gz', modified_at: 1000, quarantined_at: null,
+    });
+    expect((await driver.history('kubectl.tar.gz')).map((r) => [r.sha512, r.attached_by, r.detached_at])).toEqual([
+      [v2.sha512, 'spider', null],
+      [v1.sha512, 'spider', null],
+    ]);
+    // Re-pointing back to the older hash makes it current again, keeping its first attachment time.
+    expect(await driver.attach('kubectl.tar.gz', v1.sha512, 'admin')).toBe(true);
+    const back = await driver.history('kubectl.tar.gz');
+    expect(back[0]).toMatchObject({ sha512: v1.sha512, attached_by: 'admin', first_attached_at: 1000 });
+    expect((await driver.servableByName('kubectl.tar.gz'))?.sha512).toBe(v1.sha512);
+
+    expect(await driver.detach('kubectl.tar.gz', 'admin')).toBe(2);
+    expect(await driver.servableByName('kubectl.tar.gz')).toBeUndefined();
+    expect((await driver.servableByHash(v1.sha512))?.filename).toBeNull();
+    expect((await driver.namesOfBlob(v1.sha512)).map((r) => r.detached_by)).toEqual(['admin']);
+    expect(await driver.detach('kubectl.tar.gz', 'admin')).toBe(0);
+  });
+
+  it.skipIf(skip)('refuses to attach a name to an unknown blob, and records nothing', async () => {
+    const { driver } = await flavour.open();
+    expect(await driver.attach('ghost.tar.gz', sha512('never stored'), 'spider')).toBe(false);
+    expect(await driver.history('ghost.tar.gz')).toEqual([]);
+    expect(await driver.servableByHash(sha512('never stored'))).toBeUndefined();
+    expect(await driver.blob(sha512('never stored'))).toBeUndefined();
+  });
+
+  it.skipIf(skip)('recording again is idempotent, keeps a pin, and lifts a quarantine', async () => {
+    const { driver, quarantine } = await flavour.open();
+    const d = digests('dynamic archive\n');
+    await driver.recordBlob(d, { pinned: true, at: 5 });
+    await driver.recordBlob(d, { at: 9 });
+    expect(await driver.blob(d.sha512)).toEqual({ ...d, ingested_at: 5, verified_at: null, quarantined_at: null, pinned: 1 });
+    await quarantine(d.sha512);
+    expect((await driver.servableByHash(d.sha512))?.quarantined_at).toBe(1);
+    await driver.recordBlob(d);
+    expect((await driver.servableByHash(d.sha512))?.quarantined_at).toBeNull();
+    // Sizes beyond 32 bits survive the round trip as numbers.
+    const big = { ...digests('big'), size: 4_450_000_000 };
+    await driver.recordBlob(big, { at: 1_764_500_000_000 });
+    expect(await driver.blob(big.sha512)).toMatchObject({ size: 4_450_000_000, ingested_at: 1_764_500_000_000 });
+  });
+});
+
+describe.skipIf(skipPg)('PostgreSQL specifics', () => {
+  let sql: Sql;
+  let url: string;
+  beforeAll(async () => {
+    pg ??= await startPostgres();
+    url = await pg.createDatabase('specifics');
+    sql = connectPostgres(url, { max: 3 });
+  }, 60_000);
+  afterAll(async () => {
+    await sql?.end({ timeout: 5 });
+  });
+
+  it('mirrors every SQLite migration, and replicas starting together apply each once', async () => {
+    const sqliteVersions = listMigrations(MIGRATIONS_DIR).map((m) => m.version);
+    const others = [connectPostgres(url, { max: 1 }), connectPostgres(url, { max: 1 })];
+    try {
+      const results = await Promise.all([sql, ...others].map((s) => migratePostgres(s)));
+      expect(results.flatMap((r) => r.applied).sort()).toEqual(['001_initial.sql', '002_fetch_jobs.sql', '003_tokens.sql']);
+      expect(results.map((r) => r.version)).toEqual([3, 3, 3]);
+      expect(await migratePostgres(sql)).toEqual({ applied: [], version: 3 });
+    } finally {
+      for (const s of others) await s.end({ timeout: 5 });
+    }
+    // This round's PostgreSQL schema covers SQLite's 001-003; later SQLite migrations need their twin.
+    expect(sqliteVersions.filter((v) => v <= 3)).toEqual([1, 2, 3]);
+    const tables = (await sql<{ table_name: string }[]>`
+      SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name`).map((r) => r.table_name);
+    expect(tables).toEqual(['audit_log', 'blobs', 'fetch_items', 'fetch_jobs', 'fetched_urls', 'names', 'schema_migrations', 'tokens']);
+  });
+
+  it('keeps to its bounded pool under a burst, and orders concurrent re-points by one sequence', async () => {
+    const driver = new PostgresIndexDriver(sql);
+    const blobs = Array.from({ length: 20 }, () => digests(randomBytes(16).toString('hex')));
+    for (const d of blobs) await driver.recordBlob(d);
+    await Promise.all(blobs.map((d) => driver.attach('contended.tar.gz', d.sha512, 'spider')));
+    const lookups = await Promise.all(Array.from({ length: 200 }, (_, i) => driver.servableByHash(blobs[i % 20]!.sha512)));
+    expect(lookups.every((b) => b !== undefined)).toBe(true);
+    const [{ n } = { n: -1 }] = await sql<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'`;
+    expect(n).toBeLessThanOrEqual(3);
+    const history = await driver.history('contended.tar.gz');
+    expect(history).toHaveLength(20);
+    expect(new Set(history.map((r) => r.seq)).size).toBe(20);
+    expect((await driver.servableByName('contended.tar.gz'))?.sha512).toBe(history[0]!.sha512);
+  });
+});
