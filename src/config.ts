@@ -1,10 +1,16 @@
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
 
 /**
  * The only module that reads process.env.
- * Precedence: built-in defaults < JSON config file (FASTPULL_CONFIG) < FASTPULL_* environment variables.
+ * Precedence: built-in defaults < config file (FASTPULL_CONFIG: JSON, or YAML by its .yaml/.yml extension)
+ * < FASTPULL_* environment variables.
  */
+
+/** A setting or the config file is wrong: the CLI names it and exits 2, like a bad flag. */
+export class ConfigError extends Error {}
 
 type Parser<T> = (raw: unknown, source: string) => T;
 
@@ -15,7 +21,7 @@ interface Setting<T> {
 }
 
 function fail(source: string, message: string): never {
-  throw new Error(`invalid configuration ${source}: ${message}`);
+  throw new ConfigError(`invalid configuration ${source}: ${message}`);
 }
 
 const str: Parser<string> = (raw, source) => {
@@ -28,6 +34,15 @@ const optionalStr: Parser<string | undefined> = (raw, source) => {
   return str(raw, source);
 };
 
+/** For settings whose default is "unset": null in the file (or an empty variable) means that default. */
+const optional =
+  <T>(parse: Parser<T>): Parser<T | undefined> =>
+  (raw, source) =>
+    raw === undefined || raw === null || raw === '' ? undefined : parse(raw, source);
+
+/** A path, or null (in the file) to turn the feature off; unset means the built-in place. */
+const pathOrOff: Parser<string | null | undefined> = (raw, source) => (raw === null ? null : optionalStr(raw, source));
+
 const int =
   (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> =>
   (raw, source) => {
@@ -35,6 +50,12 @@ const int =
     if (!Number.isSafeInteger(n) || n < min || n > max) fail(source, `expected an integer in [${min}, ${max}]`);
     return n;
   };
+
+/** A process count: a positive integer, or `auto` for one per available CPU. */
+const workerCount: Parser<number> = (raw, source) => {
+  if (raw === 'auto') return availableParallelism();
+  return int(1, 256)(raw, source);
+};
 
 const bool: Parser<boolean> = (raw, source) => {
   if (typeof raw === 'boolean') return raw;
@@ -62,8 +83,16 @@ const upstreamList: Parser<UpstreamMirror[]> = (raw, source) => {
   if (typeof raw === 'string') {
     const text = raw.trim();
     if (text === '') return [];
+    let parsed: unknown;
+    if (text.startsWith('[')) {
+      try {
+        parsed = JSON.parse(text);
+      } catch (err) {
+        fail(source, `not valid JSON (${(err as Error).message}); expected [{"kind":"gentoo","url":"https://…"}] or gentoo=https://…,flat=https://…`);
+      }
+    }
     items = text.startsWith('[')
-      ? JSON.parse(text)
+      ? parsed
       : text.split(',').map((part) => {
           const eq = part.indexOf('=');
           return eq === -1 ? { kind: 'flat', url: part.trim() } : { kind: part.slice(0, eq).trim(), url: part.slice(eq + 1).trim() };
@@ -102,10 +131,25 @@ const httpUrl: Parser<string | undefined> = (raw, source) => {
   return text;
 };
 
+/** `https://a/hook https://b/hook` or `a,b` (env), or a JSON array of URLs (file or env). */
+const urlList: Parser<string[]> = (raw, source) => {
+  let items: unknown = raw;
+  if (typeof raw === 'string') {
+    const text = raw.trim();
+    items = text === '' ? [] : text.startsWith('[') ? JSON.parse(text) : text.split(/[\s,]+/).filter(Boolean);
+  }
+  if (!Array.isArray(items)) fail(source, 'expected a list of URLs');
+  return items.map((url: unknown, i) => {
+    if (typeof url !== 'string' || !/^https?:\/\/./.test(url)) fail(source, `URL ${i}: must be http(s)`);
+    return url;
+  });
+};
+
 /** Declarative table: the README's configuration table mirrors this list. */
 const SETTINGS = {
   host: { env: 'FASTPULL_HOST', default: '0.0.0.0', parse: str },
   port: { env: 'FASTPULL_PORT', default: 8080, parse: int(0, 65535) },
+  workers: { env: 'FASTPULL_WORKERS', default: 1, parse: workerCount },
   dataDir: { env: 'FASTPULL_DATA_DIR', default: './data', parse: str },
   adminToken: { env: 'FASTPULL_ADMIN_TOKEN', default: undefined, parse: optionalStr },
   logLevel: {
@@ -133,16 +177,39 @@ const SETTINGS = {
   upstreamCooldownSeconds: { env: 'FASTPULL_UPSTREAM_COOLDOWN_SECONDS', default: 30, parse: int(0) },
 
   // Operations.
-  metricsPort: { env: 'FASTPULL_METRICS_PORT', default: undefined as number | undefined, parse: int(0, 65535) },
+  metricsPort: { env: 'FASTPULL_METRICS_PORT', default: undefined as number | undefined, parse: optional(int(0, 65535)) },
   readOnly: { env: 'FASTPULL_READ_ONLY', default: false, parse: bool },
-  drainFile: { env: 'FASTPULL_DRAIN_FILE', default: undefined as string | undefined, parse: optionalStr },
+  // Unset: <dataDir>/drain. null (file only): no drain file at all; /readyz skips the check, `fastpull drain` refuses.
+  drainFile: { env: 'FASTPULL_DRAIN_FILE', default: undefined as string | null | undefined, parse: pathOrOff },
   minFreeBytes: { env: 'FASTPULL_MIN_FREE_BYTES', default: 1024 ** 3, parse: int(0) },
   shutdownGraceMs: { env: 'FASTPULL_SHUTDOWN_GRACE_MS', default: 30_000, parse: int(0) },
   scrubBytesPerSecond: { env: 'FASTPULL_SCRUB_BYTES_PER_SECOND', default: 0, parse: int(0) },
   scrubPauseSeconds: { env: 'FASTPULL_SCRUB_PAUSE_SECONDS', default: 600, parse: int(0) },
   gcGraceSeconds: { env: 'FASTPULL_GC_GRACE_SECONDS', default: 86_400, parse: int(0) },
-  highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: int(1) },
+  highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: optional(int(1)) },
+  reserveBytes: { env: 'FASTPULL_RESERVE_BYTES', default: 64 * 1024 ** 2, parse: int(0) },
   adminRateLimitPerMinute: { env: 'FASTPULL_ADMIN_RATE_LIMIT', default: 600, parse: int(0) },
+
+  // Events: outbox delivery to webhooks and the CDN (purge, prefetch).
+  webhooks: { env: 'FASTPULL_WEBHOOKS', default: [] as string[], parse: urlList },
+  webhookSecret: { env: 'FASTPULL_WEBHOOK_SECRET', default: undefined as string | undefined, parse: optionalStr },
+  cdn: { env: 'FASTPULL_CDN', default: 'none' as 'none' | 'cdn77' | 'generic', parse: oneOf('none', 'cdn77', 'generic') },
+  cdn77ApiUrl: { env: 'FASTPULL_CDN77_API_URL', default: 'https://api.cdn77.com', parse: str },
+  cdn77ResourceId: { env: 'FASTPULL_CDN77_RESOURCE_ID', default: undefined as string | undefined, parse: optionalStr },
+  cdn77Token: { env: 'FASTPULL_CDN77_TOKEN', default: undefined as string | undefined, parse: optionalStr },
+  cdnPurgeUrl: { env: 'FASTPULL_CDN_PURGE_URL', default: undefined as string | undefined, parse: optionalStr },
+  cdnPrefetchUrl: { env: 'FASTPULL_CDN_PREFETCH_URL', default: undefined as string | undefined, parse: optionalStr },
+  cdnBodyTemplate: { env: 'FASTPULL_CDN_BODY_TEMPLATE', default: '{"action":"{{action}}","paths":{{paths}}}', parse: str },
+  cdnAuthorization: { env: 'FASTPULL_CDN_AUTHORIZATION', default: undefined as string | undefined, parse: optionalStr },
+  cdnPrefetch: { env: 'FASTPULL_CDN_PREFETCH', default: false, parse: bool },
+  cdnMaxPaths: { env: 'FASTPULL_CDN_MAX_PATHS', default: 2000, parse: int(1, 100_000) },
+  cdnRequestsPerMinute: { env: 'FASTPULL_CDN_REQUESTS_PER_MINUTE', default: 4, parse: int(1, 60_000) },
+  eventTimeoutMs: { env: 'FASTPULL_EVENT_TIMEOUT_MS', default: 15_000, parse: int(100) },
+  eventRetryBaseMs: { env: 'FASTPULL_EVENT_RETRY_BASE_MS', default: 1000, parse: int(1) },
+  eventRetryMaxMs: { env: 'FASTPULL_EVENT_RETRY_MAX_MS', default: 600_000, parse: int(1) },
+  eventMaxAttempts: { env: 'FASTPULL_EVENT_MAX_ATTEMPTS', default: 0, parse: int(0) },
+  eventPollMs: { env: 'FASTPULL_EVENT_POLL_MS', default: 1000, parse: int(10) },
+  eventRetentionDays: { env: 'FASTPULL_EVENT_RETENTION_DAYS', default: 30, parse: int(0) },
 
   // Spider-side client (push, coverage): where to send files and with which upload token.
   pushOrigin: { env: 'FASTPULL_ORIGIN', default: undefined as string | undefined, parse: optionalStr },
@@ -180,16 +247,19 @@ export function loadConfig(
   const configFile = env.FASTPULL_CONFIG ? path.resolve(env.FASTPULL_CONFIG) : undefined;
   let fileValues: Record<string, unknown> = {};
   if (configFile) {
+    const yaml = /\.ya?ml$/i.test(configFile);
     try {
-      fileValues = JSON.parse(readFileSync(configFile, 'utf8')) as Record<string, unknown>;
+      const text = readFileSync(configFile, 'utf8');
+      // An empty YAML file (everything commented out) is an empty configuration.
+      fileValues = ((yaml ? parseYaml(text) : JSON.parse(text)) ?? {}) as Record<string, unknown>;
     } catch (err) {
-      throw new Error(`cannot read config file ${configFile}: ${(err as Error).message}`, { cause: err });
+      throw new ConfigError(`cannot read config file ${configFile} (FASTPULL_CONFIG): ${(err as Error).message}`, { cause: err });
     }
-    if (typeof fileValues !== 'object' || fileValues === null || Array.isArray(fileValues)) {
-      throw new Error(`config file ${configFile} must hold a JSON object`);
+    if (typeof fileValues !== 'object' || Array.isArray(fileValues)) {
+      throw new ConfigError(`config file ${configFile} must hold ${yaml ? 'a YAML mapping' : 'a JSON object'} of settings`);
     }
     for (const key of Object.keys(fileValues)) {
-      if (!(key in SETTINGS) && !key.startsWith('$')) throw new Error(`config file ${configFile}: unknown setting "${key}"`);
+      if (!(key in SETTINGS) && !key.startsWith('$')) throw new ConfigError(`config file ${configFile}: unknown setting "${key}"`);
     }
   }
 
@@ -205,4 +275,14 @@ export function loadConfig(
   const config = out as Config;
   config.dataDir = path.resolve(config.dataDir);
   return config;
+}
+
+/**
+ * Set by the cluster primary on each serving process it forks (never by an operator): the one
+ * `leader` runs the background work (fetch-job runner, scrub), `follower`s only serve.
+ * Undefined in a single-process server, which does everything itself.
+ */
+export function clusterRole(env: NodeJS.ProcessEnv = process.env): 'leader' | 'follower' | undefined {
+  const role = env.FASTPULL_CLUSTER_ROLE;
+  return role === 'leader' || role === 'follower' ? role : undefined;
 }

@@ -41,11 +41,14 @@ export function isAppError(err: unknown): err is AppError {
   return err instanceof AppError;
 }
 
-/** Maps filesystem failures that mean "the disk cannot take this" to a client-visible code. */
+/** True for every way "the disk is full" reaches us: the filesystem's and SQLite's (database or disk is full). */
+export function isStorageFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL';
+}
+
+/** Maps failures that mean "the disk cannot take this" to a client-visible code. */
 export function fromFsError(err: unknown): unknown {
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new AppError('INSUFFICIENT_STORAGE', 'the store has no space left for this blob');
-  }
+  if (isStorageFull(err)) return new AppError('INSUFFICIENT_STORAGE', 'the store has no space left for this write');
   return err;
 }

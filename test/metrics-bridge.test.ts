@@ -40,14 +40,16 @@ describe('metrics fed by the spider and the storage guard', () => {
     const after = await scrape(server);
     expect(metric(after, 'fastpull_pull_through_total', { result: 'hit' })).toBe(1);
     expect(metric(after, 'fastpull_pull_through_total', { result: 'miss' })).toBe(1);
+    // The hit was one upstream download read to its end; the miss was a 404.
+    expect(metric(after, 'fastpull_upstream_fetch_duration_seconds_count', { result: 'complete' })).toBe(1);
+    expect(metric(after, 'fastpull_upstream_fetch_duration_seconds_count', { result: 'not-found' })).toBe(1);
   });
 
   it('counts uploads refused above the high watermark', async () => {
-    const server = await startTestServer({ highWatermarkBytes: 10 });
+    const server = await startTestServer({ highWatermarkBytes: 30 });
     cleanups.push(() => server.stop());
     expect((await server.upload('first.tar.gz', 'more than ten bytes of data')).status).toBe(201);
-    // The guard re-sums stored bytes at most once a second (a table scan), so let that window pass.
-    await new Promise((resolve) => setTimeout(resolve, 1100));
+    // 27 bytes stored + 12 more would cross 30.
     const refused = await server.upload('second.tar.gz', 'another file');
     expect(refused.status).toBe(507);
     expect(refused.json.error).toBe('INSUFFICIENT_STORAGE');

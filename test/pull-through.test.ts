@@ -355,7 +355,7 @@ describe('pull-through deadline', () => {
   it('gives up on a mirror that sends no headers in time, long before its idle timeout', async () => {
     const up = await upstream({ '/slow.tgz': hang });
     const { pull, mirror, stats } = await parts(up.url);
-    const flight = pull.flight(name('slow.tgz'))!;
+    const flight = (await pull.flight(name('slow.tgz')))!;
     expect(await flight.head).toBeUndefined();
     expect(await flight.result).toBeUndefined();
     expect(mirror.available()).toBe(false);
@@ -372,9 +372,9 @@ describe('pull-through deadline', () => {
       },
     });
     const { pull, mirror } = await parts(up.url, 1);
-    const first = pull.flight(name('busy.tgz'))!;
+    const first = (await pull.flight(name('busy.tgz')))!;
     expect((await first.head)?.size).toBe(1000);
-    const second = pull.flight(name('other.tgz'))!;
+    const second = (await pull.flight(name('other.tgz')))!;
     expect(await second.head).toBeUndefined();
     expect(up.count('/other.tgz')).toBe(0);
     expect(mirror.available()).toBe(true);

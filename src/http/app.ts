@@ -8,7 +8,7 @@ import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
-import type { Metrics } from './metrics.js';
+import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
 import { redactUrl } from './redact.js';
 import { Readiness } from '../ops/readiness.js';
@@ -19,6 +19,10 @@ import type { Spider } from '../ingest/spider.js';
 import { adminRoutes, type AdminRouteDeps } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 import { statusRoutes } from './routes/status.js';
+import { eventRoutes } from './routes/events.js';
+import { EventOutbox } from '../db/events.js';
+import type { EventDispatcher } from '../events/dispatcher.js';
+import { eventsStatusView } from '../events/status.js';
 
 export interface AppDeps {
   config: Config;
@@ -34,6 +38,8 @@ export interface AppDeps {
   /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
   spider?: Spider;
   storage?: AdminRouteDeps['storage'];
+  /** Outbox delivery; without it GET /api/v1/events still works, status shows no targets. */
+  events?: EventDispatcher;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -88,14 +94,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
-  installOps(app, {
-    config,
-    metrics: deps.metrics,
-    readiness: deps.readiness ?? new Readiness(config, deps.index.db, deps.logger),
-    tokens: deps.tokens,
-  });
+  const readiness = deps.readiness ?? new Readiness(config, deps.index.db, deps.logger);
+  installOps(app, { config, metrics: deps.metrics, readiness, tokens: deps.tokens });
 
-  await app.register(statusRoutes, { db: deps.index.db });
+  const pullThrough = deps.spider?.pullThrough;
+  await app.register(statusRoutes, {
+    db: deps.index.db,
+    config,
+    readiness,
+    ...(deps.metrics ? { traffic: deps.metrics.traffic } : {}),
+    ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
+    events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
+  });
+  await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events?.outbox ?? new EventOutbox(deps.index.db) });
   await app.register(readRoutes, {
     config,
     index: deps.index,
@@ -132,7 +143,11 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
       kind: request.routeKind,
       range: request.headers.range,
       ms: Math.round(reply.elapsedTime * 10) / 10,
+      bytes: responseBytes(request),
       remote: request.ip,
+      ua: request.headers['user-agent'],
+      // Who wrote: the token's name, never the token (set only once authentication succeeded).
+      ...(request.principal ? { tokenName: request.principal.name } : {}),
       ...(reply.raw.writableFinished ? {} : { aborted: true }),
     },
     'request',

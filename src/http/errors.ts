@@ -1,5 +1,5 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { AppError, isAppError, type ErrorCode } from '../errors.js';
+import { AppError, fromFsError, isAppError, type ErrorCode } from '../errors.js';
 
 /** The one mapping from error code to HTTP status. */
 export const STATUS_BY_CODE: Record<ErrorCode, number> = {
@@ -36,6 +36,9 @@ const CODE_BY_FRAMEWORK_STATUS: Record<number, ErrorCode> = {
 /** Turns anything thrown into a client-safe AppError; 5xx never carry internals. */
 export function toAppError(err: unknown): AppError {
   if (isAppError(err)) return err;
+  // A full disk (ENOSPC, SQLite's "database or disk is full") is 507 wherever it surfaces.
+  const full = fromFsError(err);
+  if (isAppError(full)) return full;
   const fe = err as Partial<FastifyError> | undefined;
   if (fe?.validation) return new AppError('BAD_REQUEST', fe.message ?? 'invalid request');
   const status = fe?.statusCode;

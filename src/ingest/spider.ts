@@ -4,9 +4,11 @@ import { FetchJobStore } from '../db/fetch-jobs.js';
 import type { DB } from '../db/open.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
+import { timeFetches } from '../upstream/fetch-timing.js';
 import { Mirror } from '../upstream/mirrors.js';
 import { UpstreamStats } from '../upstream/stats.js';
 import { FetchJobs } from './fetch-jobs.js';
+import type { FlightLock } from './flight-lock.js';
 import type { Ingest } from './ingest.js';
 import { PullThrough } from './pull-through.js';
 
@@ -25,7 +27,7 @@ export interface Spider {
 /** Everything that talks to upstream servers, built from configuration. */
 export function createSpider(
   config: Config,
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger },
+  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
@@ -45,11 +47,12 @@ export function createSpider(
     ingest: deps.ingest,
     jobs: new FetchJobStore(deps.db),
     store: deps.store,
-    fetcher: new Fetcher(common),
+    fetcher: timeFetches(new Fetcher(common), stats),
     stats,
     concurrency: config.fetchConcurrency,
     maxBytes: config.maxUploadBytes,
     log,
+    ...(deps.onJobQueued ? { onQueued: deps.onJobQueued } : {}),
   });
   let pullThrough: PullThrough | undefined;
   if (config.pullThrough && config.upstreams.length > 0) {
@@ -58,12 +61,16 @@ export function createSpider(
       ingest: deps.ingest,
       // Mirrors are chosen by the operator, and a CDN miss storm spans many files on the same mirror:
       // only the global cap applies, so one long download cannot make other misses wait for a slot.
-      fetcher: new Fetcher({ ...common, perHostConcurrency: Math.max(config.fetchPerHostConcurrency, config.fetchConcurrency) }),
+      fetcher: timeFetches(
+        new Fetcher({ ...common, perHostConcurrency: Math.max(config.fetchPerHostConcurrency, config.fetchConcurrency) }),
+        stats,
+      ),
       mirrors: config.upstreams.map((m) => new Mirror(m, breaker)),
       stats,
       negativeCacheSeconds: config.negativeCacheSeconds,
       maxBytes: config.maxUploadBytes,
       log,
+      ...(deps.flightLock ? { lock: deps.flightLock } : {}),
     });
   }
   return {

@@ -7,6 +7,7 @@ import { AppError, fromFsError } from '../errors.js';
 import { compareDigests, hashFile, MultiHasher, type Digests, type ExpectedDigests } from './digests.js';
 import { isSha512Hex } from '../domain/hashes.js';
 import { blobFile } from './paths.js';
+import { Reserve } from './reserve.js';
 import { SmallBlobCache } from './small-blob-cache.js';
 
 export interface WriteOptions {
@@ -18,6 +19,8 @@ export interface WriteOptions {
    * trusted (e.g. quarantined, or unknown to the index) and the freshly verified bytes replace it.
    */
   replaceExisting?: (digests: Digests) => boolean;
+  /** Told the bytes received so far before each chunk is written; throwing aborts the write. */
+  onProgress?: (received: number) => void;
 }
 
 export interface WriteResult {
@@ -54,15 +57,18 @@ export class BlobStore {
 
   /** Small blobs served recently; filled only by readSmall (the download path). */
   readonly smallCache: SmallBlobCache;
+  /** Headroom that blob writes may not use, kept so the index can always record detaches and gc. */
+  readonly reserve: Reserve;
 
   constructor(
     readonly root: string,
-    options: { smallCacheBytes?: number } = {},
+    options: { smallCacheBytes?: number; reserveBytes?: number } = {},
   ) {
     this.smallCache = new SmallBlobCache(options.smallCacheBytes ?? SMALL_CACHE_DEFAULT_BYTES);
     this.blobsDir = path.join(root, 'blobs');
     this.tmpDir = path.join(root, 'tmp');
     this.quarantineDir = path.join(root, 'quarantine');
+    this.reserve = new Reserve(root, this.tmpDir, options.reserveBytes);
   }
 
   /** Creates the layout and removes temp files left by processes that no longer run. Returns how many were removed. */
@@ -111,7 +117,12 @@ export class BlobStore {
 
   /** Streams `source` into the store. Nothing is visible under blobs/ unless every check passed. */
   async write(source: Readable | AsyncIterable<Buffer>, options: WriteOptions = {}): Promise<WriteResult> {
-    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting } = options;
+    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting, onProgress } = options;
+    // The reserve goes back in place before any blob byte may take space; while it cannot, the disk
+    // is full as far as uploads are concerned (only gc frees room for it).
+    if (!(await this.reserve.ensure())) {
+      throw new AppError('INSUFFICIENT_STORAGE', 'the disk is full: free space with fastpull gc');
+    }
     const tmp = path.join(this.tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
     const hasher = new MultiHasher();
     let handle: FileHandle | undefined;
@@ -135,6 +146,7 @@ export class BlobStore {
             mismatches: [{ field: 'size', expected: expected.size, actual: `more than ${expected.size}` }],
           });
         }
+        onProgress?.(total);
         hasher.update(chunk);
         batch.push(chunk);
         batchBytes += chunk.length;
@@ -352,6 +364,28 @@ export class BlobStore {
     const target = path.join(this.quarantineDir, `${sha512}.${Date.now()}`);
     await rename(this.pathOf(sha512), target);
     return target;
+  }
+
+  /**
+   * Takes back a blob this process just placed when its index row could not be recorded, unless a
+   * concurrent upload of the same bytes recorded a row for it meanwhile (`claimed`). The file is
+   * first moved aside so that such an upload, linking now, places a copy of its own.
+   */
+  async unplace(sha512: string, claimed: () => boolean): Promise<void> {
+    this.smallCache.delete(sha512);
+    const final = this.pathOf(sha512);
+    const aside = path.join(this.tmpDir, `${process.pid}-unplace-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
+    try {
+      await rename(final, aside);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    try {
+      if (claimed()) await link(aside, final).catch((err: unknown) => ((err as NodeJS.ErrnoException).code === 'EEXIST' ? undefined : Promise.reject(err)));
+    } finally {
+      await unlink(aside);
+    }
   }
 
   async remove(sha512: string): Promise<boolean> {

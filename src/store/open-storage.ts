@@ -12,14 +12,14 @@ type StorageConfig = Pick<Config, 'dataDir' | 'storage' | 's3ForcePathStyle' | '
  * The local store, for the code that still works on files directly (server, maintenance commands). Until
  * they go through BlobStorage, an s3:// setting must stop them rather than let them use an empty local disk.
  */
-export function localBlobStore(config: Pick<Config, 'dataDir' | 'storage'>): BlobStore {
+export function localBlobStore(config: Pick<Config, 'dataDir' | 'storage' | 'reserveBytes'>): BlobStore {
   if (config.storage.kind !== 'local') {
     throw new Error(
       `FASTPULL_STORAGE=s3://${config.storage.bucket}/${config.storage.prefix}: the s3 driver exists but is not wired into ` +
         'serve and the maintenance commands yet; unset FASTPULL_STORAGE to use <dataDir>/blobs',
     );
   }
-  return new BlobStore(config.dataDir);
+  return new BlobStore(config.dataDir, { reserveBytes: config.reserveBytes });
 }
 
 /** The driver FASTPULL_STORAGE names. Call init() before use. */
