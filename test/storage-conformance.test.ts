@@ -67,6 +67,9 @@ const s3: Driver = {
       prefix: same ? same.root : `origin/t${++prefixes}`,
       spoolDir: same ? same.spoolDir : await tempDir('spool'),
       partSize: 5 * MiB,
+      // Small enough that trash and restore of the larger test blobs take the part-by-part copy.
+      maxSingleCopy: 5 * MiB,
+      copyPartSize: 5 * MiB,
       ...options,
     });
     await storage.init();
@@ -281,6 +284,15 @@ describe.each([
     expect(await storage.stat(hash)).toBeUndefined();
     await storage.purge(quarantined);
     expect(await storage.trash(hash, 'gc')).toBeUndefined();
+
+    // A blob larger than one server-side copy (S3: over CopyObject's 5 GiB ceiling) moves part by part.
+    const large = randomBytes(12 * MiB + 7);
+    const largeHash = (await storage.write(body(large))).digests.sha512;
+    const largeTrash = (await storage.trash(largeHash, 'gc'))!;
+    expect(await storage.stat(largeHash)).toBeUndefined();
+    expect(await storage.restore(largeTrash)).toBe(true);
+    expect((await readAll(await storage.read(largeHash)))!.equals(large)).toBe(true);
+    expect(await storage.remove(largeHash)).toBe(true);
 
     expect((await storage.write(body(bytes))).created).toBe(true);
     expect(await storage.remove(hash)).toBe(true);

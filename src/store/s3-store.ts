@@ -54,6 +54,9 @@ export interface S3StorageOptions {
   /** Multipart part size and parallel parts per upload (lib-storage's partSize/queueSize). */
   partSize?: number;
   queueSize?: number;
+  /** Server-side copies (trash, restore) above this go part by part, in parts of `copyPartSize`. */
+  maxSingleCopy?: number;
+  copyPartSize?: number;
 }
 
 const MIN_PART_SIZE = 5 * 1024 * 1024;
@@ -94,6 +97,8 @@ export class S3BlobStorage implements BlobStorage {
   private readonly pageSize: number;
   private readonly partSize: number | undefined;
   private readonly queueSize: number;
+  private readonly maxSingleCopy: number;
+  private readonly copyPartSize: number;
 
   constructor(options: S3StorageOptions) {
     this.client = options.client;
@@ -106,6 +111,8 @@ export class S3BlobStorage implements BlobStorage {
     this.pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
     this.partSize = options.partSize;
     this.queueSize = options.queueSize ?? 4;
+    this.maxSingleCopy = options.maxSingleCopy ?? MAX_SINGLE_COPY;
+    this.copyPartSize = options.copyPartSize ?? COPY_PART_SIZE;
   }
 
   key(sha512: string): string {
@@ -314,15 +321,15 @@ export class S3BlobStorage implements BlobStorage {
   /** Server-side copy; objects over CopyObject's 5 GiB ceiling go part by part, aborted on failure. */
   private async copy(from: string, to: string, size: number): Promise<void> {
     const source = `${this.bucket}/${from.split('/').map(encodeURIComponent).join('/')}`;
-    if (size <= MAX_SINGLE_COPY) {
+    if (size <= this.maxSingleCopy) {
       await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: to, CopySource: source }));
       return;
     }
     const { UploadId } = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: to }));
     try {
       const parts: { PartNumber: number; ETag: string }[] = [];
-      for (let start = 0, n = 1; start < size; start += COPY_PART_SIZE, n++) {
-        const end = Math.min(start + COPY_PART_SIZE, size) - 1;
+      for (let start = 0, n = 1; start < size; start += this.copyPartSize, n++) {
+        const end = Math.min(start + this.copyPartSize, size) - 1;
         const out = await this.client.send(
           new UploadPartCopyCommand({ Bucket: this.bucket, Key: to, UploadId, PartNumber: n, CopySource: source, CopySourceRange: `bytes=${start}-${end}` }),
         );
