@@ -1,6 +1,6 @@
-import { CreateMultipartUploadCommand } from '@aws-sdk/client-s3';
+import { CreateMultipartUploadCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -27,6 +27,8 @@ interface Driver {
   leftovers(storage: BlobStorage): Promise<string[]>;
   /** Simulates a writer that died mid-write, the way this driver would see it. */
   abandonWrite(storage: BlobStorage): Promise<void>;
+  /** Puts things beside the blobs that are not blobs: a stray file, a hash filed under the wrong shards. */
+  putStrays(storage: BlobStorage): Promise<void>;
   /** How a child process opens this same store (test/helpers/killed-writer.ts). */
   childSpec(storage: BlobStorage): Record<string, unknown>;
 }
@@ -56,6 +58,13 @@ const local: Driver = {
   async abandonWrite(storage) {
     // pid 2^22+1 is above Linux's pid_max ceiling: no process owns it.
     await writeFile(path.join((storage as LocalBlobStorage).store.tmpDir, `${2 ** 22 + 1}-abandoned.tmp`), 'half a blob');
+  },
+  async putStrays(storage) {
+    const blobs = (storage as LocalBlobStorage).store.blobsDir;
+    const misfiled = sha512('misfiled');
+    await mkdir(path.join(blobs, 'ab', 'cd', 'ef'), { recursive: true });
+    await writeFile(path.join(blobs, 'README'), 'not a blob');
+    await writeFile(path.join(blobs, 'ab', 'cd', 'ef', misfiled), 'wrong shards');
   },
   childSpec: (storage) => ({ kind: 'local', root: (storage as LocalBlobStorage).store.root }),
 };
@@ -91,6 +100,12 @@ const s3: Driver = {
   async abandonWrite(storage) {
     const s = storage as S3BlobStorage;
     await swift!.client.send(new CreateMultipartUploadCommand({ Bucket: s.bucket, Key: s.key(sha512('never finished')) }));
+  },
+  async putStrays(storage) {
+    const s = storage as S3BlobStorage;
+    for (const key of [`${s.root}README`, `${s.root}ab/cd/ef/${sha512('misfiled')}`, `${s.root}00/00/00/x`]) {
+      await swift!.client.send(new PutObjectCommand({ Bucket: s.bucket, Key: key, Body: 'not a blob' }));
+    }
   },
   childSpec(storage) {
     const s = storage as S3BlobStorage;
@@ -273,9 +288,10 @@ describe.each([
     const hashes: string[] = [];
     for (let i = 0; i < 8; i++) hashes.push((await storage.write(body(Buffer.from(`blob ${i}\n`)))).digests.sha512);
     hashes.sort();
-    // Trash and quarantine are out of the listing.
+    // Trash, quarantine and stray objects are out of the listing.
     const trashed = await storage.trash(hashes.pop()!, 'quarantine');
     expect(trashed).toBeDefined();
+    await driver.putStrays(storage);
     const pages: string[][] = [];
     let after: string | undefined;
     do {

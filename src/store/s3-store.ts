@@ -171,28 +171,17 @@ export class S3BlobStorage implements BlobStorage {
   async listPage(options: { after?: string | undefined; limit?: number | undefined } = {}): Promise<BlobPage> {
     const limit = options.limit ?? this.pageSize;
     const hashes: string[] = [];
-    let startAfter = options.after === undefined ? undefined : this.key(options.after);
-    for (;;) {
-      const page = await this.client.send(
-        new ListObjectsV2Command({
-          Bucket: this.bucket,
-          ...(this.root ? { Prefix: this.root } : {}),
-          ...(startAfter ? { StartAfter: startAfter } : {}),
-          MaxKeys: limit - hashes.length,
-        }),
-      );
-      const keys = (page.Contents ?? []).map((o) => o.Key ?? '');
-      for (const key of keys) {
-        const rel = key.slice(this.root.length);
-        if (rel > LAST_BLOB_KEY) return { hashes, next: undefined };
-        const m = BLOB_KEY.exec(rel);
-        // Anything else under the prefix (an operator's stray object) is not a blob.
-        if (m && m[4]!.startsWith(m[1]! + m[2]! + m[3]!)) hashes.push(m[4]!);
-      }
-      if (!page.IsTruncated || keys.length === 0) return { hashes, next: undefined };
-      if (hashes.length >= limit) return { hashes, next: hashes[hashes.length - 1] };
-      startAfter = keys[keys.length - 1];
+    // One key more than a page tells whether another page follows, without a further request.
+    for await (const { key } of this.objects(this.root, options.after === undefined ? undefined : this.key(options.after), limit + 1)) {
+      const rel = key.slice(this.root.length);
+      if (rel > LAST_BLOB_KEY) break;
+      const m = BLOB_KEY.exec(rel);
+      // Anything else under the prefix (an operator's stray object) is not a blob.
+      if (!m || !m[4]!.startsWith(m[1]! + m[2]! + m[3]!)) continue;
+      if (hashes.length === limit) return { hashes, next: hashes[hashes.length - 1] };
+      hashes.push(m[4]!);
     }
+    return { hashes, next: undefined };
   }
 
   list(): AsyncIterable<string> {
@@ -254,6 +243,24 @@ export class S3BlobStorage implements BlobStorage {
       keyMarker = page.NextKeyMarker;
       uploadIdMarker = page.NextUploadIdMarker;
       if (!keyMarker) return;
+    }
+  }
+
+  /** Every object under `prefix` after `startAfter`, in key order, fetched `pageSize` at a time. */
+  private async *objects(prefix: string, startAfter?: string, pageSize = this.pageSize): AsyncGenerator<{ key: string; lastModified: number }> {
+    for (;;) {
+      const page = await this.client.send(
+        new ListObjectsV2Command({
+          Bucket: this.bucket,
+          ...(prefix ? { Prefix: prefix } : {}),
+          ...(startAfter ? { StartAfter: startAfter } : {}),
+          MaxKeys: pageSize,
+        }),
+      );
+      const contents = page.Contents ?? [];
+      for (const o of contents) if (o.Key) yield { key: o.Key, lastModified: o.LastModified?.getTime() ?? 0 };
+      startAfter = contents.at(-1)?.Key;
+      if (!page.IsTruncated || !startAfter) return;
     }
   }
 
@@ -367,20 +374,10 @@ export class S3BlobStorage implements BlobStorage {
       });
       removed++;
     }
-    let startAfter: string | undefined;
-    const gcTrash = `${this.root}trash/gc/`;
-    for (;;) {
-      const page = await this.client.send(
-        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: gcTrash, ...(startAfter ? { StartAfter: startAfter } : {}) }),
-      );
-      for (const o of page.Contents ?? []) {
-        if (o.Key && (o.LastModified?.getTime() ?? 0) <= bar) {
-          await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: o.Key }));
-          removed++;
-        }
-      }
-      startAfter = page.Contents?.at(-1)?.Key;
-      if (!page.IsTruncated || !startAfter) break;
+    for await (const o of this.objects(`${this.root}trash/gc/`)) {
+      if (o.lastModified > bar) continue;
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: o.key }));
+      removed++;
     }
     return removed;
   }
