@@ -8,6 +8,7 @@ import { SqliteIndexDriver, type IndexDriver } from '../src/db/index-driver.js';
 import { openDatabase } from '../src/db/open.js';
 import { connectPostgres, migratePostgres, PostgresIndexDriver, type Sql } from '../src/db/postgres-index.js';
 import { listMigrations, MIGRATIONS_DIR } from '../src/db/migrate.js';
+import { claimFetchItems, withClusterLock } from '../src/db/postgres-work.js';
 import { blake2b, sha256, sha512 } from './helpers/core.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 import { skipWithoutService } from './helpers/services.js';
@@ -162,5 +163,80 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
     expect(history).toHaveLength(20);
     expect(new Set(history.map((r) => r.seq)).size).toBe(20);
     expect((await driver.servableByName('contended.tar.gz'))?.sha512).toBe(history[0]!.sha512);
+  });
+
+  it('two replicas claiming fetch items at once take each item exactly once, oldest first', async () => {
+    await migratePostgres(sql);
+    await sql`INSERT INTO fetch_jobs (id, created_at) VALUES ('job-a', 1), ('job-b', 2)`;
+    for (let i = 0; i < 60; i++) {
+      const job = i % 2 === 0 ? 'job-a' : 'job-b';
+      await sql`INSERT INTO fetch_items (job_id, idx, url, filename, state, queued_at)
+                VALUES (${job}, ${i}, ${`http://upstream.invalid/${i}`}, ${`f${i}.tgz`}, 'queued', ${1000 + i})`;
+    }
+    const replicas = [connectPostgres(url, { max: 2 }), connectPostgres(url, { max: 2 })];
+    try {
+      const claimed = await Promise.all(
+        replicas.map(async (replica) => {
+          const mine: number[] = [];
+          for (;;) {
+            const batch = await claimFetchItems(replica, 7);
+            if (batch.length === 0) return mine;
+            // Each batch comes back in queue order.
+            expect(batch.map((r) => r.queued_at)).toEqual([...batch.map((r) => r.queued_at)].sort((a, b) => a - b));
+            mine.push(...batch.map((r) => r.idx));
+          }
+        }),
+      );
+      expect(claimed.flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 60 }, (_, i) => i));
+      const [row] = await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM fetch_items WHERE state = 'downloading' AND attempts = 1`;
+      expect(row?.n).toBe(60);
+    } finally {
+      for (const r of replicas) await r.end({ timeout: 5 });
+    }
+  });
+
+  it('a cluster lock runs a singleton job on one replica at a time, and a dead holder releases it', async () => {
+    const a = connectPostgres(url, { max: 2 });
+    const b = connectPostgres(url, { max: 2 });
+    try {
+      let release!: () => void;
+      const holding = new Promise<void>((resolve) => (release = resolve));
+      let entered!: () => void;
+      const inside = new Promise<void>((resolve) => (entered = resolve));
+      const gcOnA = withClusterLock(a, 'gc', async () => {
+        entered();
+        await holding;
+        return 'a';
+      });
+      await inside;
+      expect(await withClusterLock(b, 'gc', async () => 'b')).toEqual({ ran: false });
+      // Another job's lock is independent.
+      expect(await withClusterLock(b, 'scrub', async () => 'scrub')).toEqual({ ran: true, value: 'scrub' });
+      release();
+      expect(await gcOnA).toEqual({ ran: true, value: 'a' });
+      expect(await withClusterLock(b, 'gc', async () => 'b')).toEqual({ ran: true, value: 'b' });
+
+      // The holder's connections die (as when its process is killed): the server releases the lock.
+      let enteredAgain!: () => void;
+      const insideAgain = new Promise<void>((resolve) => (enteredAgain = resolve));
+      // A job that never finishes: only its connection going away can free the lock.
+      void withClusterLock(a, 'gc', () => {
+        enteredAgain();
+        return new Promise<never>(() => undefined);
+      }).catch(() => undefined);
+      await insideAgain;
+      expect(await withClusterLock(b, 'gc', async () => 'b')).toEqual({ ran: false });
+      await a.end({ timeout: 0 });
+      // The server notices the closed socket on its own schedule: ask until it has (bounded).
+      let after: { ran: boolean } = { ran: false };
+      for (let i = 0; i < 100 && !after.ran; i++) {
+        if (i > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+        after = await withClusterLock(b, 'gc', async () => 'b');
+      }
+      expect(after).toEqual({ ran: true, value: 'b' });
+    } finally {
+      await a.end({ timeout: 0 });
+      await b.end({ timeout: 5 });
+    }
   });
 });
