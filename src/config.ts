@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 
@@ -145,6 +146,52 @@ const urlList: Parser<string[]> = (raw, source) => {
   });
 };
 
+/** Splits `a.b.c.d/n` or `<ipv6>/n` (a bare address is a /32 or /128); throws a plain message. */
+export function parseCidr(text: string): readonly [string, number] {
+  const slash = text.indexOf('/');
+  const network = (slash === -1 ? text : text.slice(0, slash)).trim();
+  const family = isIP(network);
+  if (family === 0) throw new Error(`"${text}" is not an IPv4 or IPv6 address or CIDR`);
+  const max = family === 4 ? 32 : 128;
+  const prefixText = slash === -1 ? String(max) : text.slice(slash + 1).trim();
+  if (!/^\d{1,3}$/.test(prefixText) || Number(prefixText) > max) throw new Error(`"${text}" needs a prefix length from 0 to ${max}`);
+  return [network, Number(prefixText)];
+}
+
+/** `127.0.0.0/8,::1/128` (env) or a JSON list (file): each entry validated, returned normalised. */
+const cidrList: Parser<string[]> = (raw, source) => {
+  const items = typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter((s) => s !== '') : raw;
+  if (!Array.isArray(items)) fail(source, 'expected a comma-separated list of CIDRs such as 127.0.0.0/8,::1/128');
+  return items.map((item: unknown) => {
+    if (typeof item !== 'string') fail(source, 'expected a list of CIDR strings');
+    try {
+      const [network, prefix] = parseCidr(item);
+      return `${network}/${prefix}`;
+    } catch (err) {
+      fail(source, (err as Error).message);
+    }
+  });
+};
+
+/**
+ * Which connecting peers may set X-Forwarded-For: `false` (nobody), the proxies' addresses or CIDRs
+ * (`127.0.0.1,10.0.0.0/8`), or a number of proxy hops. `true` is refused: it would believe a value
+ * any client wrote, handing out fresh admin rate-limit allowances and forged log addresses.
+ */
+export type TrustProxy = false | number | string[];
+const trustProxy: Parser<TrustProxy> = (raw, source) => {
+  if (raw === false || raw === 'false' || raw === '0' || raw === 'no' || raw === '' || raw === 0) return false;
+  if (raw === true || raw === 'true' || raw === 'yes') {
+    fail(
+      source,
+      'true would believe an X-Forwarded-For written by any client; give the proxies\' addresses or CIDRs ' +
+        '(e.g. 127.0.0.1,10.0.0.0/8) or the number of proxy hops in front of the origin (e.g. 1)',
+    );
+  }
+  if (typeof raw === 'number' || (typeof raw === 'string' && /^\d+$/.test(raw.trim()))) return int(1, 16)(raw, source);
+  return cidrList(raw, source);
+};
+
 /** Declarative table: the README's configuration table mirrors this list. */
 const SETTINGS = {
   host: { env: 'FASTPULL_HOST', default: '0.0.0.0', parse: str },
@@ -161,7 +208,7 @@ const SETTINGS = {
   nameMaxAge: { env: 'FASTPULL_NAME_MAX_AGE', default: 300, parse: int(0) },
   layoutMaxAge: { env: 'FASTPULL_LAYOUT_MAX_AGE', default: 3600, parse: int(0) },
   maxUploadBytes: { env: 'FASTPULL_MAX_UPLOAD_BYTES', default: 64 * 1024 ** 3, parse: int(1) },
-  trustProxy: { env: 'FASTPULL_TRUST_PROXY', default: false, parse: bool },
+  trustProxy: { env: 'FASTPULL_TRUST_PROXY', default: false as TrustProxy, parse: trustProxy },
 
   // Upstream fetching (fetch jobs and pull-through).
   upstreams: { env: 'FASTPULL_UPSTREAMS', default: [] as UpstreamMirror[], parse: upstreamList },
@@ -175,6 +222,8 @@ const SETTINGS = {
   negativeCacheSeconds: { env: 'FASTPULL_NEGATIVE_CACHE_SECONDS', default: 60, parse: int(0) },
   upstreamFailureThreshold: { env: 'FASTPULL_UPSTREAM_FAILURE_THRESHOLD', default: 5, parse: int(1) },
   upstreamCooldownSeconds: { env: 'FASTPULL_UPSTREAM_COOLDOWN_SECONDS', default: 30, parse: int(0) },
+  /** Non-public ranges outbound fetches may reach anyway (by default only public addresses are). */
+  fetchAllowCidrs: { env: 'FASTPULL_FETCH_ALLOW_CIDRS', default: [] as string[], parse: cidrList },
 
   // Operations.
   metricsPort: { env: 'FASTPULL_METRICS_PORT', default: undefined as number | undefined, parse: optional(int(0, 65535)) },
@@ -185,6 +234,8 @@ const SETTINGS = {
   shutdownGraceMs: { env: 'FASTPULL_SHUTDOWN_GRACE_MS', default: 30_000, parse: int(0) },
   scrubBytesPerSecond: { env: 'FASTPULL_SCRUB_BYTES_PER_SECOND', default: 0, parse: int(0) },
   scrubPauseSeconds: { env: 'FASTPULL_SCRUB_PAUSE_SECONDS', default: 600, parse: int(0) },
+  verifyOnServe: { env: 'FASTPULL_VERIFY_ON_SERVE', default: false, parse: bool },
+  accelRedirect: { env: 'FASTPULL_ACCEL_REDIRECT', default: undefined as string | undefined, parse: optionalStr },
   gcGraceSeconds: { env: 'FASTPULL_GC_GRACE_SECONDS', default: 86_400, parse: int(0) },
   highWatermarkBytes: { env: 'FASTPULL_HIGH_WATERMARK_BYTES', default: undefined as number | undefined, parse: optional(int(1)) },
   reserveBytes: { env: 'FASTPULL_RESERVE_BYTES', default: 64 * 1024 ** 2, parse: int(0) },

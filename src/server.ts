@@ -24,6 +24,7 @@ import { createEventAgent } from './events/http.js';
 import { meterEvents } from './events/metrics.js';
 import { eventsReadinessDetail } from './events/status.js';
 import { buildTargets } from './events/targets.js';
+import { createServeVerifier } from './maintenance/verify-on-serve.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -114,6 +115,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
+    ...(config.verifyOnServe ? { watch: createServeVerifier({ store, db, logger }) } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -123,7 +125,9 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     const log = app.log;
     app.log = log.child({}, { level: 'warn' });
     try {
-      address = await app.listen({ host: config.host, port: config.port });
+      // A deep accept queue (the kernel caps it at net.core.somaxconn): under a crowd of keep-alive clients a
+      // new connection waits in the queue for the next accept instead of being dropped and retried seconds later.
+      address = await app.listen({ host: config.host, port: config.port, backlog: 4096 });
     } finally {
       app.log = log;
     }
@@ -202,7 +206,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
 
 /** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
 function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readiness, logger: Logger) {
-  const agent = createEventAgent(config.eventTimeoutMs);
+  const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
   const targets = buildTargets(config, agent);
   if (config.webhooks.length > 0 && config.webhookSecret === undefined) {
     logger.warn('FASTPULL_WEBHOOKS without FASTPULL_WEBHOOK_SECRET: webhook POSTs are not signed');

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
 import { metric, parseMetrics } from './helpers/prom.js';
+import { LOOPBACK_CIDRS } from './helpers/upstream.js';
 
 /** Counters kept outside the Prometheus registry (spider, storage guard) must still reach /metrics. */
 describe('metrics fed by the spider and the storage guard', () => {
@@ -25,7 +26,11 @@ describe('metrics fed by the spider and the storage guard', () => {
     await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
     cleanups.push(() => new Promise((resolve) => upstream.close(() => resolve())));
     const { port } = upstream.address() as AddressInfo;
-    const server = await startTestServer({ pullThrough: true, upstreams: [{ kind: 'flat', url: `http://127.0.0.1:${port}` }] });
+    const server = await startTestServer({
+      pullThrough: true,
+      upstreams: [{ kind: 'flat', url: `http://127.0.0.1:${port}` }],
+      fetchAllowCidrs: LOOPBACK_CIDRS,
+    });
     cleanups.push(() => server.stop());
 
     const before = await scrape(server);

@@ -14,7 +14,7 @@ import { UpstreamStats } from '../src/upstream/stats.js';
 import { shardedPath } from '../src/domain/layout.js';
 import { filesUnder } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
-import { bytes, hang, serve, sha512, startUpstream, status, type Upstream } from './helpers/upstream.js';
+import { bytes, hang, LOOPBACK_CIDRS, serve, sha512, startUpstream, status, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -34,6 +34,7 @@ async function origin(upstreams: Config['upstreams'], overrides: Partial<Config>
     fetchRetries: 1,
     fetchIdleTimeoutMs: 2_000,
     negativeCacheSeconds: 60,
+    fetchAllowCidrs: LOOPBACK_CIDRS,
     ...overrides,
   });
   cleanup.push(() => s.stop());
@@ -331,6 +332,7 @@ describe('pull-through deadline', () => {
       concurrency,
       perHostConcurrency: concurrency,
       stats,
+      allowCidrs: LOOPBACK_CIDRS,
     });
     const mirror = new Mirror({ kind: 'flat', url: upUrl }, { threshold: 1, cooldownMs: 600_000 });
     const pull = new PullThrough({

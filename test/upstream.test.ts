@@ -4,7 +4,7 @@ import { Fetcher, UpstreamError, type FetcherOptions } from '../src/upstream/fet
 import { parseLayoutConf } from '../src/domain/layout.js';
 import { gentooPath } from '../src/upstream/mirrors.js';
 import { UpstreamStats } from '../src/upstream/stats.js';
-import { bytes, hang, serve, sha512, sleep, startUpstream, status, type Upstream } from './helpers/upstream.js';
+import { bytes, hang, LOOPBACK_CIDRS, serve, sha512, sleep, startUpstream, status, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -27,6 +27,7 @@ function fetcher(overrides: Partial<FetcherOptions> = {}): Fetcher {
     perHostConcurrency: 8,
     backoffBaseMs: 10,
     stats: new UpstreamStats(),
+    allowCidrs: LOOPBACK_CIDRS,
     ...overrides,
   });
   cleanup.push(() => f.close());

@@ -57,7 +57,7 @@ export async function purgeCommand(args: string[]): Promise<number> {
     if (!db) console.error(`no index at ${dbFile}: names attached to a sha512 are not known, only its hash paths are purged`);
     if (values['dry-run']) return 0;
 
-    const agent = createEventAgent(config.eventTimeoutMs);
+    const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
     try {
       const cdn = buildCdnTarget(config, agent);
       if (!cdn) throw new UsageError('no CDN configured: set FASTPULL_CDN (cdn77 or generic) and its settings');

@@ -24,6 +24,12 @@ export interface ServableBlob {
   /** Last-Modified: when the blob was ingested (hash paths) or the name last attached (name paths). */
   modified_at: number;
   quarantined_at: number | null;
+  /**
+   * Identity of the row's current meaning (ingested_at and its generation, bumped by every quarantine,
+   * release or repair, from any process): what a per-process cache of the blob's bytes or descriptor
+   * is keyed by, so a changed row never matches a stale entry.
+   */
+  version: string;
 }
 
 export interface NameRow {
@@ -58,12 +64,14 @@ export class DistfileIndex {
     this.stmt = {
       servableByHash: db.prepare(
         `SELECT b.sha512, b.blake2b, b.size, b.ingested_at AS modified_at, b.quarantined_at,
+                b.ingested_at || '.' || b.generation AS version,
                 (SELECT n.filename FROM names n WHERE n.sha512 = b.sha512 AND n.detached_at IS NULL
                  ORDER BY n.seq DESC LIMIT 1) AS filename
          FROM blobs b WHERE b.sha512 = ?`,
       ),
       servableByName: db.prepare(
-        `SELECT b.sha512, b.blake2b, b.size, n.attached_at AS modified_at, b.quarantined_at, n.filename
+        `SELECT b.sha512, b.blake2b, b.size, n.attached_at AS modified_at, b.quarantined_at, n.filename,
+                b.ingested_at || '.' || b.generation AS version
          FROM names n JOIN blobs b ON b.sha512 = n.sha512
          WHERE n.filename = ? AND n.detached_at IS NULL
          ORDER BY n.seq DESC LIMIT 1`,

@@ -1,12 +1,13 @@
 import { request, type Dispatcher } from 'undici';
+import { AddressPolicy } from '../upstream/address-guard.js';
 import { createAgent } from '../upstream/fetcher.js';
 
 /**
  * The one undici dispatcher for outbound event traffic (webhooks, CDN APIs): the upstream fetcher's
  * agent, so the outbound address guard (FASTPULL_FETCH_ALLOW_CIDRS) that applies to fetching applies here.
  */
-export function createEventAgent(timeoutMs: number): Dispatcher {
-  return createAgent(timeoutMs, timeoutMs);
+export function createEventAgent(timeoutMs: number, allowCidrs: readonly string[]): Dispatcher {
+  return createAgent(timeoutMs, timeoutMs, new AddressPolicy(allowCidrs));
 }
 
 export interface PostResult {

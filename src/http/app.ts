@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import http from 'node:http';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptions, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
 import type { Config } from '../config.js';
@@ -7,7 +7,8 @@ import type { DistfileIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
-import { sendError } from './errors.js';
+import { sendError, STATUS_BY_CODE } from './errors.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
 import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
 import { redactUrl } from './redact.js';
@@ -23,6 +24,8 @@ import { eventRoutes } from './routes/events.js';
 import { EventOutbox } from '../db/events.js';
 import type { EventDispatcher } from '../events/dispatcher.js';
 import { eventsStatusView } from '../events/status.js';
+import { createHotPath, requestIdOf, type BodyWatch } from './hot-path.js';
+import { proxyTrust } from './proxy-trust.js';
 
 export interface AppDeps {
   config: Config;
@@ -40,9 +43,39 @@ export interface AppDeps {
   storage?: AdminRouteDeps['storage'];
   /** Outbox delivery; without it GET /api/v1/events still works, status shows no targets. */
   events?: EventDispatcher;
+  /** Watches full bodies the lean download path sends (verification on serve). */
+  watch?: BodyWatch;
 }
 
-const REQUEST_ID = /^[\w.:-]{1,64}$/;
+/**
+ * Downloads skip fastify: the node:http server hands GET/HEAD of download paths to the lean path
+ * (hot-path.ts), which passes anything it does not answer itself on to fastify. The server is set up
+ * exactly as fastify would set up its own (same options, timeouts and keep-alive).
+ */
+function leanServer(deps: AppDeps): Pick<FastifyServerOptions, 'serverFactory'> {
+  let server: http.Server | undefined;
+  const hot = createHotPath({
+    config: deps.config,
+    index: deps.index,
+    store: deps.store,
+    logger: deps.logger,
+    metrics: deps.metrics,
+    watch: deps.watch,
+    closing: () => server !== undefined && !server.listening,
+  });
+  if (!hot) return {};
+  return {
+    serverFactory: (handler, options) => {
+      const opts = options as FastifyServerOptions & { http?: http.ServerOptions };
+      server = http.createServer(opts.http ?? {}, (req, res) => hot(req, res, handler));
+      if (opts.keepAliveTimeout !== undefined) server.keepAliveTimeout = opts.keepAliveTimeout;
+      if (opts.requestTimeout !== undefined) server.requestTimeout = opts.requestTimeout;
+      if (opts.connectionTimeout !== undefined) server.setTimeout(opts.connectionTimeout);
+      if (opts.maxRequestsPerSocket) server.maxRequestsPerSocket = opts.maxRequestsPerSocket;
+      return server;
+    },
+  };
+}
 
 /** Builds the HTTP app without listening; tests inject() or listen on port 0. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -53,7 +86,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     // Distfile names reach 255 bytes, three times that when percent-encoded; hashes are 128 hex.
     routerOptions: { maxParamLength: 1024 },
-    trustProxy: config.trustProxy,
+    trustProxy: proxyTrust(config.trustProxy),
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
     ...serverTimeoutOptions(config),
@@ -69,10 +102,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         new AppError('BAD_REQUEST', err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'path segment too long' : 'path is not valid percent-encoded UTF-8'),
       );
     },
-    genReqId: (req) => {
-      const given = req.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-    },
+    genReqId: requestIdOf,
+    ...leanServer(deps),
   });
 
   // First: the OpenAPI document only sees routes registered after it.
@@ -83,7 +114,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // onResponse does not report.
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    reply.raw.once('close', () => logRequest(request, reply));
+    reply.raw.once('close', () => logRequest(request, reply, deps.metrics));
   });
 
   // Only download misses may be cached (by a CDN, briefly); admin API answers depend on the token.
@@ -134,12 +165,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   return app;
 }
 
-function logRequest(request: FastifyRequest, reply: FastifyReply): void {
+function logRequest(request: FastifyRequest, reply: FastifyReply, metrics?: Metrics): void {
+  const finished = reply.raw.writableFinished;
+  // A stalled transfer the idle timeout ended is a 408 (when no answer had started), not the default 200.
+  const timedOut = !finished && cutByIdleTimeout(request.raw.socket);
+  const status = timedOut && !reply.raw.headersSent ? STATUS_BY_CODE.REQUEST_TIMEOUT : reply.statusCode;
+  // Such uploads never reach onResponse, where uploads are otherwise counted.
+  if (timedOut && request.routeKind === 'api' && request.method === 'PUT') metrics?.uploads.labels(String(status), 'REQUEST_TIMEOUT').inc();
   request.log.info(
     {
       method: request.method,
       url: redactUrl(request.url),
-      status: reply.statusCode,
+      status,
       kind: request.routeKind,
       range: request.headers.range,
       ms: Math.round(reply.elapsedTime * 10) / 10,
@@ -148,7 +185,7 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
       ua: request.headers['user-agent'],
       // Who wrote: the token's name, never the token (set only once authentication succeeded).
       ...(request.principal ? { tokenName: request.principal.name } : {}),
-      ...(reply.raw.writableFinished ? {} : { aborted: true }),
+      ...(finished ? {} : { aborted: timedOut ? 'idle-timeout' : true }),
     },
     'request',
   );

@@ -415,15 +415,17 @@ type CountedSocket = Socket & { [SOCKET_BYTES_COUNTED]?: number };
  * counted by whichever of the two runs (the log line always does).
  */
 export function responseBytes(request: FastifyRequest): number {
-  if (request.bytesSent !== undefined) return request.bytesSent;
-  const socket = request.raw.socket as CountedSocket | null;
-  let bytes = 0;
-  if (socket) {
-    const written = socket.bytesWritten;
-    bytes = written - (socket[SOCKET_BYTES_COUNTED] ?? 0);
-    socket[SOCKET_BYTES_COUNTED] = written;
-  }
-  request.bytesSent = bytes;
+  request.bytesSent ??= socketBytesSinceLastResponse(request.raw.socket);
+  return request.bytesSent;
+}
+
+/** The counting under responseBytes, for the lean download path, which has no fastify request. */
+export function socketBytesSinceLastResponse(socket: Socket | null): number {
+  const counted = socket as CountedSocket | null;
+  if (!counted) return 0;
+  const written = counted.bytesWritten;
+  const bytes = written - (counted[SOCKET_BYTES_COUNTED] ?? 0);
+  counted[SOCKET_BYTES_COUNTED] = written;
   return bytes;
 }
 

@@ -3,6 +3,7 @@ import type { Config } from '../config.js';
 import { FetchJobStore } from '../db/fetch-jobs.js';
 import type { DB } from '../db/open.js';
 import type { BlobStore } from '../store/blob-store.js';
+import { AddressPolicy } from '../upstream/address-guard.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
 import { timeFetches } from '../upstream/fetch-timing.js';
 import { Mirror } from '../upstream/mirrors.js';
@@ -27,11 +28,12 @@ export interface Spider {
 /** Everything that talks to upstream servers, built from configuration. */
 export function createSpider(
   config: Config,
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void },
+  /** `jobs`: the queue to run (default: every job in the database; sync-repo passes a scoped one). */
+  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; jobs?: FetchJobStore; flightLock?: FlightLock; onJobQueued?: () => void },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
-  const agent = createAgent(config.fetchConnectTimeoutMs, config.fetchIdleTimeoutMs);
+  const agent = createAgent(config.fetchConnectTimeoutMs, config.fetchIdleTimeoutMs, new AddressPolicy(config.fetchAllowCidrs));
   const common: FetcherOptions = {
     connectTimeoutMs: config.fetchConnectTimeoutMs,
     idleTimeoutMs: config.fetchIdleTimeoutMs,
@@ -45,7 +47,7 @@ export function createSpider(
   const log = deps.logger.child({ component: 'upstream' });
   const fetchJobs = new FetchJobs({
     ingest: deps.ingest,
-    jobs: new FetchJobStore(deps.db),
+    jobs: deps.jobs ?? new FetchJobStore(deps.db),
     store: deps.store,
     fetcher: timeFetches(new Fetcher(common), stats),
     stats,

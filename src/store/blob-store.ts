@@ -1,4 +1,4 @@
-import { closeSync, constants as fsConstants, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
+import { constants as fsConstants, createReadStream } from 'node:fs';
 import { link, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -8,7 +8,7 @@ import { compareDigests, hashFile, MultiHasher, type Digests, type ExpectedDiges
 import { isSha512Hex } from '../domain/hashes.js';
 import { blobFile } from './paths.js';
 import { Reserve } from './reserve.js';
-import { SmallBlobCache } from './small-blob-cache.js';
+import { BlobReader } from './blob-reader.js';
 
 export interface WriteOptions {
   expected?: ExpectedDigests;
@@ -29,9 +29,6 @@ export interface WriteResult {
   created: boolean;
 }
 
-/** A small blob read whole: its bytes, or (when missing or of the wrong size) what the disk holds. */
-export type SmallRead = { bytes: Buffer } | { onDisk: number | undefined };
-
 export interface OpenBlob {
   handle: FileHandle;
   size: number;
@@ -39,8 +36,6 @@ export interface OpenBlob {
 }
 
 const TEMP_SUFFIX = '.tmp';
-/** Budget for the small-blob cache: 64 MiB holds some 16k 4 KiB files. */
-const SMALL_CACHE_DEFAULT_BYTES = 64 * 1024 * 1024;
 const WRITE_BATCH_BYTES = 1024 * 1024;
 /** A temp file untouched this long belongs to nobody, whatever its pid says (pids get reused). */
 const STALE_TEMP_MS = 24 * 3600 * 1000;
@@ -55,8 +50,8 @@ export class BlobStore {
   readonly tmpDir: string;
   readonly quarantineDir: string;
 
-  /** Small blobs served recently; filled only by readSmall (the download path). */
-  readonly smallCache: SmallBlobCache;
+  /** The download path's reads: verified small-blob cache, hot descriptors, pooled buffers. */
+  readonly reader: BlobReader;
   /** Headroom that blob writes may not use, kept so the index can always record detaches and gc. */
   readonly reserve: Reserve;
 
@@ -64,7 +59,7 @@ export class BlobStore {
     readonly root: string,
     options: { smallCacheBytes?: number; reserveBytes?: number } = {},
   ) {
-    this.smallCache = new SmallBlobCache(options.smallCacheBytes ?? SMALL_CACHE_DEFAULT_BYTES);
+    this.reader = new BlobReader((sha512) => this.pathOf(sha512), options);
     this.blobsDir = path.join(root, 'blobs');
     this.tmpDir = path.join(root, 'tmp');
     this.quarantineDir = path.join(root, 'quarantine');
@@ -282,66 +277,6 @@ export class BlobStore {
     }
   }
 
-  /**
-   * Reads a whole small blob that should be `size` bytes, synchronously. For small files the cost
-   * is not bytes but thread-pool round trips (a stream needs open, fstat, read, read-to-EOF, close,
-   * each a hop through libuv's pool); done inline they are three short syscalls. It blocks the event
-   * loop exactly as the SQLite lookup just before it does (better-sqlite3 is synchronous, its pages
-   * also come from disk), and as nginx does for every file. Asking for one byte more than expected
-   * makes a file of the wrong size show without an fstat.
-   */
-  readSmall(sha512: string, size: number): SmallRead {
-    const cached = this.smallCache.get(sha512);
-    if (cached && cached.length === size) return { bytes: cached };
-    let fd: number;
-    try {
-      fd = openSync(this.pathOf(sha512), fsConstants.O_RDONLY);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { onDisk: undefined };
-      throw err;
-    }
-    try {
-      const buffer = Buffer.allocUnsafe(size + 1);
-      let got = 0;
-      // A regular file may still return short reads; only 0 means end of file.
-      for (;;) {
-        const n = readSync(fd, buffer, got, buffer.length - got, got);
-        got += n;
-        if (n === 0 || got === buffer.length) break;
-      }
-      if (got === size) {
-        const bytes = buffer.subarray(0, size);
-        this.smallCache.set(sha512, bytes);
-        return { bytes };
-      }
-      // Wrong size on disk: the caller refuses it and logs the real size.
-      return { onDisk: fstatSync(fd).size };
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  /**
-   * Opens a blob for streaming and reports its size, inline (see readSmall): two syscalls that,
-   * through the thread pool, would be two round trips before the first byte. Undefined when missing;
-   * the caller owns the descriptor.
-   */
-  openForRead(sha512: string): { fd: number; size: number } | undefined {
-    let fd: number;
-    try {
-      fd = openSync(this.pathOf(sha512), fsConstants.O_RDONLY);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-    try {
-      return { fd, size: fstatSync(fd).size };
-    } catch (err) {
-      closeSync(fd);
-      throw err;
-    }
-  }
-
   /** Size on disk without reading bytes; undefined when missing. */
   async sizeOf(sha512: string): Promise<number | undefined> {
     try {
@@ -359,7 +294,7 @@ export class BlobStore {
 
   /** Moves a damaged blob out of the serving tree; returns where it went. */
   async quarantine(sha512: string): Promise<string> {
-    this.smallCache.delete(sha512);
+    this.reader.forget(sha512);
     await mkdir(this.quarantineDir, { recursive: true });
     const target = path.join(this.quarantineDir, `${sha512}.${Date.now()}`);
     await rename(this.pathOf(sha512), target);
@@ -372,7 +307,7 @@ export class BlobStore {
    * first moved aside so that such an upload, linking now, places a copy of its own.
    */
   async unplace(sha512: string, claimed: () => boolean): Promise<void> {
-    this.smallCache.delete(sha512);
+    this.reader.forget(sha512);
     const final = this.pathOf(sha512);
     const aside = path.join(this.tmpDir, `${process.pid}-unplace-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
     try {
@@ -389,7 +324,7 @@ export class BlobStore {
   }
 
   async remove(sha512: string): Promise<boolean> {
-    this.smallCache.delete(sha512);
+    this.reader.forget(sha512);
     try {
       await unlink(this.pathOf(sha512));
       return true;

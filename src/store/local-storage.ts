@@ -92,7 +92,7 @@ export class LocalBlobStorage implements BlobStorage {
     }
     // gc trash is a temp file: after a crash, the next start's stale-temp sweep removes it.
     const where = path.join(this.store.tmpDir, `${process.pid}-gc-${randomBytes(8).toString('hex')}.tmp`);
-    this.store.smallCache.delete(sha512);
+    this.store.reader.forget(sha512);
     const moved = await rename(this.store.pathOf(sha512), where).then(() => true, absentAsUndefined);
     return moved ? { sha512, reason, where } : undefined;
   }

@@ -9,6 +9,7 @@ import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../domain/hashes.js';
 import type { UploadLease } from '../../maintenance/watermark.js';
 import { requireScope } from '../auth.js';
 import { installAdminRateLimit } from '../rate-limit.js';
+import { strictWriteQuery } from '../strict-query.js';
 import { downloadPaths } from '../urls.js';
 import { ADMIN_SCHEMAS } from './admin-schemas.js';
 
@@ -52,14 +53,13 @@ export function ingestView(digests: Digests, filename?: string) {
 }
 
 const DECLARABLE_HASHES = { sha512: isSha512Hex, blake2b: isBlake2bHex, sha256: isSha256Hex } as const;
+/** The upload routes' whole query vocabulary (strictWriteQuery refuses anything else). */
+const UPLOAD_QUERY = { query: ['size', ...Object.keys(DECLARABLE_HASHES)] };
 
 /** Reads `size`, `sha512`, `blake2b`, `sha256` from the query string, as written in a Manifest DIST line. */
 function declaredDigests(query: Record<string, string | string[] | undefined>): ExpectedDigests {
+  // strictWriteQuery has already refused unknown and repeated parameters, so each value is one string.
   const expected: ExpectedDigests = {};
-  for (const key of ['size', ...Object.keys(DECLARABLE_HASHES)] as const) {
-    // `?sha512=a&sha512=b` parses to an array: two claims about one body cannot both be checked.
-    if (Array.isArray(query[key])) throw new AppError('BAD_REQUEST', `${key} may be given only once`);
-  }
   const size = query.size as string | undefined;
   if (size !== undefined) {
     if (!/^\d{1,16}$/.test(size)) throw new AppError('BAD_REQUEST', 'size must be a non-negative integer');
@@ -106,6 +106,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
     request.routeKind = 'api';
   });
   await installAdminRateLimit(app, config);
+  app.addHook('onRequest', strictWriteQuery);
 
   // Upload routes stream the raw body: no parser may buffer it, whatever Content-Type the client sends.
   await app.register(async (uploads) => {
@@ -114,7 +115,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
 
     uploads.put<{ Params: { filename: string }; Querystring: Record<string, string | string[] | undefined> }>(
       '/distfiles/:filename',
-      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByName },
+      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByName, config: UPLOAD_QUERY },
       async (request, reply) => {
         const { filename } = request.params;
         assertFilename(filename);
@@ -138,7 +139,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
 
     uploads.put<{ Params: { sha512: string }; Querystring: Record<string, string | string[] | undefined> }>(
       '/blobs/:sha512',
-      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByHash },
+      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByHash, config: UPLOAD_QUERY },
       async (request, reply) => {
         const sha512 = request.params.sha512;
         assertSha512(sha512);
