@@ -145,3 +145,7 @@ CREATE INDEX blobs_scrub_order ON blobs (coalesce(verified_at, 0), sha512) WHERE
 
 -- Case-insensitive name search (ASCII folding, like SQLite's NOCASE) over attached names.
 CREATE INDEX names_current_nocase ON names (filename COLLATE NOCASE, filename) WHERE detached_at IS NULL;
+
+-- At start every item left 'downloading' by a crash goes back to the queue: find them without
+-- reading every finished item of every job ever run.
+CREATE INDEX fetch_items_downloading ON fetch_items (job_id, idx) WHERE state = 'downloading';

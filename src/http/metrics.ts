@@ -329,11 +329,6 @@ export class Metrics {
     this.mirrorStates = states;
   }
 
-  /** The index totals as of now (one row read); undefined without a database or once it is closed. */
-  indexCounts(): IndexCounts | undefined {
-    return this.counters?.read();
-  }
-
   /**
    * Everything a completed response feeds: request and byte counters, the duration and
    * time-to-first-byte histograms, and the status page's last hour. Any serving path calls this
