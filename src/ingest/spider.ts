@@ -27,7 +27,8 @@ export interface Spider {
 /** Everything that talks to upstream servers, built from configuration. */
 export function createSpider(
   config: Config,
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void },
+  /** `jobs`: the queue to run (default: every job in the database; sync-repo passes a scoped one). */
+  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void; jobs?: FetchJobStore },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
@@ -45,7 +46,7 @@ export function createSpider(
   const log = deps.logger.child({ component: 'upstream' });
   const fetchJobs = new FetchJobs({
     ingest: deps.ingest,
-    jobs: new FetchJobStore(deps.db),
+    jobs: deps.jobs ?? new FetchJobStore(deps.db),
     store: deps.store,
     fetcher: timeFetches(new Fetcher(common), stats),
     stats,
