@@ -316,6 +316,38 @@ describe('fastpull sync-repo', () => {
     expect(lines.get('gone-1.tgz')![0]!.reason).toMatch(/would fetch \(3 URLs\)/);
     expect(statusOf(lines, 'foo-1.0.tar.gz')).toBe('present');
     expect(wire.filter((w) => !w.includes('layout.conf'))).toEqual([]);
+
+    // Without --json: one line per file that is not simply present, then the summary, on stdout.
+    const text = await runCli(['sync-repo', '--dry-run', main, overlay, '--mirrors-from', main], env);
+    expect(text.code).toBe(1);
+    expect(text.stdout).toContain('MISSING gone-1.tgz (would fetch (3 URLs))');
+    expect(text.stdout).toContain('FETCH-RESTRICTED restricted-1.bin (RESTRICT=fetch');
+    expect(text.stdout).not.toContain('foo-1.0.tar.gz');
+    expect(text.stdout).toMatch(/sync-repo summary \(.*, dry run\): 18 distfiles\n\s+present:\s+15\n/);
+  });
+
+  it('exits 2 when it cannot run: bad arguments, a missing directory, another sync-repo holding the data directory', async () => {
+    const noRepo = await runCli(['sync-repo', '/nonexistent/repo'], env);
+    expect(noRepo.code).toBe(2);
+    expect(noRepo.stderr).toMatch(/\/nonexistent\/repo is not a directory/);
+    expect((await runCli(['sync-repo', main, '--jobs', '0'], env)).code).toBe(2);
+    expect((await runCli(['sync-repo'], env)).code).toBe(2);
+    const noData = await runCli(['sync-repo', main], { ...env, FASTPULL_DATA_DIR: '/nonexistent/data' });
+    expect(noData.code).toBe(2);
+    expect(noData.stderr).toMatch(/data directory \/nonexistent\/data does not exist/);
+    const noToken = await runCli(['sync-repo', main, '--origin', 'http://127.0.0.1:1'], env);
+    expect(noToken.code).toBe(2);
+    expect(noToken.stderr).toMatch(/no token/);
+    // A live process (this test runner) holds the lock: the second sync-repo refuses to start.
+    const { writeFile, unlink } = await import('node:fs/promises');
+    await writeFile(path.join(dataDir, 'sync-repo.lock'), `${process.pid}\n`);
+    try {
+      const locked = await runCli(['sync-repo', main], env);
+      expect(locked.code).toBe(2);
+      expect(locked.stderr).toMatch(new RegExp(`another sync-repo \\(pid ${process.pid}\\) is running`));
+    } finally {
+      await unlink(path.join(dataDir, 'sync-repo.lock'));
+    }
   });
 
   it('--origin drives a running server through the API', async () => {

@@ -215,7 +215,8 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
   let engine: SyncEngine;
   let release: (() => Promise<void>) | undefined;
   try {
-    const originText = opts.origin ?? (opts.dataDir === undefined ? config.pushOrigin : undefined);
+    // Only --origin selects remote mode: FASTPULL_ORIGIN (push's default) must not silently redirect a local sync.
+    const originText = opts.origin;
     if (originText !== undefined) {
       const token = opts.token ?? config.pushToken;
       if (!token && !opts.dryRun) throw new Error('no token (--token or FASTPULL_TOKEN): linking and fetch jobs need the upload scope');
