@@ -256,6 +256,27 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
       reporter.emit(d, urls, result);
     };
 
+    const classify = async (d: RepoDistfile, urls: string[]) => {
+      let checked: SyncResult | undefined;
+      try {
+        checked = await engine.check(d);
+      } catch (err) {
+        errors++;
+        settle(d, urls, { status: 'failed', reason: `could not check: ${(err as Error).message}` });
+        return;
+      }
+      if (checked) settle(d, urls, checked);
+      else if (d.policy.fetchRestricted && !opts.includeRestricted) {
+        settle(d, urls, { status: 'fetch-restricted', reason: 'RESTRICT=fetch: download it by hand and push it, or use --include-restricted' });
+      } else if (urls.length === 0) {
+        settle(d, urls, { status: 'missing', reason: d.unreferenced ? 'no ebuild names it in SRC_URI and no upstream is configured' : 'no http(s) URL to fetch it from' });
+      } else if (opts.dryRun) {
+        settle(d, urls, { status: 'missing', reason: `would fetch (${urls.length} URL${urls.length === 1 ? '' : 's'})` });
+      } else pending.push({ distfile: d, urls });
+    };
+    // A remote origin answers one HEAD per file: overlap them. Local checks are index lookups, one at a time.
+    const checks = new Bounded(opts.origin !== undefined ? (opts.jobs ?? 8) : 1);
+
     for (const repo of opts.repos) {
       const mirrors = await loadThirdpartyMirrors([...opts.mirrorsFrom, repo]);
       for await (const d of scanRepository(repo, mirrors, warn)) {
@@ -272,31 +293,12 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
 
         const urls = candidateUrls(d.policy, await mirrorUrls(upstream.mirrors, upstream.fetcher, d), d.srcUrls);
         const problem = filenameProblem(d.filename);
-        if (problem) {
-          settle(d, urls, { status: 'failed', reason: `cannot be stored under this name: ${problem}` });
-          continue;
-        }
-        if (!d.sha512 && !d.blake2b) {
+        if (problem) settle(d, urls, { status: 'failed', reason: `cannot be stored under this name: ${problem}` });
+        else if (!d.sha512 && !d.blake2b) {
           settle(d, urls, { status: 'failed', reason: 'the Manifest gives neither SHA512 nor BLAKE2B: nothing to verify it against' });
-          continue;
-        }
-        let checked: SyncResult | undefined;
-        try {
-          checked = await engine.check(d);
-        } catch (err) {
-          errors++;
-          settle(d, urls, { status: 'failed', reason: `could not check: ${(err as Error).message}` });
-          continue;
-        }
-        if (checked) settle(d, urls, checked);
-        else if (d.policy.fetchRestricted && !opts.includeRestricted) {
-          settle(d, urls, { status: 'fetch-restricted', reason: 'RESTRICT=fetch: download it by hand and push it, or use --include-restricted' });
-        } else if (urls.length === 0) {
-          settle(d, urls, { status: 'missing', reason: d.unreferenced ? 'no ebuild names it in SRC_URI and no upstream is configured' : 'no http(s) URL to fetch it from' });
-        } else if (opts.dryRun) {
-          settle(d, urls, { status: 'missing', reason: `would fetch (${urls.length} URL${urls.length === 1 ? '' : 's'})` });
-        } else pending.push({ distfile: d, urls });
+        } else await checks.run(() => classify(d, urls));
       }
+      await checks.drain();
       if (controller.signal.aborted) break;
     }
 
@@ -355,6 +357,23 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
   (opts.json ? console.error : console.log)(lines.join('\n'));
   if (errors > 0) return 2;
   return counts.missing + counts.failed > 0 || controller.signal.aborted ? 1 : 0;
+}
+
+/** Runs at most `limit` tasks at once; `run` waits for a free slot, `drain` for the rest. */
+class Bounded {
+  private readonly inflight = new Set<Promise<void>>();
+
+  constructor(private readonly limit: number) {}
+
+  async run(task: () => Promise<void>): Promise<void> {
+    const p: Promise<void> = task().finally(() => this.inflight.delete(p));
+    this.inflight.add(p);
+    if (this.inflight.size >= this.limit) await Promise.race(this.inflight);
+  }
+
+  async drain(): Promise<void> {
+    await Promise.all(this.inflight);
+  }
 }
 
 /** The data directory: written to unless this is a dry run, which only reads an index that already exists. */
