@@ -270,7 +270,7 @@ describe('fastpull sync-repo', () => {
       const shared = db.index.history('shared-1.0.tar.gz');
       expect(shared.map((r) => r.sha512).sort()).toEqual([sha512(body['shared-1.0.tar.gz']!), sha512(body['overlay:shared-1.0.tar.gz']!)].sort());
       expect(db.index.servableByName('shared-1.0.tar.gz')?.sha512).toBe(sha512(body['overlay:shared-1.0.tar.gz']!));
-      expect(db.index.history('other-name-1.0.tar.gz')[0]!.attached_by).toBe('sync-repo');
+      expect(db.index.history('other-name-1.0.tar.gz')[0]!.attached_by).toBe('cli:sync-repo');
     } finally {
       db.close();
     }
@@ -433,6 +433,42 @@ describe('fastpull sync-repo', () => {
     }
     const ofRemote = await runCli(['coverage', '--origin', serveProcess!.baseUrl, ...manifests]);
     expect(ofRemote.code, ofRemote.stdout + ofRemote.stderr).toBe(0);
+  });
+});
+
+describe('fastpull sync-repo: every Manifest digest counts', () => {
+  it('refuses bytes whose SHA512 matches when the BLAKE2B or the size in the Manifest does not', async () => {
+    const src = await startLogged('liar');
+    try {
+      const good = bytes(3000, 700);
+      const files = [
+        { name: 'wrong-blake2b-1.tgz', body: bytes(3000, 701), claim: { blake2b: 'f'.repeat(128) } },
+        { name: 'wrong-size-1.tgz', body: bytes(3000, 702), claim: { size: 2999 } },
+        { name: 'honest-1.tgz', body: good },
+      ];
+      for (const f of files) src.files.set(`/dl/${f.name}`, serve(f.body));
+      const repo = await tempDir('repo-liar');
+      await writeRepo(repo, files.map((f, i) => ({ cpv: `app-misc/liar${i}-1`, srcUri: `${src.url}/dl/${f.name}`, dist: [f] })));
+      const dataDir = await tempDir('sync-liar');
+      const res = await runCli(['sync-repo', '--json', repo], { FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8' });
+      expect(res.code).toBe(1);
+      const lines = parseLines(res.stdout);
+      expect(statusOf(lines, 'honest-1.tgz')).toBe('fetched');
+      expect(statusOf(lines, 'wrong-blake2b-1.tgz')).toBe('failed');
+      expect(lines.get('wrong-blake2b-1.tgz')![0]!.reason).toMatch(/digest mismatch: blake2b expected f{128}, got [0-9a-f]{128}; nothing was stored/);
+      expect(statusOf(lines, 'wrong-size-1.tgz')).toBe('failed');
+      expect(lines.get('wrong-size-1.tgz')![0]!.reason).toMatch(/upstream announces 3000 bytes, 2999 were declared/);
+      const db = openIndex(dataDir);
+      try {
+        expect(db.index.blob(sha512(files[0]!.body))).toBeUndefined();
+        expect(db.index.blob(sha512(files[1]!.body))).toBeUndefined();
+        expect(db.index.servableByName('honest-1.tgz')?.sha512).toBe(sha512(good));
+      } finally {
+        db.close();
+      }
+    } finally {
+      await src.close();
+    }
   });
 });
 

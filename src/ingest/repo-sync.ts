@@ -37,8 +37,11 @@ export interface SyncEngine {
   close(): Promise<void>;
 }
 
-/** Recorded as the actor of names sync-repo attaches and as the creator of its fetch jobs. */
-export const SYNC_ACTOR = 'sync-repo';
+/**
+ * Recorded as the actor of names sync-repo attaches and as the creator of its fetch jobs. The colon
+ * cannot occur in a token name, so jobs a token submits through the API are never mistaken for ours.
+ */
+export const SYNC_ACTOR = 'cli:sync-repo';
 export const DRY_RUN_ATTACH = 'stored under another name: would attach';
 
 const NOT_FOUND = /: upstream answered (404|410)$/;
