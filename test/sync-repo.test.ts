@@ -271,6 +271,11 @@ describe('fastpull sync-repo', () => {
       expect(shared.map((r) => r.sha512).sort()).toEqual([sha512(body['shared-1.0.tar.gz']!), sha512(body['overlay:shared-1.0.tar.gz']!)].sort());
       expect(db.index.servableByName('shared-1.0.tar.gz')?.sha512).toBe(sha512(body['overlay:shared-1.0.tar.gz']!));
       expect(db.index.history('other-name-1.0.tar.gz')[0]!.attached_by).toBe('cli:sync-repo');
+      // The run is in the audit log, like every command that changes the index.
+      const audit = db.index.db.prepare(`SELECT actor, detail FROM audit_log WHERE action = 'sync-repo'`).all() as { actor: string; detail: string }[];
+      expect(audit).toHaveLength(1);
+      expect(audit[0]!.actor).toMatch(/^cli:/);
+      expect(audit[0]!.detail).toMatch(/1 present, 1 attached, 13 fetched, 1 fetch-restricted, 1 missing, 1 failed$/);
     } finally {
       db.close();
     }

@@ -9,7 +9,7 @@ import {
   type SyncEngine,
   type SyncResult,
 } from '../ingest/repo-sync.js';
-import { shardedPath } from '../store/paths.js';
+import { shardedPath } from '../domain/layout.js';
 import { ClientError, withRetries, type Answer, type RetryPolicy } from './origin-client.js';
 
 /** The fetch API's limits (src/ingest/fetch-jobs.ts): items per job, alternative URLs per item. */

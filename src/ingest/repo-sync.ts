@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
+import { AuditLog } from '../db/audit.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { DB } from '../db/open.js';
 import { ScopedFetchJobStore, type FetchItemRow, type NewItem } from '../db/fetch-jobs.js';
@@ -202,6 +203,11 @@ export class LocalSyncEngine implements SyncEngine {
     if (!index || !ingest || index.servableByName(filename)?.sha512 === sha512) return false;
     ingest.link(filename, sha512, SYNC_ACTOR);
     return true;
+  }
+
+  /** One audit record per run, as every command that changes the index leaves (names and jobs carry SYNC_ACTOR). */
+  recordRun(actor: string, detail: string): void {
+    if (this.deps.db) new AuditLog(this.deps.db).record({ actor, action: 'sync-repo', detail });
   }
 
   async close(): Promise<void> {
