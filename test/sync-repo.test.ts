@@ -477,6 +477,37 @@ describe('fastpull sync-repo: every Manifest digest counts', () => {
   });
 });
 
+describe('fastpull sync-repo: storage high watermark', () => {
+  it('queues nothing above FASTPULL_HIGH_WATERMARK_BYTES, like POST /api/v1/fetches', async () => {
+    const src = await startLogged('full');
+    try {
+      const file = { name: 'later-1.tgz', body: bytes(2000, 800) };
+      src.files.set(`/dl/${file.name}`, serve(file.body));
+      const repo = await tempDir('repo-full');
+      await writeRepo(repo, [{ cpv: 'app-misc/later-1', srcUri: `${src.url}/dl/${file.name}`, dist: [file] }]);
+      const dataDir = await tempDir('sync-full');
+      const store = new BlobStore(dataDir);
+      await store.init();
+      const db = openIndex(dataDir);
+      await new Ingest(store, db.index).ingest(Readable.from([bytes(5000, 801)]), { filename: 'already-here.tgz' });
+      db.close();
+      wire.length = 0;
+      const res = await runCli(['sync-repo', '--json', repo], {
+        FASTPULL_DATA_DIR: dataDir,
+        FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8',
+        FASTPULL_HIGH_WATERMARK_BYTES: '4096',
+      });
+      expect(res.code).toBe(1);
+      const lines = parseLines(res.stdout);
+      expect(statusOf(lines, file.name)).toBe('failed');
+      expect(lines.get(file.name)![0]!.reason).toMatch(/high watermark.*nothing was queued/);
+      expect(wire.filter((w) => w.startsWith('full '))).toEqual([]);
+    } finally {
+      await src.close();
+    }
+  });
+});
+
 describe('fastpull sync-repo: interrupted and resumed', () => {
   it('continues after kill -9 of the CLI mid-download: nothing stored twice, its fetch items adopted', async () => {
     const src = await startLogged('slow');

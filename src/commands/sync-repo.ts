@@ -320,7 +320,9 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
           pending,
           (item, result) => {
             settle(item.distfile, item.urls, result);
-            progress.fileDone(item.distfile.size);
+            // Downloaded bytes feed the rate and ETA; files that were not downloaded only advance the bar.
+            if (result.status === 'fetched') progress.read(item.distfile.size);
+            progress.fileDone(result.status === 'fetched' ? 0 : item.distfile.size);
           },
           controller.signal,
         );

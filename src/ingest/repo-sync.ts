@@ -6,6 +6,8 @@ import { AuditLog } from '../db/audit.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { DB } from '../db/open.js';
 import { ScopedFetchJobStore, type FetchItemRow, type NewItem } from '../db/fetch-jobs.js';
+import { isAppError } from '../errors.js';
+import { StorageGuard } from '../maintenance/watermark.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { MAX_ITEMS_PER_JOB } from './fetch-jobs.js';
 import type { Ingest } from './ingest.js';
@@ -129,6 +131,14 @@ export class LocalSyncEngine implements SyncEngine {
   async fetchAll(items: Planned[], onResult: (item: Planned, result: SyncResult) => void, signal: AbortSignal): Promise<void> {
     const { config, db, store, ingest, logger } = this.deps;
     if (!db || !ingest || items.length === 0) return;
+    // As POST /api/v1/fetches: no new downloads above the storage high watermark.
+    try {
+      new StorageGuard(db, config.highWatermarkBytes).assertAccepting();
+    } catch (err) {
+      if (!isAppError(err)) throw err;
+      for (const item of items) onResult(item, { status: 'failed', reason: `${err.message}: nothing was queued` });
+      return;
+    }
     const jobs = new ScopedFetchJobStore(db);
     const byRow = new Map<string, Planned>();
     const rowKey = (r: Pick<FetchItemRow, 'job_id' | 'idx'>) => `${r.job_id}/${r.idx}`;
