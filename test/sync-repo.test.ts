@@ -1,16 +1,20 @@
+import { spawn } from 'node:child_process';
+import { readdir, unlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../src/store/blob-store.js';
 import { Ingest } from '../src/ingest/ingest.js';
 import { runCli } from './helpers/cli.js';
-import { writeRepo, type TestEbuild } from './helpers/repo.js';
+import { writeRepo, type TestDist, type TestEbuild } from './helpers/repo.js';
 import { startServeProcess, type ServeProcess } from './helpers/serve-process.js';
 import { ADMIN_TOKEN, get, startTestServer } from './helpers/server.js';
 import { openIndex, removeTempDirs, sha512, shard, tempDir } from './helpers/trees.js';
-import { bytes, serve, type Handler } from './helpers/upstream.js';
+import { bytes, serve, type Handler, type ServeOptions } from './helpers/upstream.js';
 
 afterAll(removeTempDirs);
 
@@ -80,6 +84,40 @@ function parseLines(stdout: string): Map<string, Line[]> {
 
 const statusOf = (lines: Map<string, Line[]>, name: string) => lines.get(name)?.map((l) => l.status).join(',');
 
+/** Stores bytes under a name in a data directory, as an earlier upload would have. */
+async function seed(dataDir: string, files: [string, Buffer][]): Promise<void> {
+  const store = new BlobStore(dataDir);
+  await store.init();
+  const db = openIndex(dataDir);
+  try {
+    const ingest = new Ingest(store, db.index);
+    for (const [filename, data] of files) await ingest.ingest(Readable.from([data]), { filename });
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * A one-upstream world: `files` served at /dl/<name> (with `options`), a repository with one package
+ * per file naming that URL, and an empty data directory.
+ */
+async function withSmallRepo(
+  name: string,
+  files: TestDist[],
+  options: ServeOptions,
+  body: (world: { src: LoggedUpstream; repo: string; dataDir: string }) => Promise<void>,
+): Promise<void> {
+  const src = await startLogged(name);
+  try {
+    for (const f of files) src.files.set(`/dl/${f.name}`, serve(f.body, options));
+    const repo = await tempDir(`repo-${name}`);
+    await writeRepo(repo, files.map((f, i) => ({ cpv: `app-misc/${name}${i}-1`, srcUri: `${src.url}/dl/${f.name}`, dist: [f] })));
+    await body({ src, repo, dataDir: await tempDir(`sync-${name}`) });
+  } finally {
+    await src.close();
+  }
+}
+
 // Names real trees use that must pass untouched.
 const GO_NAME = 'github.com%2F!azure%2Fazure-sdk-for-go%2F@v%2Fv40.3.0+incompatible.mod';
 const GO_PATH = '/go/github.com/%21azure/azure-sdk-for-go/@v/v40.3.0+incompatible.mod';
@@ -101,7 +139,7 @@ describe('fastpull sync-repo', () => {
   beforeAll(async () => {
     [gentoo, src, tpmA, tpmB] = (await Promise.all(['gentoo', 'src', 'tpmA', 'tpmB'].map(startLogged))) as [LoggedUpstream, LoggedUpstream, LoggedUpstream, LoggedUpstream];
     downPort = await closedPort();
-    let seed = 100;
+    let nextSeed = 100;
     for (const name of [
       'present-1.0.tar.gz',
       'other-name-1.0.tar.gz',
@@ -121,7 +159,7 @@ describe('fastpull sync-repo', () => {
       'kit-1.0.tgz',
       'b2only-1.tgz',
     ]) {
-      body[name] = bytes(1000 + seed * 37, seed++);
+      body[name] = bytes(1000 + nextSeed * 37, nextSeed++);
     }
     const overlayShared = bytes(5000, 999);
 
@@ -185,13 +223,10 @@ describe('fastpull sync-repo', () => {
 
     // The origin already holds one file under its name and one file's bytes under another name.
     dataDir = await tempDir('sync-data');
-    const store = new BlobStore(dataDir);
-    await store.init();
-    const db = openIndex(dataDir);
-    const ingest = new Ingest(store, db.index);
-    await ingest.ingest(Readable.from([body['present-1.0.tar.gz']!]), { filename: 'present-1.0.tar.gz' });
-    await ingest.ingest(Readable.from([body['other-name-1.0.tar.gz']!]), { filename: 'uploaded-as-this.tar.gz' });
-    db.close();
+    await seed(dataDir, [
+      ['present-1.0.tar.gz', body['present-1.0.tar.gz']!],
+      ['uploaded-as-this.tar.gz', body['other-name-1.0.tar.gz']!],
+    ]);
 
     env = {
       FASTPULL_DATA_DIR: dataDir,
@@ -344,7 +379,6 @@ describe('fastpull sync-repo', () => {
     expect(noToken.code).toBe(2);
     expect(noToken.stderr).toMatch(/no token/);
     // A live process (this test runner) holds the lock: the second sync-repo refuses to start.
-    const { writeFile, unlink } = await import('node:fs/promises');
     await writeFile(path.join(dataDir, 'sync-repo.lock'), `${process.pid}\n`);
     try {
       const locked = await runCli(['sync-repo', main], env);
@@ -366,7 +400,6 @@ describe('fastpull sync-repo', () => {
     const origin = serveProcess.baseUrl;
     const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
     // Bytes the origin holds under another name only.
-    const { request } = await import('undici');
     const put = await request(`${origin}/api/v1/distfiles/elsewhere.tar.gz`, { method: 'PUT', body: body['foo-1.0.tar.gz']!, headers: auth });
     expect(put.statusCode).toBe(201);
     await put.body.dump();
@@ -443,18 +476,13 @@ describe('fastpull sync-repo', () => {
 
 describe('fastpull sync-repo: every Manifest digest counts', () => {
   it('refuses bytes whose SHA512 matches when the BLAKE2B or the size in the Manifest does not', async () => {
-    const src = await startLogged('liar');
-    try {
-      const good = bytes(3000, 700);
-      const files = [
-        { name: 'wrong-blake2b-1.tgz', body: bytes(3000, 701), claim: { blake2b: 'f'.repeat(128) } },
-        { name: 'wrong-size-1.tgz', body: bytes(3000, 702), claim: { size: 2999 } },
-        { name: 'honest-1.tgz', body: good },
-      ];
-      for (const f of files) src.files.set(`/dl/${f.name}`, serve(f.body));
-      const repo = await tempDir('repo-liar');
-      await writeRepo(repo, files.map((f, i) => ({ cpv: `app-misc/liar${i}-1`, srcUri: `${src.url}/dl/${f.name}`, dist: [f] })));
-      const dataDir = await tempDir('sync-liar');
+    const good = bytes(3000, 700);
+    const files = [
+      { name: 'wrong-blake2b-1.tgz', body: bytes(3000, 701), claim: { blake2b: 'f'.repeat(128) } },
+      { name: 'wrong-size-1.tgz', body: bytes(3000, 702), claim: { size: 2999 } },
+      { name: 'honest-1.tgz', body: good },
+    ];
+    await withSmallRepo('liar', files, {}, async ({ repo, dataDir }) => {
       const res = await runCli(['sync-repo', '--json', repo], { FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8' });
       expect(res.code).toBe(1);
       const lines = parseLines(res.stdout);
@@ -471,26 +499,15 @@ describe('fastpull sync-repo: every Manifest digest counts', () => {
       } finally {
         db.close();
       }
-    } finally {
-      await src.close();
-    }
+    });
   });
 });
 
 describe('fastpull sync-repo: storage high watermark', () => {
   it('queues nothing above FASTPULL_HIGH_WATERMARK_BYTES, like POST /api/v1/fetches', async () => {
-    const src = await startLogged('full');
-    try {
-      const file = { name: 'later-1.tgz', body: bytes(2000, 800) };
-      src.files.set(`/dl/${file.name}`, serve(file.body));
-      const repo = await tempDir('repo-full');
-      await writeRepo(repo, [{ cpv: 'app-misc/later-1', srcUri: `${src.url}/dl/${file.name}`, dist: [file] }]);
-      const dataDir = await tempDir('sync-full');
-      const store = new BlobStore(dataDir);
-      await store.init();
-      const db = openIndex(dataDir);
-      await new Ingest(store, db.index).ingest(Readable.from([bytes(5000, 801)]), { filename: 'already-here.tgz' });
-      db.close();
+    const file = { name: 'later-1.tgz', body: bytes(2000, 800) };
+    await withSmallRepo('full', [file], {}, async ({ repo, dataDir }) => {
+      await seed(dataDir, [['already-here.tgz', bytes(5000, 801)]]);
       wire.length = 0;
       const res = await runCli(['sync-repo', '--json', repo], {
         FASTPULL_DATA_DIR: dataDir,
@@ -502,22 +519,15 @@ describe('fastpull sync-repo: storage high watermark', () => {
       expect(statusOf(lines, file.name)).toBe('failed');
       expect(lines.get(file.name)![0]!.reason).toMatch(/high watermark.*nothing was queued/);
       expect(wire.filter((w) => w.startsWith('full '))).toEqual([]);
-    } finally {
-      await src.close();
-    }
+    });
   });
 });
 
 describe('fastpull sync-repo: interrupted and resumed', () => {
   it('continues after kill -9 of the CLI mid-download: nothing stored twice, its fetch items adopted', async () => {
-    const src = await startLogged('slow');
-    try {
-      const files = Array.from({ length: 5 }, (_, i) => ({ name: `big-${i}.tar.gz`, body: bytes(1024 * 1024, 500 + i) }));
-      // Slow enough that the kill lands while a download is running.
-      for (const f of files) src.files.set(`/dl/${f.name}`, serve(f.body, { chunkSize: 64 * 1024, delayMs: 60 }));
-      const repo = await tempDir('repo-resume');
-      await writeRepo(repo, files.map((f, i) => ({ cpv: `app-misc/big${i}-1`, srcUri: `${src.url}/dl/${f.name}`, dist: [f] })));
-      const dataDir = await tempDir('sync-resume');
+    const files = Array.from({ length: 5 }, (_, i) => ({ name: `big-${i}.tar.gz`, body: bytes(1024 * 1024, 500 + i) }));
+    // Slow enough that the kill lands while a download is running.
+    await withSmallRepo('slow', files, { chunkSize: 64 * 1024, delayMs: 60 }, async ({ repo, dataDir }) => {
       const env = {
         FASTPULL_DATA_DIR: dataDir,
         FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8',
@@ -525,8 +535,6 @@ describe('fastpull sync-repo: interrupted and resumed', () => {
         HOME: process.env.HOME ?? '/tmp',
       };
 
-      const { spawn } = await import('node:child_process');
-      const { fileURLToPath } = await import('node:url');
       const cli = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
       const child = spawn(process.execPath, ['--import', 'tsx', cli, 'sync-repo', '--json', '--jobs', '1', repo], { env, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
@@ -541,7 +549,6 @@ describe('fastpull sync-repo: interrupted and resumed', () => {
       });
       child.kill('SIGKILL');
       expect(await exited).toBe('SIGKILL');
-      const { readdir } = await import('node:fs/promises');
       expect(await readdir(dataDir)).toContain('sync-repo.lock');
 
       const db = openIndex(dataDir);
@@ -578,8 +585,6 @@ describe('fastpull sync-repo: interrupted and resumed', () => {
       // No temp file of the killed process is left behind, and the lock was released.
       expect(await readdir(path.join(dataDir, 'tmp'))).toEqual([]);
       expect((await readdir(dataDir)).includes('sync-repo.lock')).toBe(false);
-    } finally {
-      await src.close();
-    }
+    });
   });
 });
