@@ -10,10 +10,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../src/store/blob-store.js';
 import { Ingest } from '../src/ingest/ingest.js';
 import { runCli } from './helpers/cli.js';
-import { writeRepo, type TestDist, type TestEbuild } from './helpers/repo.js';
+import { manifestLine, writeRepo, type TestDist, type TestEbuild } from './helpers/repo.js';
 import { startServeProcess, type ServeProcess } from './helpers/serve-process.js';
 import { ADMIN_TOKEN, get, startTestServer } from './helpers/server.js';
-import { openIndex, removeTempDirs, sha512, shard, tempDir } from './helpers/trees.js';
+import { openIndex, put, removeTempDirs, sha512, shard, tempDir } from './helpers/trees.js';
 import { bytes, serve, type Handler, type ServeOptions } from './helpers/upstream.js';
 
 afterAll(removeTempDirs);
@@ -364,6 +364,18 @@ describe('fastpull sync-repo', () => {
     expect(text.stdout).toContain('FETCH-RESTRICTED restricted-1.bin (RESTRICT=fetch');
     expect(text.stdout).not.toContain('foo-1.0.tar.gz');
     expect(text.stdout).toMatch(/sync-repo summary \(.*, dry run\): 18 distfiles\n\s+present:\s+15\n/);
+
+    // A tree without metadata/md5-cache (a git checkout before egencache): only the upstreams could help.
+    const bare = await tempDir('repo-bare');
+    await put(bare, 'app-misc/lonely/Manifest', `${manifestLine({ name: 'lonely-1.tgz', body: Buffer.from('lonely') })}\n`);
+    const alone = await runCli(['sync-repo', '--dry-run', '--json', bare], { FASTPULL_DATA_DIR: dataDir });
+    expect(alone.code).toBe(1);
+    expect(alone.stderr).toMatch(/no metadata\/md5-cache \(generate it with egencache\)/);
+    expect(parseLines(alone.stdout).get('lonely-1.tgz')![0]).toMatchObject({
+      status: 'missing',
+      urls: [],
+      reason: 'no ebuild names it in SRC_URI and no upstream is configured',
+    });
   });
 
   it('exits 2 when it cannot run: bad arguments, a missing directory, another sync-repo holding the data directory', async () => {

@@ -190,9 +190,9 @@ class Reporter {
     }
   }
 
-  /** Lines for people: between progress bar redraws on stderr, or on stdout. */
+  /** Lines for people, on stdout; through the bar when both share a terminal, so it is not torn. */
   out(line: string): void {
-    if (this.progress) this.progress.log(line);
+    if (this.progress && process.stdout.isTTY) this.progress.log(line);
     else console.log(line);
   }
 
