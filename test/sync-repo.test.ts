@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readdir, unlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -60,6 +61,7 @@ async function closedPort(): Promise<number> {
   return port;
 }
 
+const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
 const seenFor = (needle: string) => wire.filter((w) => w.includes(needle));
 
 interface Line {
@@ -515,6 +517,33 @@ describe('fastpull sync-repo: every Manifest digest counts', () => {
   });
 });
 
+const hasScript = existsSync('/usr/bin/script');
+if (!hasScript) console.warn('sync-repo terminal test skipped: /usr/bin/script (util-linux) is not installed');
+
+describe('fastpull sync-repo: on a terminal', () => {
+  // Under CI a missing script(1) must fail the test rather than skip it.
+  it.runIf(hasScript || process.env.CI === 'true')('draws the progress bar while downloading', async () => {
+    const files = Array.from({ length: 3 }, (_, i) => ({ name: `tty-${i}.tar.gz`, body: bytes(256 * 1024, 900 + i) }));
+    await withSmallRepo('tty', files, {}, async ({ repo, dataDir }) => {
+      // script(1) gives the child a real pseudo-terminal, so stdout and stderr are TTYs there.
+      const command = `${process.execPath} --import tsx ${CLI} sync-repo ${repo}`;
+      const out = await new Promise<string>((resolve, reject) => {
+        const child = spawn('/usr/bin/script', ['-qec', command, '/dev/null'], {
+          env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8' },
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
+        let text = '';
+        child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+        child.on('error', reject);
+        child.on('close', () => resolve(text));
+      });
+      expect(out).toContain('\r\x1b[K[################] 100% 3/3 files 768.0 KiB/768.0 KiB ');
+      for (const f of files) expect(out).toContain(`FETCHED ${f.name}`);
+      expect(out).toMatch(/fetched:\s+3/);
+    });
+  });
+});
+
 describe('fastpull sync-repo: storage high watermark', () => {
   it('queues nothing above FASTPULL_HIGH_WATERMARK_BYTES, like POST /api/v1/fetches', async () => {
     const file = { name: 'later-1.tgz', body: bytes(2000, 800) };
@@ -547,8 +576,7 @@ describe('fastpull sync-repo: interrupted and resumed', () => {
         HOME: process.env.HOME ?? '/tmp',
       };
 
-      const cli = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
-      const child = spawn(process.execPath, ['--import', 'tsx', cli, 'sync-repo', '--json', '--jobs', '1', repo], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'sync-repo', '--json', '--jobs', '1', repo], { env, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       const exited = new Promise<string | number | null>((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)));
       await new Promise<void>((resolve, reject) => {
