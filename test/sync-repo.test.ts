@@ -627,4 +627,29 @@ describe('fastpull sync-repo: interrupted and resumed', () => {
       expect((await readdir(dataDir)).includes('sync-repo.lock')).toBe(false);
     });
   });
+
+  it('stops cleanly on SIGTERM: summary, exit 1, lock released, running downloads back in the queue', async () => {
+    const files = Array.from({ length: 3 }, (_, i) => ({ name: `term-${i}.tar.gz`, body: bytes(1024 * 1024, 600 + i) }));
+    await withSmallRepo('term', files, { chunkSize: 64 * 1024, delayMs: 60 }, async ({ repo, dataDir }) => {
+      const env = { FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8', PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp' };
+      const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'sync-repo', '--jobs', '1', repo], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<number | string | null>((resolve) => child.on('exit', (code, signal) => resolve(code ?? signal)));
+      // Once the first download is on the wire.
+      while (!wire.some((w) => w.startsWith('term '))) await new Promise((r) => setTimeout(r, 20));
+      child.kill('SIGTERM');
+      expect(await exited, out).toBe(1);
+      expect(out).toMatch(/interrupted: run the same command again to continue/);
+      expect(await readdir(dataDir)).not.toContain('sync-repo.lock');
+      const db = openIndex(dataDir);
+      try {
+        const states = db.index.db.prepare('SELECT DISTINCT state FROM fetch_items').all() as { state: string }[];
+        expect(states.map((r) => r.state)).toEqual(['queued']);
+      } finally {
+        db.close();
+      }
+    });
+  });
 });
