@@ -1,6 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -9,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
+import { haveTool } from './helpers/tools.js';
 
 const NGINX = '/usr/sbin/nginx';
 const CONFIG = new URL('../config/nginx-cdn.conf', import.meta.url);
@@ -107,7 +107,7 @@ http {
   };
 }
 
-describe.skipIf(!existsSync(NGINX))('CDN edge (config/nginx-cdn.conf under Debian nginx)', () => {
+describe.skipIf(!haveTool(NGINX, 'nginx'))('CDN edge (config/nginx-cdn.conf under Debian nginx)', () => {
   let origin: TestServer;
   let edge: Edge;
   /** Every request that reached the origin, as "METHOD url range". */
