@@ -47,7 +47,7 @@ async function startEdge(originHostPort: string): Promise<Edge> {
   const port = await freePort();
   const vars = {
     FASTPULL_CDN_LISTEN: `127.0.0.1:${port}`,
-    FASTPULL_ORIGIN: originHostPort,
+    FASTPULL_CDN_UPSTREAM: originHostPort,
     FASTPULL_CDN_CACHE_DIR: path.join(dir, 'cache'),
   };
   const rendered = renderTemplate(await readFile(CONFIG, 'utf8'), vars);
@@ -245,7 +245,7 @@ describe('docker-compose.yml and config/nginx-cdn.conf', () => {
   it('mount the config as an nginx template and set exactly the variables it uses', async () => {
     const template = await readFile(CONFIG, 'utf8');
     const placeholders = [...new Set([...template.matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]))].sort();
-    expect(placeholders).toEqual(['FASTPULL_CDN_CACHE_DIR', 'FASTPULL_CDN_LISTEN', 'FASTPULL_ORIGIN']);
+    expect(placeholders).toEqual(['FASTPULL_CDN_CACHE_DIR', 'FASTPULL_CDN_LISTEN', 'FASTPULL_CDN_UPSTREAM']);
     const compose = await readFile(new URL('../docker-compose.yml', import.meta.url), 'utf8');
     expect(compose).toContain('./config/nginx-cdn.conf:/etc/nginx/templates/default.conf.template:ro');
     for (const name of placeholders) expect(compose, name).toMatch(new RegExp(`^\\s+${name}: \\S`, 'm'));
