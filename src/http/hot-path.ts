@@ -52,6 +52,21 @@ export interface BodyWatch {
   damaged(blob: ServableBlob, log: Logger, actual: string): void;
 }
 
+const shardPath = (h: string) => `${h.slice(0, 2)}/${h.slice(2, 4)}/${h.slice(4, 6)}/${h}`;
+
+/**
+ * Whether nginx may finish a request whose answer fastpull decided is a 200 or 206: only when nginx,
+ * reading the same request, cannot decide differently. It evaluates Range itself (the same single-range
+ * rules), but with its own validators (the file's mtime, no ETag) for If-Range and the conditionals, so
+ * any of those keeps the request here; so does a Range fastpull chose to ignore (several ranges, another unit).
+ */
+function offloadable(req: IncomingMessage, status: 200 | 206): boolean {
+  const h = req.headers;
+  if (h['if-range'] !== undefined || h['if-match'] !== undefined || h['if-none-match'] !== undefined) return false;
+  if (h['if-modified-since'] !== undefined || h['if-unmodified-since'] !== undefined) return false;
+  return status === 206 || h.range === undefined;
+}
+
 export type HotHandler = (req: IncomingMessage, res: ServerResponse, fallback: (req: IncomingMessage, res: ServerResponse) => void) => void;
 
 /**
@@ -77,6 +92,8 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
     String(layoutBody.length),
   ];
   const logs = logger.isLevelEnabled('info');
+  // Verification on serve needs the bytes to pass through here: it wins over the offload.
+  const accel = config.accelRedirect !== undefined && !watch ? config.accelRedirect.replace(/\/*$/, '/') : undefined;
 
   const remoteOf = (req: IncomingMessage): string | undefined => {
     if (trust) {
@@ -157,6 +174,17 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
     }
     const range = decision.status === 206 ? decision.range : undefined;
     const status = decision.status;
+
+    if (accel && method === 'GET' && blob.size > SMALL_BLOB_BYTES && offloadable(req, decision.status)) {
+      // nginx sends the bytes (sendfile) from the internal location, cutting the range itself from the
+      // client's own Range header; fastpull's headers ride along (config/nginx-offload.conf copies them).
+      account(req, res, reqId, target.kind, started);
+      // nginx copies Cache-Control, Content-Disposition and Accept-Ranges itself (the offload config the
+      // rest); on a whole file its static module adds its own Accept-Ranges, on a range it does not.
+      head(res, 200, status === 206 ? fixed.flat : fixed.accel, reqId, ['x-accel-redirect', accel + shardPath(blob.sha512), 'content-length', '0']);
+      res.end();
+      return;
+    }
 
     if (blob.size <= SMALL_BLOB_BYTES) {
       store.reader.small(blob).then(
