@@ -6,7 +6,7 @@
  * against the machine's hashing ceiling, and fastpull's peak RSS over a big upload + download.
  *
  * Knobs (environment): BENCH_QUICK=1 (short smoke run), BENCH_CONNECTIONS, BENCH_DURATION (s), BENCH_ROUNDS,
- * BENCH_UPLOAD_BYTES, BENCH_BIG_BYTES, BENCH_SKIP=upload,memory,crowd (leave sections out),
+ * BENCH_UPLOAD_BYTES, BENCH_BIG_BYTES, BENCH_SKIP=downloads,crowd,upload,memory (leave sections out),
  * BENCH_KEEP=1 (leave .bench/run-* for inspection).
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -432,6 +432,8 @@ async function main(): Promise<string> {
   await mkdir(logDir, { recursive: true });
   await writeFile(path.join(workDir, 'report.lua'), WRK_REPORT);
   const started = new Date();
+  // On a shared machine the other tenants' load is part of every figure: the report says how much there was.
+  const loadAtStart = os.loadavg();
   log(`bench: work dir ${workDir}`);
 
   // 1. fastpull is populated through its own upload API.
@@ -454,7 +456,7 @@ async function main(): Promise<string> {
   log(`bench: all targets serve identical bytes; ${CONNECTIONS} connections, median of ${ROUNDS} × ${DURATION} s per cell after ${WARMUP} s warm-up`);
 
   const rows: Row[] = [];
-  for (const [i, file] of files.entries()) {
+  for (const [i, file] of SKIP.has('downloads') ? [] : files.entries()) {
     const spec = SIZES[i]!;
     for (const mode of spec.modes) {
       const cellTargets = targets.filter((t) => !extras.only.has(t.name) || extras.only.get(t.name)!.includes(spec.label));
@@ -517,6 +519,7 @@ async function main(): Promise<string> {
   out.push(`# fastpull benchmark`, '');
   out.push(
     `${started.toISOString()} · ${cpu}, ${os.cpus().length} cores · Linux ${os.release()} · Node ${process.version} · ${findNginx().version.replace('nginx version: ', '')}` +
+      ` · load average at start ${loadAtStart.map((l) => l.toFixed(1)).join(' ')}, at end ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}` +
       `${QUICK ? ' · **BENCH_QUICK smoke run: numbers are not meaningful**' : ''}`,
     '',
   );
