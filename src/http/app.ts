@@ -10,7 +10,7 @@ import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
-import { redactUrl } from './redact.js';
+import { requestLogFields } from './request-log.js';
 import { Readiness } from '../ops/readiness.js';
 import type { TokenStore } from '../auth/token-store.js';
 import { registerOpenApi } from './openapi.js';
@@ -153,17 +153,5 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 }
 
 function logRequest(request: FastifyRequest, reply: FastifyReply): void {
-  request.log.info(
-    {
-      method: request.method,
-      url: redactUrl(request.url),
-      status: reply.statusCode,
-      kind: request.routeKind,
-      range: request.headers.range,
-      ms: Math.round(reply.elapsedTime * 10) / 10,
-      remote: request.ip,
-      ...(reply.raw.writableFinished ? {} : { aborted: true }),
-    },
-    'request',
-  );
+  request.log.info(requestLogFields(request.raw, reply.raw, request.routeKind, reply.elapsedTime, request.ip), 'request');
 }

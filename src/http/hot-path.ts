@@ -8,7 +8,7 @@ import { SMALL_BLOB_BYTES, type OpenFile } from '../store/blob-reader.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { countResponse, type Metrics } from './metrics.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
-import { redactUrl } from './redact.js';
+import { requestLogFields } from './request-log.js';
 import { decide, fixedHeaders, IMMUTABLE, type ByteRange } from './send.js';
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -112,20 +112,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
     if (metrics) res.once('finish', () => countResponse(metrics, req.socket, kind, res.statusCode));
     if (!logs) return;
     res.once('close', () => {
-      logger.info(
-        {
-          reqId,
-          method: req.method,
-          url: redactUrl(req.url ?? ''),
-          status: res.statusCode,
-          kind,
-          range: req.headers.range,
-          ms: Math.round((performance.now() - started) * 10) / 10,
-          remote: remoteOf(req),
-          ...(res.writableFinished ? {} : { aborted: true }),
-        },
-        'request',
-      );
+      logger.info({ reqId, ...requestLogFields(req, res, kind, performance.now() - started, remoteOf(req)) }, 'request');
     });
   };
 

@@ -45,10 +45,10 @@ const READS_IN_FLIGHT = 2;
  * at a time: a crowd of downloads (or of clients that stopped reading) then costs SMALL_CHUNK_BYTES each,
  * not two full chunks, and still every response moves: nobody waits for another's buffer.
  */
-const IN_FLIGHT_BUDGET = 32 * 1024 * 1024;
+const IN_FLIGHT_BUDGET = 16 * 1024 * 1024;
 const SMALL_CHUNK_BYTES = 64 * 1024;
 /** Free buffers kept for reuse, per size: beyond this, buffers are left to the garbage collector. */
-const POOL_MAX_FREE = 64;
+const POOL_MAX_FREE = 32;
 
 // The callback API, promisified: no FileHandle object (and its close bookkeeping) per small read.
 const openFd = promisify(open);
