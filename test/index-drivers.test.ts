@@ -6,7 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DistfileIndex } from '../src/db/index.js';
 import { SqliteIndexDriver, type IndexDriver } from '../src/db/index-driver.js';
 import { openDatabase } from '../src/db/open.js';
-import { connectPostgres, migratePostgres, PostgresIndexDriver, POSTGRES_MIGRATIONS_DIR, type Sql } from '../src/db/postgres-index.js';
+import {
+  connectPostgres,
+  listenBlobChanges,
+  migratePostgres,
+  PostgresIndexDriver,
+  POSTGRES_MIGRATIONS_DIR,
+  type Sql,
+} from '../src/db/postgres-index.js';
 import { listMigrations, MIGRATIONS_DIR } from '../src/db/migrate.js';
 import { claimFetchItems, withClusterLock } from '../src/db/postgres-work.js';
 import { blake2b, sha256, sha512 } from './helpers/core.js';
@@ -240,6 +247,46 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
     } finally {
       await a.end({ timeout: 0 });
       await b.end({ timeout: 5 });
+    }
+  });
+
+  it('tells every listening replica when a blob changes what it serves or goes, at commit', async () => {
+    await migratePostgres(sql);
+    const replica = connectPostgres(url, { max: 2 });
+    const heard: string[] = [];
+    let wake = () => undefined as void;
+    const stop = await listenBlobChanges(replica, (sha512) => {
+      heard.push(sha512);
+      wake();
+    });
+    const next = (n: number) => new Promise<void>((resolve) => (wake = () => void (heard.length >= n && resolve())));
+    try {
+      const driver = new PostgresIndexDriver(sql);
+      const quiet = digests('quiet');
+      const watched = digests('watched');
+      await driver.recordBlob(quiet, { filename: 'quiet.tgz' });
+      await driver.recordBlob(watched);
+      // Attaching names and re-recording an intact blob change nothing a cache holds: no announcement.
+      await driver.recordBlob(quiet);
+      await driver.attach('other.tgz', quiet.sha512, null);
+      // Quarantine inside a transaction: heard only once it commits.
+      let arrived = next(1);
+      await sql.begin(async (tx) => {
+        await tx`UPDATE blobs SET quarantined_at = 7 WHERE sha512 = ${watched.sha512}`;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        expect(heard).toEqual([]);
+      });
+      await arrived;
+      arrived = next(2);
+      await driver.recordBlob(watched); // released by a re-upload
+      await arrived;
+      arrived = next(3);
+      await sql`DELETE FROM blobs WHERE sha512 = ${watched.sha512}`; // gc
+      await arrived;
+      expect(heard).toEqual([watched.sha512, watched.sha512, watched.sha512]);
+    } finally {
+      await stop();
+      await replica.end({ timeout: 5 });
     }
   });
 });

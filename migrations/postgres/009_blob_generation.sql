@@ -12,3 +12,19 @@ $$;
 
 CREATE TRIGGER blobs_generation BEFORE UPDATE OF quarantined_at, size, ingested_at ON blobs
   FOR EACH ROW EXECUTE FUNCTION blobs_generation();
+
+-- Replicas keep hash → blob metadata in memory; SQLite's processes notice a change by the version their
+-- next lookup returns, but a replica that does not look up must be told. Every change to a blob row that
+-- alters what it serves (and every removal) is announced on channel fastpull_blob with its sha512,
+-- delivered at commit to every session that LISTENs, whichever process or replica made the change.
+CREATE FUNCTION blobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('fastpull_blob', coalesce(NEW.sha512, OLD.sha512));
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER blobs_notify_change AFTER UPDATE OF quarantined_at, size, ingested_at ON blobs
+  FOR EACH ROW EXECUTE FUNCTION blobs_notify();
+CREATE TRIGGER blobs_notify_delete AFTER DELETE ON blobs
+  FOR EACH ROW EXECUTE FUNCTION blobs_notify();

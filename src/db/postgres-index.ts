@@ -144,3 +144,13 @@ async function attachStatement(sql: Sql, filename: string, sha512: string, by: s
       detached_at = NULL, detached_by = NULL`;
   return result.count;
 }
+
+/**
+ * Calls `onChange(sha512)` whenever any process changes what a blob serves (quarantine, release, repair)
+ * or removes it (gc): the cue for a replica to drop its cached metadata. Uses one dedicated connection
+ * (postgres.js re-listens after a reconnect); the returned function stops listening.
+ */
+export async function listenBlobChanges(sql: Sql, onChange: (sha512: string) => void): Promise<() => Promise<void>> {
+  const { unlisten } = await sql.listen('fastpull_blob', onChange);
+  return unlisten;
+}
