@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { isIP } from 'node:net';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 
@@ -108,44 +108,6 @@ const upstreamList: Parser<UpstreamMirror[]> = (raw, source) => {
   });
 };
 
-/** Where blobs live: the local store under the data dir (default), or an S3-compatible bucket. */
-export type StorageLocation = { kind: 'local' } | { kind: 's3'; bucket: string; prefix: string };
-
-/** `s3://BUCKET[/PREFIX]`; unset or empty keeps today's `<dataDir>/blobs`. */
-const storageLocation: Parser<StorageLocation> = (raw, source) => {
-  if (raw === undefined || raw === null || raw === '') return { kind: 'local' };
-  const m = /^s3:\/\/([^/]*)(?:\/(.*))?$/.exec(str(raw, source).trim());
-  if (!m) fail(source, 'expected s3://BUCKET[/PREFIX] (unset keeps blobs in <dataDir>/blobs)');
-  const bucket = m[1]!;
-  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) fail(source, `"${bucket}" is not an S3 bucket name (3-63 of a-z 0-9 . -)`);
-  const prefix = (m[2] ?? '').replace(/\/+$/, '');
-  // eslint-disable-next-line no-control-regex
-  if (prefix !== '' && (prefix.split('/').some((s) => s === '' || s === '.' || s === '..') || /[\u0000-\u001f\u007f\\]/.test(prefix))) {
-    fail(source, `prefix "${prefix}" must be plain path segments`);
-  }
-  return { kind: 's3', bucket, prefix };
-};
-
-const httpUrl: Parser<string | undefined> = (raw, source) => {
-  const text = optionalStr(raw, source);
-  if (text !== undefined && !/^https?:\/\/[^/]/.test(text)) fail(source, 'expected an http(s) URL');
-  return text;
-};
-
-/** `https://a/hook https://b/hook` or `a,b` (env), or a JSON array of URLs (file or env). */
-const urlList: Parser<string[]> = (raw, source) => {
-  let items: unknown = raw;
-  if (typeof raw === 'string') {
-    const text = raw.trim();
-    items = text === '' ? [] : text.startsWith('[') ? JSON.parse(text) : text.split(/[\s,]+/).filter(Boolean);
-  }
-  if (!Array.isArray(items)) fail(source, 'expected a list of URLs');
-  return items.map((url: unknown, i) => {
-    if (typeof url !== 'string' || !/^https?:\/\/./.test(url)) fail(source, `URL ${i}: must be http(s)`);
-    return url;
-  });
-};
-
 /** Splits `a.b.c.d/n` or `<ipv6>/n` (a bare address is a /32 or /128); throws a plain message. */
 export function parseCidr(text: string): readonly [string, number] {
   const slash = text.indexOf('/');
@@ -190,6 +152,44 @@ const trustProxy: Parser<TrustProxy> = (raw, source) => {
   }
   if (typeof raw === 'number' || (typeof raw === 'string' && /^\d+$/.test(raw.trim()))) return int(1, 16)(raw, source);
   return cidrList(raw, source);
+};
+
+/** Where blobs live: the local store under the data dir (default), or an S3-compatible bucket. */
+export type StorageLocation = { kind: 'local' } | { kind: 's3'; bucket: string; prefix: string };
+
+/** `s3://BUCKET[/PREFIX]`; unset or empty keeps today's `<dataDir>/blobs`. */
+const storageLocation: Parser<StorageLocation> = (raw, source) => {
+  if (raw === undefined || raw === null || raw === '') return { kind: 'local' };
+  const m = /^s3:\/\/([^/]*)(?:\/(.*))?$/.exec(str(raw, source).trim());
+  if (!m) fail(source, 'expected s3://BUCKET[/PREFIX] (unset keeps blobs in <dataDir>/blobs)');
+  const bucket = m[1]!;
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) fail(source, `"${bucket}" is not an S3 bucket name (3-63 of a-z 0-9 . -)`);
+  const prefix = (m[2] ?? '').replace(/\/+$/, '');
+  // eslint-disable-next-line no-control-regex
+  if (prefix !== '' && (prefix.split('/').some((s) => s === '' || s === '.' || s === '..') || /[\u0000-\u001f\u007f\\]/.test(prefix))) {
+    fail(source, `prefix "${prefix}" must be plain path segments`);
+  }
+  return { kind: 's3', bucket, prefix };
+};
+
+const httpUrl: Parser<string | undefined> = (raw, source) => {
+  const text = optionalStr(raw, source);
+  if (text !== undefined && !/^https?:\/\/[^/]/.test(text)) fail(source, 'expected an http(s) URL');
+  return text;
+};
+
+/** `https://a/hook https://b/hook` or `a,b` (env), or a JSON array of URLs (file or env). */
+const urlList: Parser<string[]> = (raw, source) => {
+  let items: unknown = raw;
+  if (typeof raw === 'string') {
+    const text = raw.trim();
+    items = text === '' ? [] : text.startsWith('[') ? JSON.parse(text) : text.split(/[\s,]+/).filter(Boolean);
+  }
+  if (!Array.isArray(items)) fail(source, 'expected a list of URLs');
+  return items.map((url: unknown, i) => {
+    if (typeof url !== 'string' || !/^https?:\/\/./.test(url)) fail(source, `URL ${i}: must be http(s)`);
+    return url;
+  });
 };
 
 /** Declarative table: the README's configuration table mirrors this list. */

@@ -6,11 +6,12 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { pino } from 'pino';
-import { Writable } from 'node:stream';
 import { Agent, request } from 'undici';
+import type { IncomingMessage } from 'node:http';
 import { loadConfig } from '../src/config.js';
+import { clientAddress, trustFunction } from '../src/http/client-address.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { captureLogs } from './helpers/log-capture.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const NGINX = '/usr/sbin/nginx';
@@ -129,7 +130,7 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
   const originRequests: string[] = [];
   /** The X-Forwarded-For each origin request carried, by URL. */
   const forwardedFor = new Map<string, string | undefined>();
-  const logLines: any[] = [];
+  const logs = captureLogs();
   const seen = (url: string) => originRequests.filter((r) => r.split(' ')[1] === url);
   const RATE_LIMIT = 8;
 
@@ -138,16 +139,10 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
 
   beforeAll(async () => {
     // A two-second 404 TTL lets the test watch a cached miss expire, with room for a loaded machine before that.
-    const sink = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        for (const line of chunk.toString('utf8').split('\n')) if (line !== '') logLines.push(JSON.parse(line));
-        done();
-      },
-    });
     // The origin trusts exactly the edge's address (nginx connects to it from 127.0.0.1).
     origin = await startTestServer(
       { notFoundMaxAge: 2, trustProxy: ['127.0.0.1/32'], adminRateLimitPerMinute: RATE_LIMIT },
-      { logger: pino({ level: 'info' }, sink) },
+      { logger: logs.logger },
     );
     origin.app.server.on('request', (req) => {
       originRequests.push(`${req.method} ${req.url} ${req.headers.range ?? '-'}`);
@@ -297,13 +292,18 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
   it('replaces a forged X-Forwarded-For: the origin logs the address the edge saw', async () => {
     const dispatcher = clientFrom('127.0.0.5');
     try {
-      for (const forged of ['203.0.113.7', '203.0.113.7, 198.51.100.1', 'unknown']) {
-        const url = `/distfiles/forged-${randomBytes(6).toString('hex')}.tar.gz`;
+      for (const [forged, url, status] of [
+        ['203.0.113.7', `/distfiles/forged-${randomBytes(6).toString('hex')}.tar.gz`, 404],
+        ['203.0.113.7, 198.51.100.1', `/distfiles/forged-${randomBytes(6).toString('hex')}.tar.gz`, 404],
+        ['unknown', `/distfiles/forged-${randomBytes(6).toString('hex')}.tar.gz`, 404],
+        // A download the origin serves (its lean download path writes this log line, by the same trust rule).
+        ['203.0.113.8', `/distfiles/edge-1.0.tar.gz?bust=${randomBytes(6).toString('hex')}`, 200],
+      ] as const) {
         const res = await request(edge.url + url, { dispatcher, headers: { 'x-forwarded-for': forged } });
-        expect(res.statusCode).toBe(404);
+        expect(res.statusCode).toBe(status);
         await res.body.dump();
         expect(forwardedFor.get(url), forged).toBe('127.0.0.5');
-        const line = await waitForLine((l) => l.msg === 'request' && l.url === url);
+        const line = await logs.waitFor((l) => l.msg === 'request' && l.url === url);
         expect(line.remote, forged).toBe('127.0.0.5');
       }
     } finally {
@@ -328,18 +328,9 @@ describe.skipIf(!haveNginx)('CDN edge (config/nginx-cdn.conf under Debian nginx)
     }
     expect(statuses.slice(0, RATE_LIMIT)).toEqual(new Array(RATE_LIMIT).fill(200));
     expect(statuses[RATE_LIMIT]).toBe(429);
-    const lines = logLines.filter((l) => l.msg === 'request' && l.url === `/api/v1/blobs/${hash}`);
+    const lines = logs.lines.filter((l) => l.msg === 'request' && l.url === `/api/v1/blobs/${hash}`);
     expect(lines.map((l) => l.remote)).toEqual(new Array(RATE_LIMIT + 1).fill('127.0.0.6'));
   });
-
-  async function waitForLine(match: (line: any) => boolean): Promise<any> {
-    for (let i = 0; i < 100; i++) {
-      const found = logLines.find(match);
-      if (found) return found;
-      await sleep(50);
-    }
-    throw new Error('no such log line');
-  }
 });
 
 describe('docker-compose.yml and config/nginx-cdn.conf', () => {
@@ -369,5 +360,18 @@ describe('docker-compose.yml and config/nginx-cdn.conf', () => {
     expect(trust('2')).toBe(2);
     expect(() => trust('true')).toThrow(/FASTPULL_TRUST_PROXY.*any client/);
     expect(() => trust('edge.internal')).toThrow(/FASTPULL_TRUST_PROXY/);
+  });
+
+  it('names the client by walking back from the socket through trusted hops only', () => {
+    const req = (peer: string, xff?: string) =>
+      ({ socket: { remoteAddress: peer }, headers: xff === undefined ? {} : { 'x-forwarded-for': xff } }) as unknown as IncomingMessage;
+    const byList = trustFunction(['10.0.0.0/8', '127.0.0.1/32']);
+    expect(clientAddress(req('127.0.0.1', '203.0.113.7, 198.51.100.1'), byList)).toBe('198.51.100.1');
+    expect(clientAddress(req('::ffff:127.0.0.1', '203.0.113.7, 10.1.1.1'), byList)).toBe('203.0.113.7');
+    expect(clientAddress(req('198.51.100.9', '203.0.113.7'), byList)).toBe('198.51.100.9');
+    expect(clientAddress(req('127.0.0.1'), byList)).toBe('127.0.0.1');
+    const oneHop = trustFunction(1);
+    expect(clientAddress(req('192.0.2.1', '203.0.113.7, 198.51.100.1'), oneHop)).toBe('198.51.100.1');
+    expect(clientAddress(req('192.0.2.1', '203.0.113.7'), trustFunction(false))).toBe('192.0.2.1');
   });
 });

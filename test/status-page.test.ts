@@ -8,6 +8,7 @@ import path from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
+import { LOOPBACK_CIDRS } from './helpers/upstream.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 /** The page fetches after load; on a busy two-core machine that can take longer than expect.poll's 1 s default. */
@@ -46,6 +47,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
       upstreamFailureThreshold: 1,
       upstreamCooldownSeconds: 3600,
       fetchRetries: 0,
+      fetchAllowCidrs: LOOPBACK_CIDRS,
       highWatermarkBytes: 10 * 1024 ** 3,
     });
     shotDir = await mkdtemp(path.join(tmpdir(), 'fastpull-status-shots-'));

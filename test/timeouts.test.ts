@@ -1,14 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { serverTimeoutOptions } from '../src/http/ops.js';
 import { startServer, type Server } from '../src/server.js';
 import { metric, parseMetrics } from './helpers/prom.js';
+import { captureLogs } from './helpers/log-capture.js';
 import { makeDataDir } from './helpers/server.js';
 
 const TOKEN = 'timeouts-test-token-0123456789';
@@ -22,17 +21,11 @@ const IDLE_TIMEOUT_MS = 2_000;
 describe('connection timeouts fire at their configured values', () => {
   let server: Server;
   let dataDir: string;
-  const lines: string[] = [];
+  const logs = captureLogs();
   /** When the server side of each connection closed, by the client's local port. */
   const closedAt = new Map<number, number>();
 
   beforeAll(async () => {
-    const sink = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        lines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== ''));
-        done();
-      },
-    });
     dataDir = await makeDataDir();
     const config = loadConfig(
       {
@@ -46,7 +39,7 @@ describe('connection timeouts fire at their configured values', () => {
       },
       {},
     );
-    server = await startServer(config, { logger: pino({ level: 'info' }, sink) });
+    server = await startServer(config, { logger: logs.logger });
     server.app.server.on('connection', (socket: Socket) => {
       const port = socket.remotePort!;
       socket.once('close', () => closedAt.set(port, Date.now()));
@@ -109,7 +102,7 @@ describe('connection timeouts fire at their configured values', () => {
     socket.destroy();
     expect(closed - stalled).toBeGreaterThan(IDLE_TIMEOUT_MS - 500);
     expect(closed - stalled).toBeLessThan(IDLE_TIMEOUT_MS + 1_500);
-    const line = await logLine((l) => l.url === '/distfiles/big-1.0.bin' && l.aborted !== undefined);
+    const line = await logs.waitFor((l) => l.url === '/distfiles/big-1.0.bin' && l.aborted !== undefined);
     expect(line.aborted).toBe('idle-timeout');
   });
 
@@ -129,10 +122,10 @@ describe('connection timeouts fire at their configured values', () => {
     const closed = await serverClosed(socket);
     socket.destroy();
     expect(closed - started).toBeLessThan(IDLE_TIMEOUT_MS + 300 + 1_500);
-    const line = await logLine((l) => l.msg === 'request' && l.url === '/api/v1/distfiles/stalled-1.0.tar.gz');
+    const line = await logs.waitFor((l) => l.msg === 'request' && l.url === '/api/v1/distfiles/stalled-1.0.tar.gz');
     expect(line.status).toBe(408);
     expect(line.aborted).toBe('idle-timeout');
-    expect(lines.some((l) => l.includes('client closed the connection') && l.includes(line.reqId))).toBe(false);
+    expect(logs.lines.some((l) => l.msg === 'client closed the connection' && l.reqId === line.reqId)).toBe(false);
 
     const scrape = await request(`${server.url}/metrics`);
     const samples = parseMetrics(await scrape.body.text());
@@ -149,13 +142,4 @@ describe('connection timeouts fire at their configured values', () => {
       expect(options.http?.connectionsCheckingInterval, String(headersTimeoutMs)).toBeLessThanOrEqual(1_000);
     }
   });
-
-  async function logLine(match: (l: any) => boolean): Promise<any> {
-    for (let i = 0; i < 100; i++) {
-      const found = lines.map((l) => JSON.parse(l)).find(match);
-      if (found) return found;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    throw new Error('no such log line');
-  }
 });

@@ -8,6 +8,8 @@ import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
 import { sendError, STATUS_BY_CODE } from './errors.js';
+import { strictQueryOnWrites } from './strict-query.js';
+import { trustFunction } from './client-address.js';
 import { cutByIdleTimeout } from '../ops/timeouts.js';
 import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
@@ -25,7 +27,6 @@ import { EventOutbox } from '../db/events.js';
 import type { EventDispatcher } from '../events/dispatcher.js';
 import { eventsStatusView } from '../events/status.js';
 import { createHotPath, requestIdOf, type BodyWatch } from './hot-path.js';
-import { proxyTrust } from './proxy-trust.js';
 
 export interface AppDeps {
   config: Config;
@@ -86,7 +87,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     // Distfile names reach 255 bytes, three times that when percent-encoded; hashes are 128 hex.
     routerOptions: { maxParamLength: 1024 },
-    trustProxy: proxyTrust(config.trustProxy),
+    trustProxy: trustFunction(config.trustProxy),
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
     ...serverTimeoutOptions(config),
@@ -106,6 +107,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ...leanServer(deps),
   });
 
+  // Before any route: every write route gets its query checked (see strict-query.ts).
+  app.addHook('onRoute', strictQueryOnWrites);
   // First: the OpenAPI document only sees routes registered after it.
   await registerOpenApi(app);
 

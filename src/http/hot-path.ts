@@ -7,9 +7,10 @@ import type { DistfileIndex, ServableBlob } from '../db/index.js';
 import { SMALL_BLOB_BYTES, type OpenFile } from '../store/blob-reader.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
-import { clientAddress } from './proxy-trust.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
 import { redactUrl } from './redact.js';
+import { clientAddress, trustFunction } from './client-address.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
 import { decide, fixedHeaders, IMMUTABLE, type ByteRange } from './send.js';
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -64,6 +65,7 @@ export type HotHandler = (req: IncomingMessage, res: ServerResponse, fallback: (
  */
 export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
   const { config, index, store, logger, metrics, closing, watch } = deps;
+  const trust = trustFunction(config.trustProxy);
   const nameCacheControl = `public, max-age=${config.nameMaxAge}`;
   const layoutBody = Buffer.from(LAYOUT_CONF);
   const layoutHeaders = [
@@ -76,7 +78,8 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
   ];
   const logs = logger.isLevelEnabled('info');
 
-  const remoteOf = clientAddress(config.trustProxy);
+  // The same rule fastify's request.ip follows (FASTPULL_TRUST_PROXY), so both log the same client.
+  const remoteOf = (req: IncomingMessage): string | undefined => clientAddress(req, trust);
 
   /** When head() wrote the status line: time to first byte for the histogram. */
   const headWrittenAt = new WeakMap<ServerResponse, number>();
@@ -106,7 +109,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
           bytes: bytesSent(),
           remote: remoteOf(req),
           ua: req.headers['user-agent'],
-          ...(res.writableFinished ? {} : { aborted: true }),
+          ...(res.writableFinished ? {} : { aborted: cutByIdleTimeout(req.socket) ? 'idle-timeout' : true }),
         },
         'request',
       );

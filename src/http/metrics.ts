@@ -134,34 +134,30 @@ export class Metrics {
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
-  readonly requestDuration = new Histogram({
-    name: 'fastpull_http_request_duration_seconds',
-    help: 'Time from a request\'s arrival to the last byte of its response handed to the socket, by route kind and status class (1xx…5xx)',
-    labelNames: ['kind', 'status_class'] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly timeToFirstByte = new Histogram({
-    name: 'fastpull_http_time_to_first_byte_seconds',
-    help: 'Time from a request\'s arrival to its response headers, by route kind and status class',
-    labelNames: ['kind', 'status_class'] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly upstreamFetchDuration = new Histogram({
-    name: 'fastpull_upstream_fetch_duration_seconds',
-    help: 'Upstream downloads (fetch jobs, pull-through, layout.conf) from the first request to the end of the body, by result (complete, incomplete, or the failure: not-found, network, server-error…)',
-    labelNames: ['result'] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly ingestDuration = new Histogram({
-    name: 'fastpull_ingest_duration_seconds',
-    help: 'Ingests (upload, fetch job or pull-through body streamed, hashed, fsynced, linked and indexed) by result: created, existing or the error code',
-    labelNames: ['result'] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
+  private durationHistogram<L extends string>(name: string, help: string, labelNames: readonly L[]): Histogram<L> {
+    return new Histogram({ name, help, labelNames, buckets: DURATION_BUCKETS, registers: [this.registry] });
+  }
+
+  readonly requestDuration = this.durationHistogram(
+    'fastpull_http_request_duration_seconds',
+    "Time from a request's arrival to the last byte of its response handed to the socket, by route kind and status class (1xx…5xx)",
+    ['kind', 'status_class'],
+  );
+  readonly timeToFirstByte = this.durationHistogram(
+    'fastpull_http_time_to_first_byte_seconds',
+    "Time from a request's arrival to its response headers, by route kind and status class",
+    ['kind', 'status_class'],
+  );
+  readonly upstreamFetchDuration = this.durationHistogram(
+    'fastpull_upstream_fetch_duration_seconds',
+    'Upstream downloads (fetch jobs, pull-through, layout.conf) from the first request to the end of the body, by result (complete, incomplete, or the failure: not-found, network, server-error…)',
+    ['result'],
+  );
+  readonly ingestDuration = this.durationHistogram(
+    'fastpull_ingest_duration_seconds',
+    'Ingests (upload, fetch job or pull-through body streamed, hashed, fsynced, linked and indexed) by result: created, existing or the error code',
+    ['result'],
+  );
   readonly storageRefusals = new Counter({
     name: 'fastpull_storage_refusals_total',
     help: 'Writes refused for lack of space, by reason (watermark, enospc)',
@@ -331,11 +327,6 @@ export class Metrics {
   /** Where the breaker gauges read mirror states (pull-through, when configured). */
   watchMirrors(states: () => MirrorState[]): void {
     this.mirrorStates = states;
-  }
-
-  /** The index totals as of now (one row read); undefined without a database or once it is closed. */
-  indexCounts(): IndexCounts | undefined {
-    return this.counters?.read();
   }
 
   /**

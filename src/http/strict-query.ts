@@ -1,7 +1,7 @@
-import type { FastifyRequest } from 'fastify';
+import type { FastifyRequest, RouteOptions } from 'fastify';
 import { AppError } from '../errors.js';
 
-const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+const WRITE_METHODS = new Set(['PUT', 'POST', 'DELETE', 'PATCH']);
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -11,14 +11,23 @@ declare module 'fastify' {
 }
 
 /**
- * onRequest hook for the API plugins: a write whose query string holds a parameter the route does
- * not know (`sha521=`, `SHA512=`, `sha512[]=`) or holds one twice is refused with 400 BAD_QUERY
- * before authentication reads a byte of the body. A misspelt digest would otherwise be ignored
- * and the body stored unverified. Reads stay tolerant: CDNs and browsers add cache-busters.
- * The message names the parameter, never its value (it might be a credential put in the URL).
+ * onRoute hook (installed by buildApp before any route): every write route, in whatever plugin,
+ * refuses a query parameter it does not declare in `config.query` (a misspelt digest such as
+ * `sha521=`, `SHA512=`, `sha512[]=`) or one given twice, with 400 BAD_QUERY — as its first
+ * route-level onRequest hook, before authentication and before a byte of the body is read. A
+ * misspelt digest would otherwise be ignored and the body stored unverified. Reads are left alone
+ * (CDNs and browsers add cache-busters) and pay nothing.
  */
-export async function strictWriteQuery(request: FastifyRequest): Promise<void> {
-  if (READ_METHODS.has(request.method)) return;
+export function strictQueryOnWrites(route: RouteOptions): void {
+  const methods = Array.isArray(route.method) ? route.method : [route.method];
+  if (!methods.some((m) => WRITE_METHODS.has(m))) return;
+  const existing = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest];
+  route.onRequest = [strictWriteQuery, ...existing] as RouteOptions['onRequest'];
+}
+
+/** The message names the parameter, never its value (a credential may have been put in the URL). */
+async function strictWriteQuery(request: FastifyRequest): Promise<void> {
+  if (!WRITE_METHODS.has(request.method)) return;
   const q = request.url.indexOf('?');
   if (q === -1) return;
   const allowed = request.routeOptions.config.query ?? [];

@@ -9,7 +9,6 @@ import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../domain/hashes.js';
 import type { UploadLease } from '../../maintenance/watermark.js';
 import { requireScope } from '../auth.js';
 import { installAdminRateLimit } from '../rate-limit.js';
-import { strictWriteQuery } from '../strict-query.js';
 import { downloadPaths } from '../urls.js';
 import { ADMIN_SCHEMAS } from './admin-schemas.js';
 
@@ -53,12 +52,12 @@ export function ingestView(digests: Digests, filename?: string) {
 }
 
 const DECLARABLE_HASHES = { sha512: isSha512Hex, blake2b: isBlake2bHex, sha256: isSha256Hex } as const;
-/** The upload routes' whole query vocabulary (strictWriteQuery refuses anything else). */
+/** The upload routes' whole query vocabulary (strictQueryOnWrites refuses anything else). */
 const UPLOAD_QUERY = { query: ['size', ...Object.keys(DECLARABLE_HASHES)] };
 
 /** Reads `size`, `sha512`, `blake2b`, `sha256` from the query string, as written in a Manifest DIST line. */
 function declaredDigests(query: Record<string, string | string[] | undefined>): ExpectedDigests {
-  // strictWriteQuery has already refused unknown and repeated parameters, so each value is one string.
+  // strictQueryOnWrites has already refused unknown and repeated parameters, so each value is one string.
   const expected: ExpectedDigests = {};
   const size = query.size as string | undefined;
   if (size !== undefined) {
@@ -106,7 +105,6 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
     request.routeKind = 'api';
   });
   await installAdminRateLimit(app, config);
-  app.addHook('onRequest', strictWriteQuery);
 
   // Upload routes stream the raw body: no parser may buffer it, whatever Content-Type the client sends.
   await app.register(async (uploads) => {

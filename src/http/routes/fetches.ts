@@ -4,7 +4,6 @@ import type { FetchJobs } from '../../ingest/fetch-jobs.js';
 import type { PullThrough } from '../../ingest/pull-through.js';
 import type { UpstreamStats } from '../../upstream/stats.js';
 import { requireScope } from '../auth.js';
-import { strictWriteQuery } from '../strict-query.js';
 
 export interface FetchRouteDeps {
   auth: Authenticator;
@@ -24,7 +23,6 @@ export async function fetchRoutes(app: FastifyInstance, deps: FetchRouteDeps): P
   app.addHook('onRequest', async (request) => {
     request.routeKind = 'api';
   });
-  app.addHook('onRequest', strictWriteQuery);
 
   // Validation lives in parseItems so that each problem maps to its precise code (BAD_URL, BAD_FILENAME, BAD_HASH).
   app.post('/fetches', { onRequest: canUpload, bodyLimit: 4 * 1024 * 1024 }, async (request, reply) => {

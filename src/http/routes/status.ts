@@ -215,10 +215,10 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
               disk: {
                 type: 'object',
                 properties: {
-                  freeBytes: { type: ['integer', 'null'] },
-                  totalBytes: { type: ['integer', 'null'] },
+                  freeBytes: { type: 'integer', nullable: true },
+                  totalBytes: { type: 'integer', nullable: true },
                   minFreeBytes: { type: 'integer', description: '/readyz fails below this free space' },
-                  highWatermarkBytes: { type: ['integer', 'null'], description: 'uploads are refused above this many stored bytes' },
+                  highWatermarkBytes: { type: 'integer', nullable: true, description: 'uploads are refused above this many stored bytes' },
                 },
                 additionalProperties: true,
               },
