@@ -6,7 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DistfileIndex } from '../src/db/index.js';
 import { SqliteIndexDriver, type IndexDriver } from '../src/db/index-driver.js';
 import { openDatabase } from '../src/db/open.js';
-import { connectPostgres, migratePostgres, PostgresIndexDriver, type Sql } from '../src/db/postgres-index.js';
+import {
+  connectPostgres,
+  listenBlobChanges,
+  migratePostgres,
+  PostgresIndexDriver,
+  POSTGRES_MIGRATIONS_DIR,
+  type Sql,
+} from '../src/db/postgres-index.js';
 import { listMigrations, MIGRATIONS_DIR } from '../src/db/migrate.js';
 import { claimFetchItems, withClusterLock } from '../src/db/postgres-work.js';
 import { blake2b, sha256, sha512 } from './helpers/core.js';
@@ -70,12 +77,12 @@ describe.each([
     const v2 = digests('kubectl 2\n');
     await driver.recordBlob(v1, { filename: 'kubectl.tar.gz', by: 'spider', at: 1000 });
     expect(await driver.servableByName('kubectl.tar.gz')).toEqual({
-      sha512: v1.sha512, blake2b: v1.blake2b, size: v1.size, filename: 'kubectl.tar.gz', modified_at: 1000, quarantined_at: null,
+      sha512: v1.sha512, blake2b: v1.blake2b, size: v1.size, filename: 'kubectl.tar.gz', modified_at: 1000, quarantined_at: null, version: '1000.0',
     });
     await driver.recordBlob(v2, { filename: 'kubectl.tar.gz', by: 'spider', at: 2000 });
     expect((await driver.servableByName('kubectl.tar.gz'))?.sha512).toBe(v2.sha512);
     expect(await driver.servableByHash(v1.sha512)).toEqual({
-      sha512: v1.sha512, blake2b: v1.blake2b, size: v1.size, filename: 'kubectl.tar.gz', modified_at: 1000, quarantined_at: null,
+      sha512: v1.sha512, blake2b: v1.blake2b, size: v1.size, filename: 'kubectl.tar.gz', modified_at: 1000, quarantined_at: null, version: '1000.0',
     });
     expect((await driver.history('kubectl.tar.gz')).map((r) => [r.sha512, r.attached_by, r.detached_at])).toEqual([
       [v2.sha512, 'spider', null],
@@ -107,11 +114,12 @@ describe.each([
     const d = digests('dynamic archive\n');
     await driver.recordBlob(d, { pinned: true, at: 5 });
     await driver.recordBlob(d, { at: 9 });
-    expect(await driver.blob(d.sha512)).toEqual({ ...d, ingested_at: 5, verified_at: null, quarantined_at: null, pinned: 1 });
+    expect(await driver.blob(d.sha512)).toEqual({ ...d, ingested_at: 5, verified_at: null, quarantined_at: null, pinned: 1, generation: 0 });
     await quarantine(d.sha512);
-    expect((await driver.servableByHash(d.sha512))?.quarantined_at).toBe(1);
+    expect(await driver.servableByHash(d.sha512)).toMatchObject({ quarantined_at: 1, version: '5.1' });
     await driver.recordBlob(d);
-    expect((await driver.servableByHash(d.sha512))?.quarantined_at).toBeNull();
+    // Released: a new version, so nothing cached under the quarantined one is served.
+    expect(await driver.servableByHash(d.sha512)).toMatchObject({ quarantined_at: null, version: '5.2' });
     // Sizes beyond 32 bits survive the round trip as numbers.
     const big = { ...digests('big'), size: 4_450_000_000 };
     await driver.recordBlob(big, { at: 1_764_500_000_000 });
@@ -136,14 +144,16 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
     const others = [connectPostgres(url, { max: 1 }), connectPostgres(url, { max: 1 })];
     try {
       const results = await Promise.all([sql, ...others].map((s) => migratePostgres(s)));
-      expect(results.flatMap((r) => r.applied).sort()).toEqual(['001_initial.sql', '002_fetch_jobs.sql', '003_tokens.sql']);
-      expect(results.map((r) => r.version)).toEqual([3, 3, 3]);
-      expect(await migratePostgres(sql)).toEqual({ applied: [], version: 3 });
+      const twins = listMigrations(POSTGRES_MIGRATIONS_DIR);
+      expect(results.flatMap((r) => r.applied).sort()).toEqual(twins.map((m) => m.name));
+      const latest = twins[twins.length - 1]!.version;
+      expect(results.map((r) => r.version)).toEqual([latest, latest, latest]);
+      expect(await migratePostgres(sql)).toEqual({ applied: [], version: latest });
+      // A twin carries its SQLite migration's number; later SQLite migrations (events, counters…) need theirs.
+      for (const m of twins) expect(sqliteVersions, m.name).toContain(m.version);
     } finally {
       for (const s of others) await s.end({ timeout: 5 });
     }
-    // This round's PostgreSQL schema covers SQLite's 001-003; later SQLite migrations need their twin.
-    expect(sqliteVersions.filter((v) => v <= 3)).toEqual([1, 2, 3]);
     const tables = (await sql<{ table_name: string }[]>`
       SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name`).map((r) => r.table_name);
     expect(tables).toEqual(['audit_log', 'blobs', 'fetch_items', 'fetch_jobs', 'fetched_urls', 'names', 'schema_migrations', 'tokens']);
@@ -237,6 +247,46 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
     } finally {
       await a.end({ timeout: 0 });
       await b.end({ timeout: 5 });
+    }
+  });
+
+  it('tells every listening replica when a blob changes what it serves or goes, at commit', async () => {
+    await migratePostgres(sql);
+    const replica = connectPostgres(url, { max: 2 });
+    const heard: string[] = [];
+    let wake = () => undefined as void;
+    const stop = await listenBlobChanges(replica, (sha512) => {
+      heard.push(sha512);
+      wake();
+    });
+    const next = (n: number) => new Promise<void>((resolve) => (wake = () => void (heard.length >= n && resolve())));
+    try {
+      const driver = new PostgresIndexDriver(sql);
+      const quiet = digests('quiet');
+      const watched = digests('watched');
+      await driver.recordBlob(quiet, { filename: 'quiet.tgz' });
+      await driver.recordBlob(watched);
+      // Attaching names and re-recording an intact blob change nothing a cache holds: no announcement.
+      await driver.recordBlob(quiet);
+      await driver.attach('other.tgz', quiet.sha512, null);
+      // Quarantine inside a transaction: heard only once it commits.
+      let arrived = next(1);
+      await sql.begin(async (tx) => {
+        await tx`UPDATE blobs SET quarantined_at = 7 WHERE sha512 = ${watched.sha512}`;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        expect(heard).toEqual([]);
+      });
+      await arrived;
+      arrived = next(2);
+      await driver.recordBlob(watched); // released by a re-upload
+      await arrived;
+      arrived = next(3);
+      await sql`DELETE FROM blobs WHERE sha512 = ${watched.sha512}`; // gc
+      await arrived;
+      expect(heard).toEqual([watched.sha512, watched.sha512, watched.sha512]);
+    } finally {
+      await stop();
+      await replica.end({ timeout: 5 });
     }
   });
 });

@@ -57,7 +57,11 @@ export async function migratePostgres(sql: Sql, dir = POSTGRES_MIGRATIONS_DIR): 
   }) as Promise<{ applied: string[]; version: number }>;
 }
 
-/** The PostgreSQL index driver: the same statements as DistfileIndex, one round trip each where it can. */
+/**
+ * The PostgreSQL index driver: the same statements as DistfileIndex, one round trip each where it can.
+ * Not yet mirrored: the outbox events DistfileIndex writes beside each change (SQLite migration 006), and
+ * the index counters its triggers keep (005).
+ */
 export class PostgresIndexDriver implements IndexDriver {
   readonly kind = 'postgres';
 
@@ -66,6 +70,7 @@ export class PostgresIndexDriver implements IndexDriver {
   async servableByHash(sha512: string): Promise<ServableBlob | undefined> {
     const [row] = await this.sql<ServableBlob[]>`
       SELECT b.sha512, b.blake2b, b.size, b.ingested_at AS modified_at, b.quarantined_at,
+             b.ingested_at || '.' || b.generation AS version,
              (SELECT n.filename FROM names n WHERE n.sha512 = b.sha512 AND n.detached_at IS NULL
               ORDER BY n.seq DESC LIMIT 1) AS filename
       FROM blobs b WHERE b.sha512 = ${sha512}`;
@@ -74,7 +79,8 @@ export class PostgresIndexDriver implements IndexDriver {
 
   async servableByName(filename: string): Promise<ServableBlob | undefined> {
     const [row] = await this.sql<ServableBlob[]>`
-      SELECT b.sha512, b.blake2b, b.size, n.attached_at AS modified_at, b.quarantined_at, n.filename
+      SELECT b.sha512, b.blake2b, b.size, n.attached_at AS modified_at, b.quarantined_at, n.filename,
+             b.ingested_at || '.' || b.generation AS version
       FROM names n JOIN blobs b ON b.sha512 = n.sha512
       WHERE n.filename = ${filename} AND n.detached_at IS NULL
       ORDER BY n.seq DESC LIMIT 1`;
@@ -101,7 +107,10 @@ export class PostgresIndexDriver implements IndexDriver {
       await tx`
         INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at, pinned)
         VALUES (${digests.sha512}, ${digests.blake2b}, ${digests.sha256}, ${digests.size}, ${at}, ${pinned})
-        ON CONFLICT (sha512) DO UPDATE SET quarantined_at = NULL, pinned = greatest(blobs.pinned, excluded.pinned)`;
+        ON CONFLICT (sha512) DO NOTHING`;
+      // Only a real release touches quarantined_at: each update of it bumps the row's generation.
+      await tx`UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ${digests.sha512} AND quarantined_at IS NOT NULL`;
+      if (opts.pinned) await tx`UPDATE blobs SET pinned = 1 WHERE sha512 = ${digests.sha512} AND pinned = 0`;
       if (opts.filename !== undefined) await attachStatement(tx as unknown as Sql, opts.filename, digests.sha512, opts.by ?? null, at);
     });
   }
@@ -134,4 +143,14 @@ async function attachStatement(sql: Sql, filename: string, sha512: string, by: s
       seq = excluded.seq, attached_at = excluded.attached_at, attached_by = excluded.attached_by,
       detached_at = NULL, detached_by = NULL`;
   return result.count;
+}
+
+/**
+ * Calls `onChange(sha512)` whenever any process changes what a blob serves (quarantine, release, repair)
+ * or removes it (gc): the cue for a replica to drop its cached metadata. Uses one dedicated connection
+ * (postgres.js re-listens after a reconnect); the returned function stops listening.
+ */
+export async function listenBlobChanges(sql: Sql, onChange: (sha512: string) => void): Promise<() => Promise<void>> {
+  const { unlisten } = await sql.listen('fastpull_blob', onChange);
+  return unlisten;
 }
