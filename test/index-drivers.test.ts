@@ -156,7 +156,79 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
     }
     const tables = (await sql<{ table_name: string }[]>`
       SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name`).map((r) => r.table_name);
-    expect(tables).toEqual(['audit_log', 'blobs', 'fetch_items', 'fetch_jobs', 'fetched_urls', 'names', 'schema_migrations', 'tokens']);
+    expect(tables).toEqual([
+      'audit_log', 'blobs', 'event_deliveries', 'event_targets', 'events', 'fetch_items', 'fetch_jobs', 'fetched_urls',
+      'index_counter_slots', 'index_counters', 'names', 'schema_migrations', 'tokens', 'upload_holds',
+    ]);
+    // Every SQLite table has its twin with the same columns (index_counters is a view over striped slots there).
+    const twinDir = await mkdtemp(path.join(tmpdir(), 'fp-twin-'));
+    dirs.push(twinDir);
+    const sqliteDb = openDatabase(path.join(twinDir, 'index.sqlite'));
+    try {
+      const sqliteTables = sqliteDb.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`).pluck().all() as string[];
+      for (const table of sqliteTables) {
+        const want = (sqliteDb.prepare(`SELECT name FROM pragma_table_info(?)`).pluck().all(table) as string[]).sort();
+        const have = (await sql<{ column_name: string }[]>`
+          SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ${table}`).map((r) => r.column_name).sort();
+        expect(have, table).toEqual(want);
+      }
+    } finally {
+      sqliteDb.close();
+    }
+  });
+
+  it('keeps the index counters by triggers exactly as SQLite does, over inserts, re-points, detaches and deletes', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'fp-counters-'));
+    dirs.push(dir);
+    const db = openDatabase(path.join(dir, 'index.sqlite'));
+    const lite = new SqliteIndexDriver(new DistfileIndex(db));
+    opened.push(lite);
+    const pgSql = connectPostgres(await pg!.createDatabase('counters'), { max: 3 });
+    await migratePostgres(pgSql);
+    const post = new PostgresIndexDriver(pgSql);
+    opened.push(post);
+    const counts = async () => ({
+      sqlite: db.prepare('SELECT * FROM index_counters WHERE id = 1').get(),
+      postgres: (await pgSql`SELECT * FROM index_counters WHERE id = 1`)[0],
+    });
+    const a = digests('counted a\n');
+    const b = { ...digests('counted b, big'), size: 5_000_000_000 };
+    const c = digests('counted c\n');
+    const steps: [string, (d: IndexDriver, run: (q: string, ...p: unknown[]) => Promise<void>) => Promise<unknown>][] = [
+      ['insert blobs, one pinned', async (d) => {
+        await d.recordBlob(a, { filename: 'a.tgz', at: 1 });
+        await d.recordBlob(b, { filename: 'b.tgz', pinned: true, at: 2 });
+        await d.recordBlob(c, { at: 3 });
+      }],
+      ['dedup: a second name on a blob', (d) => d.attach('a-copy.tgz', a.sha512, 'x')],
+      ['a third name on it', (d) => d.attach('a-third.tgz', a.sha512, 'x')],
+      ['re-point a name to another blob', (d) => d.attach('a.tgz', c.sha512, 'x')],
+      ['detach a name with two attached hashes', (d) => d.detach('a.tgz', 'x')],
+      ['re-attach a detached pair', (d) => d.attach('a.tgz', a.sha512, 'x')],
+      ['verify and quarantine', async (_d, run) => {
+        await run('UPDATE blobs SET verified_at = 10 WHERE sha512 = ?', a.sha512);
+        await run('UPDATE blobs SET verified_at = 11 WHERE sha512 = ?', a.sha512);
+        await run('UPDATE blobs SET quarantined_at = 12 WHERE sha512 = ?', b.sha512);
+      }],
+      ['release by re-upload', (d) => d.recordBlob(b)],
+      ['delete a blob with names attached (gc)', (_d, run) => run('DELETE FROM blobs WHERE sha512 = ?', a.sha512)],
+      ['delete every blob', (_d, run) => run('DELETE FROM blobs')],
+    ];
+    for (const [step, apply] of steps) {
+      await apply(lite, async (q, ...p) => void db.prepare(q).run(...p));
+      await apply(post, async (q, ...p) => {
+        let n = 0;
+        await pgSql.unsafe(q.replace(/\?/g, () => `$${++n}`), p as string[]);
+      });
+      const { sqlite, postgres } = await counts();
+      expect(postgres, step).toEqual(sqlite);
+    }
+    // After a delete of everything only the cumulative counts remain.
+    expect((await counts()).postgres).toMatchObject({ blobs: 0, attached_pairs: 0, attached_names: 0, dedup_saved_bytes: 0, verified_blobs: 2, quarantines: 1 });
+    // The counters are spread over slots of the writing sessions, never one hot row for every writer.
+    const [{ slots } = { slots: 0 }] = await pgSql<{ slots: number }[]>`SELECT count(*)::int AS slots FROM index_counter_slots`;
+    expect(slots).toBeGreaterThanOrEqual(1);
+    expect(slots).toBeLessThanOrEqual(16);
   });
 
   it('keeps to its bounded pool under a burst, and orders concurrent re-points by one sequence', async () => {
