@@ -3,6 +3,8 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { coverageCommand } from './commands/coverage.js';
 import { importCommand } from './commands/import.js';
 import { migrateCommand } from './commands/migrate.js';
+import { migrateIndexCommand } from './commands/migrate-index.js';
+import { migrateStorageCommand } from './commands/migrate-storage.js';
 import { pushCommand } from './commands/push.js';
 import { serveCommand } from './commands/serve.js';
 import { drainCommand } from './commands/drain.js';
@@ -23,6 +25,8 @@ export type Command = (args: string[]) => Promise<number>;
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   serve: { run: serveCommand, summary: 'run the origin server' },
   migrate: { run: migrateCommand, summary: 'apply pending database migrations and print the schema version' },
+  'migrate-index': { run: migrateIndexCommand, summary: 'copy the SQLite index (history, tokens, audit, events) into PostgreSQL (--to postgres://…)' },
+  'migrate-storage': { run: migrateStorageCommand, summary: 'copy every blob to another storage (--to s3://BUCKET/PREFIX or --to local), verified, resumable' },
   import: { run: importCommand, summary: 'import a DISTDIR, GLEP 75 mirror or Funtoo BLOS tree into the data directory' },
   push: { run: pushCommand, summary: 'upload files to an origin (links by hash when it already has the bytes)' },
   coverage: { run: coverageCommand, summary: 'list Manifest DIST entries an origin lacks' },
