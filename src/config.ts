@@ -172,6 +172,11 @@ const storageLocation: Parser<StorageLocation> = (raw, source) => {
   return { kind: 's3', bucket, prefix };
 };
 
+/** The same rule for a location given on a command line (`migrate-storage --to`); `source` names it in errors. */
+export function parseStorageLocation(raw: string, source: string): StorageLocation {
+  return storageLocation(raw, source);
+}
+
 const httpUrl: Parser<string | undefined> = (raw, source) => {
   const text = optionalStr(raw, source);
   if (text !== undefined && !/^https?:\/\/[^/]/.test(text)) fail(source, 'expected an http(s) URL');
