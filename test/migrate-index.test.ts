@@ -123,10 +123,12 @@ describe.skipIf(skip)('fastpull migrate-index', () => {
     expect(event!.id).toBe((db.prepare('SELECT max(id) FROM events').pluck().get() as number) + 1);
     await sql`DELETE FROM audit_log WHERE id = ${audit!.id}`;
     await sql`DELETE FROM events WHERE id = ${event!.id}`;
+    await sql`DELETE FROM names WHERE filename = 'pkg-0.tar.gz' AND sha512 = ${sha512('distfile 5\n')}`;
   });
 
   it('refuses a non-empty target without --resume; with it, a re-run adds nothing', { timeout: 120_000 }, async () => {
     const before = (await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM names`)[0]!.n;
+    expect(before).toBe(db.prepare('SELECT count(*) FROM names').pluck().get());
     const refused = await migrateIndex(['--to', url]);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/^fastpull migrate-index: postgres:\/\/\S+ already holds rows \(.*\bblobs\b.*\bnames\b.*\); pass --resume/);
@@ -137,6 +139,16 @@ describe.skipIf(skip)('fastpull migrate-index', () => {
     expect(again.stdout).toMatch(/^done: \d+ rows in \d+ tables, 0 copied, \d+ already there$/m);
     expect((await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM names`)[0]!.n).toBe(before);
     expect((await sql`SELECT * FROM index_counters WHERE id = 1`)[0]).toMatchObject({ blobs: 231 });
+
+    // An interrupted copy (the later batches never committed): --resume fills exactly the gap.
+    const gone = await sql`DELETE FROM blobs WHERE sha512 IN (SELECT sha512 FROM blobs ORDER BY sha512 DESC LIMIT 40) RETURNING sha512`;
+    const namesLeft = (await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM names`)[0]!.n;
+    const filled = await migrateIndex(['--to', url, '--resume', '--batch', '16']);
+    expect(filled.code, filled.stderr).toBe(0);
+    expect(filled.stdout).toMatch(new RegExp(`^ {2}blobs: 231 rows, ${gone.length} copied, ${231 - gone.length} already there$`, 'm'));
+    expect(filled.stdout).toMatch(new RegExp(`^ {2}names: ${before} rows, ${before - namesLeft} copied, `, 'm'));
+    expect((await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM names`)[0]!.n).toBe(before);
+    expect((await sql`SELECT * FROM index_counters WHERE id = 1`)[0]).toEqual(db.prepare('SELECT * FROM index_counters WHERE id = 1').get());
   });
 
   it('says what is wrong with its arguments', async () => {
