@@ -9,7 +9,7 @@ import type { DistfileIndex } from '../db/index.js';
 import { isAppError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
 import { toAppError } from './errors.js';
-import { TrafficHistory } from './traffic.js';
+import { TrafficHistory, type TrafficMinute } from './traffic.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -378,6 +378,18 @@ export class Metrics {
   /** In a cluster, any serving process answers /metrics for all of them, through `aggregate`. */
   aggregateWith(aggregate: () => Promise<string>): void {
     this.aggregate = aggregate;
+  }
+
+  private aggregateTraffic: (() => Promise<TrafficMinute[]>) | undefined;
+
+  /** In a cluster, the status page's last hour covers every serving process, through `aggregate`. */
+  aggregateTrafficWith(aggregate: () => Promise<TrafficMinute[]>): void {
+    this.aggregateTraffic = aggregate;
+  }
+
+  /** The last hour of traffic, per minute: this process's, or the cluster's. */
+  async lastHour(): Promise<TrafficMinute[]> {
+    return this.aggregateTraffic ? this.aggregateTraffic() : this.traffic.lastHour();
   }
 
   /** This process's metrics as JSON, for the cluster primary to add up. */
