@@ -503,10 +503,14 @@ export function meterIngest(ingest: Ingest, metrics: Metrics): void {
       metrics.ingestDuration.labels(label).observe((performance.now() - started) / 1000);
       return result;
     } catch (err) {
-      const code = toAppError(err).code;
+      const appError = toAppError(err);
+      const code = appError.code;
       metrics.ingests.labels(code).inc();
       metrics.ingestDuration.labels(code).observe((performance.now() - started) / 1000);
-      if (code === 'INSUFFICIENT_STORAGE') metrics.storageRefusals.labels('enospc').inc();
+      // A watermark refusal in mid-body is already counted as reason="watermark" by the storage guard.
+      if (code === 'INSUFFICIENT_STORAGE' && appError.details?.highWatermarkBytes === undefined) {
+        metrics.storageRefusals.labels('enospc').inc();
+      }
       throw err;
     }
   };
