@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
+import { LOOPBACK_CIDRS } from './helpers/upstream.js';
 
 const run = promisify(execFile);
 const ROOT = new URL('..', import.meta.url);
@@ -90,6 +91,7 @@ describe('Grafana dashboard and alerting rules against a real /metrics', () => {
       highWatermarkBytes: 10 * 1024 ** 3,
       pullThrough: true,
       upstreams: [{ kind: 'flat', url: 'http://127.0.0.1:9/mirror' }],
+      fetchAllowCidrs: LOOPBACK_CIDRS,
       scrubBytesPerSecond: 1024 * 1024,
       scrubPauseSeconds: 3600,
     });

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
+import { LOOPBACK_CIDRS } from './helpers/upstream.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 /** The page fetches after load; on a busy two-core machine that can take longer than expect.poll's 1 s default. */
@@ -43,6 +44,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
     server = await startTestServer({
       pullThrough: true,
       upstreams: [{ kind: 'gentoo', url: `http://127.0.0.1:${mirrorPort}/gentoo` }],
+      fetchAllowCidrs: LOOPBACK_CIDRS,
       upstreamFailureThreshold: 1,
       upstreamCooldownSeconds: 3600,
       fetchRetries: 0,

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { metric, parseMetrics } from './helpers/prom.js';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
+import { LOOPBACK_CIDRS } from './helpers/upstream.js';
 
 /** A loopback port nothing listens on: connections are refused at once. */
 async function deadPort(): Promise<number> {
@@ -24,6 +25,7 @@ describe('upstream mirrors on the status API and in /metrics', () => {
       upstreamFailureThreshold: 1,
       upstreamCooldownSeconds: 3600,
       fetchRetries: 0,
+      fetchAllowCidrs: LOOPBACK_CIDRS,
     });
   });
   afterAll(async () => server?.stop());
