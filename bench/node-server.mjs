@@ -13,16 +13,17 @@ import path from 'node:path';
 const { BENCH_PORT, BENCH_BLOBS, BENCH_NAMES } = process.env;
 if (!BENCH_PORT || !BENCH_BLOBS || !BENCH_NAMES) throw new Error('BENCH_PORT, BENCH_BLOBS and BENCH_NAMES are required');
 
-/** url → { fd, size } once opened (the files never change during a run). */
+/** url → promise of { fd, size }, opened once (the files never change during a run; a promise, so a crowd of first requests opens each file once). */
 const files = new Map();
 
-async function fileFor(url) {
+function fileFor(url) {
   let f = files.get(url);
-  if (f) return f;
-  const file = url.startsWith('/distfiles/') ? path.join(BENCH_BLOBS, url.slice(11)) : path.join(BENCH_NAMES, decodeURIComponent(url.slice(7)));
-  const handle = await open(file, 'r');
-  f = { fd: handle.fd, size: (await handle.stat()).size, handle };
-  files.set(url, f);
+  if (!f) {
+    const file = url.startsWith('/distfiles/') ? path.join(BENCH_BLOBS, url.slice(11)) : path.join(BENCH_NAMES, decodeURIComponent(url.slice(7)));
+    f = open(file, 'r').then(async (handle) => ({ fd: handle.fd, size: (await handle.stat()).size, handle }));
+    f.catch(() => files.delete(url));
+    files.set(url, f);
+  }
   return f;
 }
 

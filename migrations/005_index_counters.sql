@@ -90,7 +90,9 @@ BEGIN
   WHERE id = 1;
 END;
 
--- A pair becoming attached (new row, or a detached one re-attached). The counts below run after
+-- A pair becoming attached (new row, or a detached one re-attached), and below its reverse (detached,
+-- or deleted while attached): SQLite has no shared procedures and a trigger answers one event, so the
+-- bodies repeat. The counts below run after
 -- the change, over the partial index names_current and over names_by_blob: a few rows each.
 CREATE TRIGGER index_counters_name_insert AFTER INSERT ON names WHEN NEW.detached_at IS NULL BEGIN
   UPDATE index_counters SET
@@ -143,3 +145,7 @@ CREATE INDEX blobs_scrub_order ON blobs (coalesce(verified_at, 0), sha512) WHERE
 
 -- Case-insensitive name search (ASCII folding, like SQLite's NOCASE) over attached names.
 CREATE INDEX names_current_nocase ON names (filename COLLATE NOCASE, filename) WHERE detached_at IS NULL;
+
+-- At start every item left 'downloading' by a crash goes back to the queue: find them without
+-- reading every finished item of every job ever run.
+CREATE INDEX fetch_items_downloading ON fetch_items (job_id, idx) WHERE state = 'downloading';

@@ -1,11 +1,11 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pseudoRandomBytes, sha512 } from './helpers/core.js';
 import { ADMIN_TOKEN, startTestServer, type TestServer } from './helpers/server.js';
+import { haveTool } from './helpers/tools.js';
 
 const WGET = '/usr/bin/wget';
 const CURL = '/usr/bin/curl';
@@ -40,8 +40,8 @@ function portageWget(file: string, url: string, resume = false): string[] {
   ];
 }
 
-const haveWget = existsSync(WGET);
-const haveCurl = existsSync(CURL);
+const haveWget = haveTool(WGET, 'wget');
+const haveCurl = haveTool(CURL, 'curl');
 
 describe('real download clients', () => {
   let server: TestServer;

@@ -55,7 +55,7 @@ describe('layout.conf, read as Portage reads it', () => {
   });
 
   it('a file ConfigParser refuses means flat: no entries', () => {
-    for (const text of ['0=flat\n', '[structure]\nnot an option\n', '[structure]\n0=flat\n0=flat\n', '[structure]\n[structure]\n', '[other]\n0=flat\n']) {
+    for (const text of ['0=flat\n', '\uFEFF[structure]\n0=flat\n', '[structure]\nnot an option\n', '[structure]\n0=flat\n0=flat\n', '[structure]\n[structure]\n', '[other]\n0=flat\n']) {
       const parsed = parseLayoutConf(text);
       expect(parsed.entries, text).toEqual([]);
       expect(parsed.problems, text).toHaveLength(1);

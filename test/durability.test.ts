@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -7,6 +6,7 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { sha512 } from './helpers/core.js';
 import { ADMIN_TOKEN, makeDataDir } from './helpers/server.js';
+import { haveTool, skipOrFail } from './helpers/tools.js';
 
 const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
 const STRACE = '/usr/bin/strace';
@@ -16,7 +16,7 @@ const STRACE = '/usr/bin/strace';
  * power cut. The real server runs as a child under strace (Debian package "strace"), which
  * prints each fsync'd descriptor's path (-y).
  */
-describe.skipIf(!existsSync(STRACE))('write recipe, as seen by strace', () => {
+describe.skipIf(!haveTool(STRACE, 'strace'))('write recipe, as seen by strace', () => {
   it('fsyncs the temp file before linking it, then the new blob directory and every parent it created', async (ctx) => {
     const dataDir = await makeDataDir();
     const trace = path.join(dataDir, 'strace.out');
@@ -58,7 +58,7 @@ describe.skipIf(!existsSync(STRACE))('write recipe, as seen by strace', () => {
         address = await started;
       } catch (err) {
         // Containers without CAP_SYS_PTRACE (or with a seccomp filter) cannot run strace at all.
-        if (/ptrace|Operation not permitted/i.test(stderr)) return ctx.skip(`strace cannot trace here: ${stderr.trim()}`);
+        if (/ptrace|Operation not permitted/i.test(stderr)) return skipOrFail(ctx, `strace cannot trace here: ${stderr.trim()}`);
         throw err;
       }
 

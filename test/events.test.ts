@@ -131,6 +131,8 @@ describe('CDN purge and prefetch (CDN77 API)', () => {
     const prefetched = prefetches(cdn).flatMap(paths);
     for (const body of ['first roll\n', 'second roll\n', 'sentinel\n']) expect(prefetched).toContain(hashPaths(sha512(body))[0]);
     expect(prefetched).toHaveLength(3);
+    console.log(`recorded detach purge: POST ${sentinel!.url} ${sentinel!.body}`);
+    console.log(`recorded prefetch: POST ${prefetches(cdn)[0]!.url} ${prefetches(cdn)[0]!.body}`);
 
     expect((await call(server.baseUrl, 'GET', '/api/v1/events', undefined, {} as typeof auth)).status).toBe(401);
     const stream = await events(server.baseUrl);
@@ -198,6 +200,50 @@ describe('CDN purge and prefetch (CDN77 API)', () => {
     expect(namePaths('bar 1.0.tar.gz')[0]).toBe('/distfiles/bar%201.0.tar.gz');
     console.log(`recorded fastpull purge: POST ${cdn.requests[1]!.url} ${cdn.requests[1]!.body}`);
     expect((await runCli(['purge', '--data-dir', dir, 'a/b'], env)).code).toBe(2);
+  });
+});
+
+describe('CDN outages', () => {
+  it('a purge survives a hung, rate-limited and failing CDN API; readiness reports it without failing', async () => {
+    const cdn = await recorder();
+    let allow = false;
+    cdn.respond = () => {
+      const n = cdn.requests.length + 1;
+      if (n === 1) return 'hang';
+      if (n === 2) return { status: 429, headers: { 'retry-after': '1' } };
+      return allow ? 201 : 500;
+    };
+    const dir = await dataDir();
+    const server = await serve({ ...baseEnv(dir), ...cdn77Env(cdn) });
+    expect(await put(server.baseUrl, 'outage-1.0.tar.gz', 'outage\n')).toBe(201);
+    expect((await call(server.baseUrl, 'DELETE', '/api/v1/distfiles/outage-1.0.tar.gz')).status).toBe(200);
+
+    const readyz = () => call(server.baseUrl, 'GET', '/readyz', undefined, {} as typeof auth);
+    expect(await cdn.waitFor((r) => r.length >= 3)).toBe(true);
+    let ready = await readyz();
+    // The status behind readyz is cached for a second: look again until it has caught up (bounded).
+    for (let i = 0; i < 100 && ready.json.checks.events.ok; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      ready = await readyz();
+    }
+    expect(ready.status).toBe(200);
+    expect(ready.json.checks.events.ok).toBe(false);
+    expect(ready.json.checks.events.detail).toMatch(/cdn:cdn77: 1 pending.*failing \(CDN purge answered (429|500)\)/);
+
+    allow = true;
+    expect(await cdn.waitFor((r) => r.some((q) => q.answer === 201))).toBe(true);
+    const answers = cdn.requests.map((q) => q.answer);
+    expect(answers.slice(0, 3)).toEqual(['hang', 429, 500]);
+    expect(answers.filter((a) => a === 201)).toHaveLength(1);
+    expect(answers[answers.length - 1]).toBe(201);
+    expect(new Set(cdn.requests.map((q) => q.body))).toEqual(new Set([JSON.stringify({ paths: namePaths('outage-1.0.tar.gz') })]));
+    let status = await call(server.baseUrl, 'GET', '/api/v1/status', undefined, {} as typeof auth);
+    for (let i = 0; i < 100 && status.json.events.targets[0].pending !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      status = await call(server.baseUrl, 'GET', '/api/v1/status', undefined, {} as typeof auth);
+    }
+    expect(status.json.events.targets[0]).toMatchObject({ target: 'cdn:cdn77', pending: 0, failed: 0 });
+    expect(status.json.events.targets[0].lastSuccessAt).not.toBeNull();
   });
 });
 
@@ -328,6 +374,20 @@ describe('generic CDN and gc', () => {
     expect(failing.code).toBe(1);
     expect(failing.stderr).toContain('answered 503');
     expect(cache.requests.slice(2).map((q) => q.answer)).toEqual([503, 503]);
+  });
+
+  it('the background scrub announces a quarantine as actor "scrub"', async () => {
+    const dir = await dataDir();
+    const server = await serve({ ...baseEnv(dir), FASTPULL_SCRUB_BYTES_PER_SECOND: '100000000', FASTPULL_SCRUB_PAUSE_SECONDS: '0' });
+    const body = 'scrubbed bytes\n'.repeat(50);
+    expect(await put(server.baseUrl, 'scrub-1.0.tar.gz', body)).toBe(201);
+    await flipBit(dir, sha512(body), 3);
+    let quarantine: any;
+    for (let i = 0; i < 200 && !quarantine; i++) {
+      quarantine = (await events(server.baseUrl)).find((e) => e.type === 'blob.quarantined');
+      if (!quarantine) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(quarantine).toMatchObject({ sha512: sha512(body), names: ['scrub-1.0.tar.gz'], actor: 'scrub' });
   });
 
   it('gc deleting a blob announces it (blob.deleted, with its past names and the CLI actor)', async () => {

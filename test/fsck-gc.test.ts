@@ -434,7 +434,7 @@ describe('high watermark', () => {
     const db = openDatabase(path.join(dataDir, 'index.sqlite'));
     const other = openIndex(dataDir);
     try {
-      const guard = new StorageGuard(db, 100, 0);
+      const guard = new StorageGuard(db, 100);
       expect(() => guard.assertAccepting()).not.toThrow();
       const insert = (conn: typeof db, body: Buffer) =>
         conn

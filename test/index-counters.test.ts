@@ -192,7 +192,8 @@ describe('migration 005 on an index that already holds rows', () => {
     const db = openIndex(dataDir);
     try {
       // Undo migration 005, as an index from an older release lacks it, then apply it again.
-      db.exec(`DROP TABLE index_counters; DROP INDEX blobs_scrub_order; DROP INDEX names_current_nocase;`);
+      db.exec(`DROP TABLE index_counters; DROP INDEX blobs_scrub_order; DROP INDEX names_current_nocase;
+        DROP INDEX fetch_items_downloading;`);
       for (const t of db.prepare(`SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'index_counters_%'`).all() as { name: string }[]) {
         db.exec(`DROP TRIGGER ${t.name}`);
       }

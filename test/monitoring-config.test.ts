@@ -6,6 +6,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
+import { metric, parseMetrics } from './helpers/prom.js';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
 import { LOOPBACK_CIDRS } from './helpers/upstream.js';
 
@@ -93,7 +94,8 @@ describe('Grafana dashboard and alerting rules against a real /metrics', () => {
       upstreams: [{ kind: 'flat', url: 'http://127.0.0.1:9/mirror' }],
       fetchAllowCidrs: LOOPBACK_CIDRS,
       scrubBytesPerSecond: 1024 * 1024,
-      scrubPauseSeconds: 3600,
+      // Passes back to back (100 ms apart), so the file uploaded after start is scrubbed soon.
+      scrubPauseSeconds: 0,
     });
     expect((await server.upload('dash-1.0.tar.gz', 'dashboard\n')).status).toBe(201);
     const res = await get(`${server.baseUrl}/metrics`);
@@ -138,6 +140,23 @@ describe('Grafana dashboard and alerting rules against a real /metrics', () => {
     ]) {
       expect(seen.has(name), name).toBe(true);
     }
+  });
+
+  it('shows the background scrub alive: enabled, progressing, its verified bytes in the index-backed counter', async () => {
+    const startedAt = Date.now() / 1000 - 1;
+    let samples = parseMetrics('');
+    for (let i = 0; i < 200; i++) {
+      samples = parseMetrics((await get(`${server.baseUrl}/metrics`)).body.toString());
+      if (metric(samples, 'fastpull_verified_bytes_total') >= 'dashboard\n'.length) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(metric(samples, 'fastpull_scrub_enabled')).toBe(1);
+    // Each pass re-hashes the one blob.
+    const blobs = metric(samples, 'fastpull_verified_blobs_total');
+    expect(blobs).toBeGreaterThanOrEqual(1);
+    expect(metric(samples, 'fastpull_verified_bytes_total')).toBe(blobs * 'dashboard\n'.length);
+    // Resting after its pass over one blob: the gauge reads "now", so the stalled alert stays quiet.
+    expect(metric(samples, 'fastpull_scrub_last_progress_timestamp_seconds')).toBeGreaterThanOrEqual(startedAt);
   });
 
   it('has a well-formed dashboard: unique ids, a Prometheus query per panel, the import datasource input', async () => {

@@ -1,5 +1,4 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -9,13 +8,14 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
 import { LOOPBACK_CIDRS } from './helpers/upstream.js';
+import { haveTool } from './helpers/tools.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 /** The page fetches after load; on a busy two-core machine that can take longer than expect.poll's 1 s default. */
 const POLL = { timeout: 20_000, interval: 100 };
 const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
 
-const HAVE_CHROMIUM = existsSync(CHROMIUM);
+const HAVE_CHROMIUM = haveTool(CHROMIUM, 'chromium');
 const TITLE = HAVE_CHROMIUM
   ? 'status page in headless Chromium'
   : `status page in headless Chromium: SKIPPED, ${CHROMIUM} is absent (apt-get install chromium)`;
@@ -48,6 +48,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
       upstreamFailureThreshold: 1,
       upstreamCooldownSeconds: 3600,
       fetchRetries: 0,
+      fetchAllowCidrs: LOOPBACK_CIDRS,
       highWatermarkBytes: 10 * 1024 ** 3,
     });
     shotDir = await mkdtemp(path.join(tmpdir(), 'fastpull-status-shots-'));

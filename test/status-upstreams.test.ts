@@ -25,6 +25,7 @@ describe('upstream mirrors on the status API and in /metrics', () => {
       upstreamFailureThreshold: 1,
       upstreamCooldownSeconds: 3600,
       fetchRetries: 0,
+      // Loopback stands in for the internet here; without this the guard refuses it before connecting.
       fetchAllowCidrs: LOOPBACK_CIDRS,
     });
   });

@@ -1,16 +1,21 @@
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readdir, unlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../src/store/blob-store.js';
 import { Ingest } from '../src/ingest/ingest.js';
 import { runCli } from './helpers/cli.js';
-import { writeRepo, type TestEbuild } from './helpers/repo.js';
+import { manifestLine, writeRepo, type TestDist, type TestEbuild } from './helpers/repo.js';
 import { startServeProcess, type ServeProcess } from './helpers/serve-process.js';
 import { ADMIN_TOKEN, get, startTestServer } from './helpers/server.js';
-import { openIndex, removeTempDirs, sha512, shard, tempDir } from './helpers/trees.js';
-import { bytes, serve, type Handler } from './helpers/upstream.js';
+import { openIndex, put, removeTempDirs, sha512, shard, tempDir } from './helpers/trees.js';
+import { bytes, serve, type Handler, type ServeOptions } from './helpers/upstream.js';
 
 afterAll(removeTempDirs);
 
@@ -56,6 +61,7 @@ async function closedPort(): Promise<number> {
   return port;
 }
 
+const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
 const seenFor = (needle: string) => wire.filter((w) => w.includes(needle));
 
 interface Line {
@@ -80,6 +86,40 @@ function parseLines(stdout: string): Map<string, Line[]> {
 
 const statusOf = (lines: Map<string, Line[]>, name: string) => lines.get(name)?.map((l) => l.status).join(',');
 
+/** Stores bytes under a name in a data directory, as an earlier upload would have. */
+async function seed(dataDir: string, files: [string, Buffer][]): Promise<void> {
+  const store = new BlobStore(dataDir);
+  await store.init();
+  const db = openIndex(dataDir);
+  try {
+    const ingest = new Ingest(store, db.index);
+    for (const [filename, data] of files) await ingest.ingest(Readable.from([data]), { filename });
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * A one-upstream world: `files` served at /dl/<name> (with `options`), a repository with one package
+ * per file naming that URL, and an empty data directory.
+ */
+async function withSmallRepo(
+  name: string,
+  files: TestDist[],
+  options: ServeOptions,
+  body: (world: { src: LoggedUpstream; repo: string; dataDir: string }) => Promise<void>,
+): Promise<void> {
+  const src = await startLogged(name);
+  try {
+    for (const f of files) src.files.set(`/dl/${f.name}`, serve(f.body, options));
+    const repo = await tempDir(`repo-${name}`);
+    await writeRepo(repo, files.map((f, i) => ({ cpv: `app-misc/${name}${i}-1`, srcUri: `${src.url}/dl/${f.name}`, dist: [f] })));
+    await body({ src, repo, dataDir: await tempDir(`sync-${name}`) });
+  } finally {
+    await src.close();
+  }
+}
+
 // Names real trees use that must pass untouched.
 const GO_NAME = 'github.com%2F!azure%2Fazure-sdk-for-go%2F@v%2Fv40.3.0+incompatible.mod';
 const GO_PATH = '/go/github.com/%21azure/azure-sdk-for-go/@v/v40.3.0+incompatible.mod';
@@ -101,7 +141,7 @@ describe('fastpull sync-repo', () => {
   beforeAll(async () => {
     [gentoo, src, tpmA, tpmB] = (await Promise.all(['gentoo', 'src', 'tpmA', 'tpmB'].map(startLogged))) as [LoggedUpstream, LoggedUpstream, LoggedUpstream, LoggedUpstream];
     downPort = await closedPort();
-    let seed = 100;
+    let nextSeed = 100;
     for (const name of [
       'present-1.0.tar.gz',
       'other-name-1.0.tar.gz',
@@ -121,7 +161,7 @@ describe('fastpull sync-repo', () => {
       'kit-1.0.tgz',
       'b2only-1.tgz',
     ]) {
-      body[name] = bytes(1000 + seed * 37, seed++);
+      body[name] = bytes(1000 + nextSeed * 37, nextSeed++);
     }
     const overlayShared = bytes(5000, 999);
 
@@ -185,13 +225,10 @@ describe('fastpull sync-repo', () => {
 
     // The origin already holds one file under its name and one file's bytes under another name.
     dataDir = await tempDir('sync-data');
-    const store = new BlobStore(dataDir);
-    await store.init();
-    const db = openIndex(dataDir);
-    const ingest = new Ingest(store, db.index);
-    await ingest.ingest(Readable.from([body['present-1.0.tar.gz']!]), { filename: 'present-1.0.tar.gz' });
-    await ingest.ingest(Readable.from([body['other-name-1.0.tar.gz']!]), { filename: 'uploaded-as-this.tar.gz' });
-    db.close();
+    await seed(dataDir, [
+      ['present-1.0.tar.gz', body['present-1.0.tar.gz']!],
+      ['uploaded-as-this.tar.gz', body['other-name-1.0.tar.gz']!],
+    ]);
 
     env = {
       FASTPULL_DATA_DIR: dataDir,
@@ -270,7 +307,12 @@ describe('fastpull sync-repo', () => {
       const shared = db.index.history('shared-1.0.tar.gz');
       expect(shared.map((r) => r.sha512).sort()).toEqual([sha512(body['shared-1.0.tar.gz']!), sha512(body['overlay:shared-1.0.tar.gz']!)].sort());
       expect(db.index.servableByName('shared-1.0.tar.gz')?.sha512).toBe(sha512(body['overlay:shared-1.0.tar.gz']!));
-      expect(db.index.history('other-name-1.0.tar.gz')[0]!.attached_by).toBe('sync-repo');
+      expect(db.index.history('other-name-1.0.tar.gz')[0]!.attached_by).toBe('cli:sync-repo');
+      // The run is in the audit log, like every command that changes the index.
+      const audit = db.index.db.prepare(`SELECT actor, detail FROM audit_log WHERE action = 'sync-repo'`).all() as { actor: string; detail: string }[];
+      expect(audit).toHaveLength(1);
+      expect(audit[0]!.actor).toMatch(/^cli:/);
+      expect(audit[0]!.detail).toMatch(/1 present, 1 attached, 13 fetched, 1 fetch-restricted, 1 missing, 1 failed$/);
     } finally {
       db.close();
     }
@@ -324,6 +366,18 @@ describe('fastpull sync-repo', () => {
     expect(text.stdout).toContain('FETCH-RESTRICTED restricted-1.bin (RESTRICT=fetch');
     expect(text.stdout).not.toContain('foo-1.0.tar.gz');
     expect(text.stdout).toMatch(/sync-repo summary \(.*, dry run\): 18 distfiles\n\s+present:\s+15\n/);
+
+    // A tree without metadata/md5-cache (a git checkout before egencache): only the upstreams could help.
+    const bare = await tempDir('repo-bare');
+    await put(bare, 'app-misc/lonely/Manifest', `${manifestLine({ name: 'lonely-1.tgz', body: Buffer.from('lonely') })}\n`);
+    const alone = await runCli(['sync-repo', '--dry-run', '--json', bare], { FASTPULL_DATA_DIR: dataDir });
+    expect(alone.code).toBe(1);
+    expect(alone.stderr).toMatch(/no metadata\/md5-cache \(generate it with egencache\)/);
+    expect(parseLines(alone.stdout).get('lonely-1.tgz')![0]).toMatchObject({
+      status: 'missing',
+      urls: [],
+      reason: 'no ebuild names it in SRC_URI and no upstream is configured',
+    });
   });
 
   it('exits 2 when it cannot run: bad arguments, a missing directory, another sync-repo holding the data directory', async () => {
@@ -339,7 +393,6 @@ describe('fastpull sync-repo', () => {
     expect(noToken.code).toBe(2);
     expect(noToken.stderr).toMatch(/no token/);
     // A live process (this test runner) holds the lock: the second sync-repo refuses to start.
-    const { writeFile, unlink } = await import('node:fs/promises');
     await writeFile(path.join(dataDir, 'sync-repo.lock'), `${process.pid}\n`);
     try {
       const locked = await runCli(['sync-repo', main], env);
@@ -361,7 +414,6 @@ describe('fastpull sync-repo', () => {
     const origin = serveProcess.baseUrl;
     const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
     // Bytes the origin holds under another name only.
-    const { request } = await import('undici');
     const put = await request(`${origin}/api/v1/distfiles/elsewhere.tar.gz`, { method: 'PUT', body: body['foo-1.0.tar.gz']!, headers: auth });
     expect(put.statusCode).toBe(201);
     await put.body.dump();
@@ -436,16 +488,87 @@ describe('fastpull sync-repo', () => {
   });
 });
 
+describe('fastpull sync-repo: every Manifest digest counts', () => {
+  it('refuses bytes whose SHA512 matches when the BLAKE2B or the size in the Manifest does not', async () => {
+    const good = bytes(3000, 700);
+    const files = [
+      { name: 'wrong-blake2b-1.tgz', body: bytes(3000, 701), claim: { blake2b: 'f'.repeat(128) } },
+      { name: 'wrong-size-1.tgz', body: bytes(3000, 702), claim: { size: 2999 } },
+      { name: 'honest-1.tgz', body: good },
+    ];
+    await withSmallRepo('liar', files, {}, async ({ repo, dataDir }) => {
+      const res = await runCli(['sync-repo', '--json', repo], { FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8' });
+      expect(res.code).toBe(1);
+      const lines = parseLines(res.stdout);
+      expect(statusOf(lines, 'honest-1.tgz')).toBe('fetched');
+      expect(statusOf(lines, 'wrong-blake2b-1.tgz')).toBe('failed');
+      expect(lines.get('wrong-blake2b-1.tgz')![0]!.reason).toMatch(/digest mismatch: blake2b expected f{128}, got [0-9a-f]{128}; nothing was stored/);
+      expect(statusOf(lines, 'wrong-size-1.tgz')).toBe('failed');
+      expect(lines.get('wrong-size-1.tgz')![0]!.reason).toMatch(/upstream announces 3000 bytes, 2999 were declared/);
+      const db = openIndex(dataDir);
+      try {
+        expect(db.index.blob(sha512(files[0]!.body))).toBeUndefined();
+        expect(db.index.blob(sha512(files[1]!.body))).toBeUndefined();
+        expect(db.index.servableByName('honest-1.tgz')?.sha512).toBe(sha512(good));
+      } finally {
+        db.close();
+      }
+    });
+  });
+});
+
+const hasScript = existsSync('/usr/bin/script');
+if (!hasScript) console.warn('sync-repo terminal test skipped: /usr/bin/script (util-linux) is not installed');
+
+describe('fastpull sync-repo: on a terminal', () => {
+  // Under CI a missing script(1) must fail the test rather than skip it.
+  it.runIf(hasScript || process.env.CI === 'true')('draws the progress bar while downloading', async () => {
+    const files = Array.from({ length: 3 }, (_, i) => ({ name: `tty-${i}.tar.gz`, body: bytes(256 * 1024, 900 + i) }));
+    await withSmallRepo('tty', files, {}, async ({ repo, dataDir }) => {
+      // script(1) gives the child a real pseudo-terminal, so stdout and stderr are TTYs there.
+      const command = `${process.execPath} --import tsx ${CLI} sync-repo ${repo}`;
+      const out = await new Promise<string>((resolve, reject) => {
+        const child = spawn('/usr/bin/script', ['-qec', command, '/dev/null'], {
+          env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8' },
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
+        let text = '';
+        child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+        child.on('error', reject);
+        child.on('close', () => resolve(text));
+      });
+      expect(out).toContain('\r\x1b[K[################] 100% 3/3 files 768.0 KiB/768.0 KiB ');
+      for (const f of files) expect(out).toContain(`FETCHED ${f.name}`);
+      expect(out).toMatch(/fetched:\s+3/);
+    });
+  });
+});
+
+describe('fastpull sync-repo: storage high watermark', () => {
+  it('queues nothing above FASTPULL_HIGH_WATERMARK_BYTES, like POST /api/v1/fetches', async () => {
+    const file = { name: 'later-1.tgz', body: bytes(2000, 800) };
+    await withSmallRepo('full', [file], {}, async ({ repo, dataDir }) => {
+      await seed(dataDir, [['already-here.tgz', bytes(5000, 801)]]);
+      wire.length = 0;
+      const res = await runCli(['sync-repo', '--json', repo], {
+        FASTPULL_DATA_DIR: dataDir,
+        FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8',
+        FASTPULL_HIGH_WATERMARK_BYTES: '4096',
+      });
+      expect(res.code).toBe(1);
+      const lines = parseLines(res.stdout);
+      expect(statusOf(lines, file.name)).toBe('failed');
+      expect(lines.get(file.name)![0]!.reason).toMatch(/high watermark.*nothing was queued/);
+      expect(wire.filter((w) => w.startsWith('full '))).toEqual([]);
+    });
+  });
+});
+
 describe('fastpull sync-repo: interrupted and resumed', () => {
   it('continues after kill -9 of the CLI mid-download: nothing stored twice, its fetch items adopted', async () => {
-    const src = await startLogged('slow');
-    try {
-      const files = Array.from({ length: 5 }, (_, i) => ({ name: `big-${i}.tar.gz`, body: bytes(1024 * 1024, 500 + i) }));
-      // Slow enough that the kill lands while a download is running.
-      for (const f of files) src.files.set(`/dl/${f.name}`, serve(f.body, { chunkSize: 64 * 1024, delayMs: 60 }));
-      const repo = await tempDir('repo-resume');
-      await writeRepo(repo, files.map((f, i) => ({ cpv: `app-misc/big${i}-1`, srcUri: `${src.url}/dl/${f.name}`, dist: [f] })));
-      const dataDir = await tempDir('sync-resume');
+    const files = Array.from({ length: 5 }, (_, i) => ({ name: `big-${i}.tar.gz`, body: bytes(1024 * 1024, 500 + i) }));
+    // Slow enough that the kill lands while a download is running.
+    await withSmallRepo('slow', files, { chunkSize: 64 * 1024, delayMs: 60 }, async ({ repo, dataDir }) => {
       const env = {
         FASTPULL_DATA_DIR: dataDir,
         FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8',
@@ -453,10 +576,7 @@ describe('fastpull sync-repo: interrupted and resumed', () => {
         HOME: process.env.HOME ?? '/tmp',
       };
 
-      const { spawn } = await import('node:child_process');
-      const { fileURLToPath } = await import('node:url');
-      const cli = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
-      const child = spawn(process.execPath, ['--import', 'tsx', cli, 'sync-repo', '--json', '--jobs', '1', repo], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'sync-repo', '--json', '--jobs', '1', repo], { env, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       const exited = new Promise<string | number | null>((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)));
       await new Promise<void>((resolve, reject) => {
@@ -469,7 +589,6 @@ describe('fastpull sync-repo: interrupted and resumed', () => {
       });
       child.kill('SIGKILL');
       expect(await exited).toBe('SIGKILL');
-      const { readdir } = await import('node:fs/promises');
       expect(await readdir(dataDir)).toContain('sync-repo.lock');
 
       const db = openIndex(dataDir);
@@ -506,8 +625,31 @@ describe('fastpull sync-repo: interrupted and resumed', () => {
       // No temp file of the killed process is left behind, and the lock was released.
       expect(await readdir(path.join(dataDir, 'tmp'))).toEqual([]);
       expect((await readdir(dataDir)).includes('sync-repo.lock')).toBe(false);
-    } finally {
-      await src.close();
-    }
+    });
+  });
+
+  it('stops cleanly on SIGTERM: summary, exit 1, lock released, running downloads back in the queue', async () => {
+    const files = Array.from({ length: 3 }, (_, i) => ({ name: `term-${i}.tar.gz`, body: bytes(1024 * 1024, 600 + i) }));
+    await withSmallRepo('term', files, { chunkSize: 64 * 1024, delayMs: 60 }, async ({ repo, dataDir }) => {
+      const env = { FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8', PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp' };
+      const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'sync-repo', '--jobs', '1', repo], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<number | string | null>((resolve) => child.on('exit', (code, signal) => resolve(code ?? signal)));
+      // Once the first download is on the wire.
+      while (!wire.some((w) => w.startsWith('term '))) await new Promise((r) => setTimeout(r, 20));
+      child.kill('SIGTERM');
+      expect(await exited, out).toBe(1);
+      expect(out).toMatch(/interrupted: run the same command again to continue/);
+      expect(await readdir(dataDir)).not.toContain('sync-repo.lock');
+      const db = openIndex(dataDir);
+      try {
+        const states = db.index.db.prepare('SELECT DISTINCT state FROM fetch_items').all() as { state: string }[];
+        expect(states.map((r) => r.state)).toEqual(['queued']);
+      } finally {
+        db.close();
+      }
+    });
   });
 });

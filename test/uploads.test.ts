@@ -8,6 +8,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AUTH, blake2b, errorBody, filesUnder, pseudoRandomBytes, rawRequest, rowCounts, sha256, sha512 } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
+import { skipOrFail } from './helpers/tools.js';
 
 const api = (server: TestServer, p: string) => `${server.baseUrl}/api/v1${p}`;
 
@@ -576,7 +577,7 @@ describe('disk full', () => {
     const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mountPoint], { encoding: 'utf8' });
     if (mounted.status !== 0) {
       await rm(mountPoint, { recursive: true, force: true });
-      ctx.skip(`cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): ${mounted.stderr.trim()}`);
+      skipOrFail(ctx, `cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): ${mounted.stderr.trim()}`);
       return;
     }
     try {

@@ -4,7 +4,10 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { AUTH, filesUnder } from './helpers/core.js';
 import { content } from './helpers/integrity.js';
-import { startTestServer, type TestServer } from './helpers/server.js';
+import { startServeProcess } from './helpers/serve-process.js';
+import { ADMIN_TOKEN, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
+import { openIndex } from './helpers/integrity.js';
+import { rm } from 'node:fs/promises';
 
 const MiB = 1024 * 1024;
 const MARK = 10 * MiB;
@@ -21,7 +24,7 @@ async function* trickle(bytes: Buffer): AsyncGenerator<Buffer> {
  * A refused upload is answered 507 with `Connection: close` while its body may still be on the way;
  * a client still writing then sees the connection reset before it reads the answer (status 0).
  */
-async function put(server: TestServer, name: string, body: Buffer | Readable, query = '') {
+async function put(server: Pick<TestServer, 'baseUrl'>, name: string, body: Buffer | Readable, query = '') {
   try {
     const res = await request(`${server.baseUrl}/api/v1/distfiles/${name}${query}`, { method: 'PUT', headers: AUTH, body });
     const json = (await res.body.json()) as { error?: string };
@@ -89,4 +92,43 @@ describe('high watermark under concurrency', () => {
       await server.stop();
     }
   });
+});
+
+describe('high watermark across serving processes (FASTPULL_WORKERS=2)', () => {
+  it('holds for 20 parallel 2 MiB uploads spread over two processes', async () => {
+    const dataDir = await makeDataDir();
+    const server = await startServeProcess({
+      FASTPULL_WORKERS: '2',
+      FASTPULL_DATA_DIR: dataDir,
+      FASTPULL_ADMIN_TOKEN: ADMIN_TOKEN,
+      FASTPULL_HIGH_WATERMARK_BYTES: String(MARK),
+      FASTPULL_SHUTDOWN_GRACE_MS: '2000',
+    });
+    try {
+      const bodies = Array.from({ length: 20 }, (_, i) => content(`cluster-${i}`, 2 * MiB));
+      const results = await Promise.all(bodies.map((b, i) => put(server, `cluster-${i}.bin`, b)));
+      for (const r of results) expect([0, 201, 507]).toContain(r.status);
+      expect(results.filter((r) => r.status === 201)).toHaveLength(5);
+      // Both processes took uploads: the mark held across them, not just within one.
+      const pids = new Set(
+        server
+          .output()
+          .split('\n')
+          .filter((l) => l.includes('/api/v1/distfiles/cluster-'))
+          .map((l) => (JSON.parse(l) as { pid: number }).pid),
+      );
+      expect(pids.size).toBe(2);
+      const db = openIndex(dataDir);
+      try {
+        expect((db.prepare('SELECT coalesce(sum(size), 0) AS n FROM blobs').get() as { n: number }).n).toBe(MARK);
+        expect(db.prepare('SELECT count(*) AS n FROM upload_holds').get()).toEqual({ n: 0 });
+      } finally {
+        db.close();
+      }
+    } finally {
+      server.child.kill('SIGTERM');
+      await server.exited;
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

@@ -1,7 +1,6 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfig, type Config } from '../config.js';
 import { DistfileIndex } from '../db/index.js';
@@ -10,22 +9,52 @@ import { Ingest } from '../ingest/ingest.js';
 import { candidateUrls } from '../ingest/repo-metadata.js';
 import { loadThirdpartyMirrors, scanRepository, type RepoDistfile } from '../ingest/repo-scan.js';
 import { digestKey, LocalSyncEngine, type Planned, type SyncEngine, type SyncResult, type SyncStatus } from '../ingest/repo-sync.js';
-import { BlobStore } from '../store/blob-store.js';
 import { filenameProblem } from '../domain/names.js';
+import { localBlobStore } from '../store/open-storage.js';
 import { Fetcher } from '../upstream/fetcher.js';
 import { Mirror } from '../upstream/mirrors.js';
-import { normalizeOrigin, type RetryPolicy } from './origin-client.js';
+import { intOption, runCommand, UsageError, type Parsed } from './args.js';
+import { cliActor } from './context.js';
+import { ORIGIN_OPTIONS, originSettings, type RetryPolicy } from './origin-client.js';
 import { Progress } from './progress.js';
 import { OriginSyncEngine } from './sync-repo-origin.js';
 
 const USAGE = `usage: fastpull sync-repo <repository-dir>... [--dry-run] [--json] [--jobs N] [--include-restricted]
-                          [--mirrors-from DIR] [--data-dir DIR | --origin URL [--token T]]
-  reads every Manifest and metadata/md5-cache entry of the repositories and fetches what the origin lacks
-  (configured FASTPULL_UPSTREAMS first, then SRC_URI), verified against every Manifest digest.
-  exit 0: complete; 1: something is still missing or failed; 2: could not run`;
+                          [--mirrors-from DIR...] [--data-dir DIR | --origin URL [--token T]]
+  reads every Manifest and metadata/md5-cache entry of the repositories and stores every distfile they
+  reference that the origin lacks (tried from FASTPULL_UPSTREAMS first, then SRC_URI), verified against
+  every Manifest digest; exit 0 when complete, 1 when something is still missing or failed, 2 when it
+  could not run. A re-run continues where an interrupted one stopped.
+  --dry-run             change nothing: report what is present and what would be fetched
+  --json                one JSON line per distfile on stdout (the summary goes to stderr)
+  --jobs N              downloads at once (default FASTPULL_FETCH_CONCURRENCY); with --origin, checks at once (8)
+  --include-restricted  also fetch RESTRICT=fetch files that have a URL
+  --mirrors-from DIR    read profiles/thirdpartymirrors of this (master) repository too; repeatable
+  --data-dir DIR        the local data directory (default FASTPULL_DATA_DIR)
+  --origin URL          drive this remote origin through its API instead (never taken from FASTPULL_ORIGIN)
+  --token T             with --origin: upload token (default FASTPULL_TOKEN)
+  --retries N, --retry-delay-ms MS   with --origin: retries after a network error or a 5xx (default 3, 1000)
+  --poll-ms MS          with --origin: between polls of its fetch jobs (default 1000)`;
 
 const STATUSES: SyncStatus[] = ['present', 'attached', 'fetched', 'fetch-restricted', 'missing', 'failed'];
 const LOCK_FILE = 'sync-repo.lock';
+
+const SPEC = {
+  name: 'sync-repo',
+  usage: USAGE,
+  options: {
+    ...ORIGIN_OPTIONS,
+    'dry-run': { type: 'boolean' },
+    json: { type: 'boolean' },
+    jobs: { type: 'string' },
+    'include-restricted': { type: 'boolean' },
+    'mirrors-from': { type: 'string', multiple: true },
+    'data-dir': { type: 'string' },
+    token: { type: 'string' },
+    'poll-ms': { type: 'string' },
+  },
+  positionals: true,
+} as const;
 
 interface Options {
   repos: string[];
@@ -35,50 +64,39 @@ interface Options {
   includeRestricted: boolean;
   mirrorsFrom: string[];
   dataDir: string | undefined;
-  origin: string | undefined;
-  token: string | undefined;
-  retries: number;
-  retryDelayMs: number;
-  pollMs: number;
+  /** Set with --origin: the normalized URL and the retry policy of its requests. */
+  remote: { origin: string; policy: RetryPolicy; token: string | undefined; pollMs: number } | undefined;
 }
 
-function parseOptions(args: string[]): Options {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      'dry-run': { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-      jobs: { type: 'string' },
-      'include-restricted': { type: 'boolean', default: false },
-      'mirrors-from': { type: 'string', multiple: true, default: [] },
-      'data-dir': { type: 'string' },
-      origin: { type: 'string' },
-      token: { type: 'string' },
-      retries: { type: 'string', default: '3' },
-      'retry-delay-ms': { type: 'string', default: '1000' },
-      'poll-ms': { type: 'string', default: '1000' },
-    },
-  });
-  if (positionals.length === 0) throw new Error('no repository directory given');
-  for (const opt of ['retries', 'retry-delay-ms', 'poll-ms'] as const) {
-    if (!/^\d+$/.test(values[opt])) throw new Error(`--${opt} must be a non-negative integer`);
+/** Reads and checks the arguments; throws UsageError (exit 2) for anything wrong with them. */
+async function parseOptions(values: Parsed<typeof SPEC.options>['values'], positionals: string[], onRetry: RetryPolicy['onRetry']): Promise<Options> {
+  if (positionals.length === 0) throw new UsageError('no repository directory given');
+  const jobs = values.jobs !== undefined ? intOption(values.jobs, 'jobs', 1, 1024) : undefined;
+  const pollMs = intOption(values['poll-ms'] ?? '1000', 'poll-ms', 0);
+  if (values.origin !== undefined && values['data-dir'] !== undefined) throw new UsageError('--origin and --data-dir exclude each other');
+  const repos = positionals.map((p) => path.resolve(p));
+  const mirrorsFrom = (values['mirrors-from'] ?? []).map((p) => path.resolve(p));
+  for (const dir of [...repos, ...mirrorsFrom]) {
+    if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw new UsageError(`${dir} is not a directory`);
   }
-  if (values.jobs !== undefined && !/^[1-9]\d{0,3}$/.test(values.jobs)) throw new Error('--jobs must be an integer from 1 to 9999');
-  if (values.origin !== undefined && values['data-dir'] !== undefined) throw new Error('--origin and --data-dir exclude each other');
+  const dryRun = values['dry-run'] ?? false;
+  let remote: Options['remote'];
+  // Only --origin selects remote mode: FASTPULL_ORIGIN (push's default) must not silently redirect a local sync.
+  if (values.origin !== undefined) {
+    const { origin, policy } = originSettings(values, undefined, onRetry);
+    const token = values.token ?? loadConfig().pushToken;
+    if (!token && !dryRun) throw new UsageError('no token (--token or FASTPULL_TOKEN): linking and fetch jobs need the upload scope');
+    remote = { origin, policy, token, pollMs };
+  }
   return {
-    repos: positionals.map((p) => path.resolve(p)),
-    dryRun: values['dry-run'],
-    json: values.json,
-    jobs: values.jobs !== undefined ? Number(values.jobs) : undefined,
-    includeRestricted: values['include-restricted'],
-    mirrorsFrom: values['mirrors-from'].map((p) => path.resolve(p)),
+    repos,
+    dryRun,
+    json: values.json ?? false,
+    jobs,
+    includeRestricted: values['include-restricted'] ?? false,
+    mirrorsFrom,
     dataDir: values['data-dir'],
-    origin: values.origin,
-    token: values.token,
-    retries: Number(values.retries),
-    retryDelayMs: Number(values['retry-delay-ms']),
-    pollMs: Number(values['poll-ms']),
+    remote,
   };
 }
 
@@ -172,9 +190,9 @@ class Reporter {
     }
   }
 
-  /** Lines for people: between progress bar redraws on stderr, or on stdout. */
+  /** Lines for people, on stdout; through the bar when both share a terminal, so it is not torn. */
   out(line: string): void {
-    if (this.progress) this.progress.log(line);
+    if (this.progress && process.stdout.isTTY) this.progress.log(line);
     else console.log(line);
   }
 
@@ -185,27 +203,22 @@ class Reporter {
 }
 
 export async function syncRepoCommand(args: string[]): Promise<number> {
-  if (args.includes('--help') || args.includes('-h')) {
-    console.log(USAGE);
-    return 0;
-  }
-  let opts: Options;
-  let config: Config;
-  try {
-    opts = parseOptions(args);
-    config = loadConfig({
+  // Retry lines go wherever the reporter prints notes; it exists only once --json is known.
+  const shown: { reporter?: Reporter } = {};
+  let parsed: { opts: Options; config: Config } | undefined;
+  const code = await runCommand(SPEC, args, async (values, positionals) => {
+    const opts = await parseOptions(values, positionals, (what, attempt, reason) => shown.reporter?.note(`retry ${attempt}: ${what}: ${reason}`));
+    const config = loadConfig({
       ...(opts.dataDir !== undefined ? { dataDir: opts.dataDir } : {}),
       ...(opts.jobs !== undefined ? { fetchConcurrency: opts.jobs } : {}),
     });
-    for (const dir of [...opts.repos, ...opts.mirrorsFrom]) {
-      if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw new Error(`${dir} is not a directory`);
-    }
-  } catch (err) {
-    console.error(`fastpull sync-repo: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
+    parsed = { opts, config };
+    return 0;
+  });
+  if (!parsed) return code;
+  const { opts, config } = parsed;
 
-  const reporter = new Reporter(opts.json);
+  const reporter = (shown.reporter = new Reporter(opts.json));
   let warnings = 0;
   const warn = (message: string) => {
     warnings++;
@@ -213,21 +226,14 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
   };
 
   let engine: SyncEngine;
+  let local: LocalSyncEngine | undefined;
   let release: (() => Promise<void>) | undefined;
   try {
-    // Only --origin selects remote mode: FASTPULL_ORIGIN (push's default) must not silently redirect a local sync.
-    const originText = opts.origin;
-    if (originText !== undefined) {
-      const token = opts.token ?? config.pushToken;
-      if (!token && !opts.dryRun) throw new Error('no token (--token or FASTPULL_TOKEN): linking and fetch jobs need the upload scope');
-      const policy: RetryPolicy = {
-        retries: opts.retries,
-        baseDelayMs: opts.retryDelayMs,
-        onRetry: (what, attempt, reason) => reporter.note(`retry ${attempt}: ${what}: ${reason}`),
-      };
-      engine = new OriginSyncEngine(normalizeOrigin(originText), token, policy, { dryRun: opts.dryRun, pollMs: opts.pollMs });
+    if (opts.remote) {
+      const { origin, policy, token, pollMs } = opts.remote;
+      engine = new OriginSyncEngine(origin, token, policy, { dryRun: opts.dryRun, pollMs });
     } else {
-      engine = await openLocal(config, opts.dryRun);
+      engine = local = await openLocal(config, opts.dryRun);
       if (!opts.dryRun) release = await takeLock(config.dataDir);
     }
   } catch (err) {
@@ -275,7 +281,7 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
       } else pending.push({ distfile: d, urls });
     };
     // A remote origin answers one HEAD per file: overlap them. Local checks are index lookups, one at a time.
-    const checks = new Bounded(opts.origin !== undefined ? (opts.jobs ?? 8) : 1);
+    const checks = new Bounded(opts.remote ? (opts.jobs ?? 8) : 1);
 
     for (const repo of opts.repos) {
       const mirrors = await loadThirdpartyMirrors([...opts.mirrorsFrom, repo]);
@@ -314,7 +320,9 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
           pending,
           (item, result) => {
             settle(item.distfile, item.urls, result);
-            progress.fileDone(item.distfile.size);
+            // Downloaded bytes feed the rate and ETA; files that were not downloaded only advance the bar.
+            if (result.status === 'fetched') progress.read(item.distfile.size);
+            progress.fileDone(result.status === 'fetched' ? 0 : item.distfile.size);
           },
           controller.signal,
         );
@@ -341,6 +349,13 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
     process.removeListener('SIGINT', stop);
     process.removeListener('SIGTERM', stop);
     await upstream?.fetcher.close();
+    if (local && !opts.dryRun) {
+      const c = reporter.counts;
+      local.recordRun(
+        cliActor(),
+        `${opts.repos.join(' ')}: ${STATUSES.map((s) => `${c[s]} ${s}`).join(', ')}${controller.signal.aborted ? '; interrupted' : ''}`,
+      );
+    }
     await engine.close();
     await release?.();
   }
@@ -348,7 +363,7 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
   const { counts } = reporter;
   const total = STATUSES.reduce((n, s) => n + counts[s], 0);
   const lines = [
-    `sync-repo summary (${opts.origin ?? config.dataDir}${opts.dryRun ? ', dry run' : ''}): ${total} distfiles`,
+    `sync-repo summary (${opts.remote?.origin ?? config.dataDir}${opts.dryRun ? ', dry run' : ''}): ${total} distfiles`,
     ...STATUSES.map((s) => `  ${`${s}:`.padEnd(18)}${counts[s]}`),
     ...(conflicts > 0 ? [`  same name, other digests: ${conflicts}`] : []),
     ...(warnings > 0 ? [`  warnings:         ${warnings}`] : []),
@@ -379,7 +394,7 @@ class Bounded {
 /** The data directory: written to unless this is a dry run, which only reads an index that already exists. */
 async function openLocal(config: Config, dryRun: boolean): Promise<LocalSyncEngine> {
   if (!existsSync(config.dataDir)) throw new Error(`data directory ${config.dataDir} does not exist`);
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   const logger = pino({ level: 'error' }, pino.destination(2));
   const file = databaseFile(config.dataDir);
   let db: DB | undefined;

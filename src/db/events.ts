@@ -258,6 +258,8 @@ export class EventOutbox {
     pick: (candidates: ClaimedDelivery[]) => ClaimedDelivery[],
     limit = 100,
   ): ClaimedDelivery[] {
+    // Idle polls stay reads: the write lock is taken only when something is due.
+    if (this.stmt.candidates.all({ target, now: Date.now(), limit: 1 }).length === 0) return [];
     return this.db
       .transaction(() => {
         const now = Date.now();

@@ -101,6 +101,8 @@ function readIni(text: string): Map<string, Map<string, string>> | string {
   let current: Map<string, string> | undefined;
   let lastKey: string | undefined;
   let keyIndent = 0;
+  // Portage decodes as plain UTF-8, so a byte-order mark stays in front of the first header and spoils it.
+  if (text.startsWith('\uFEFF')) return 'line 1 starts with a byte-order mark';
   const lines = text.split(/\r\n|\r|\n/);
   for (let i = 0; i < lines.length; i++) {
     const raw = lines[i]!;

@@ -7,13 +7,12 @@ import type { DistfileIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
-import { sendError, STATUS_BY_CODE } from './errors.js';
+import { sendError } from './errors.js';
 import { strictQueryOnWrites } from './strict-query.js';
 import { trustFunction } from './client-address.js';
-import { cutByIdleTimeout } from '../ops/timeouts.js';
 import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
-import { redactUrl } from './redact.js';
+import { requestLogFields } from './request-log.js';
 import { Readiness } from '../ops/readiness.js';
 import type { TokenStore } from '../auth/token-store.js';
 import { registerOpenApi } from './openapi.js';
@@ -132,11 +131,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   installOps(app, { config, metrics: deps.metrics, readiness, tokens: deps.tokens });
 
   const pullThrough = deps.spider?.pullThrough;
+  const metrics = deps.metrics;
   await app.register(statusRoutes, {
     db: deps.index.db,
     config,
     readiness,
-    ...(deps.metrics ? { traffic: deps.metrics.traffic } : {}),
+    ...(metrics ? { traffic: () => metrics.lastHour() } : {}),
     ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
     events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
   });
@@ -169,27 +169,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 }
 
 function logRequest(request: FastifyRequest, reply: FastifyReply, metrics?: Metrics): void {
-  const finished = reply.raw.writableFinished;
-  // A stalled transfer the idle timeout ended is a 408 (when no answer had started), not the default 200.
-  const timedOut = !finished && cutByIdleTimeout(request.raw.socket);
-  const status = timedOut && !reply.raw.headersSent ? STATUS_BY_CODE.REQUEST_TIMEOUT : reply.statusCode;
-  // Such uploads never reach onResponse, where uploads are otherwise counted.
-  if (timedOut && request.routeKind === 'api' && request.method === 'PUT') metrics?.uploads.labels(String(status), 'REQUEST_TIMEOUT').inc();
-  request.log.info(
-    {
-      method: request.method,
-      url: redactUrl(request.url),
-      status,
-      kind: request.routeKind,
-      range: request.headers.range,
-      ms: Math.round(reply.elapsedTime * 10) / 10,
-      bytes: responseBytes(request),
-      remote: request.ip,
-      ua: request.headers['user-agent'],
-      // Who wrote: the token's name, never the token (set only once authentication succeeded).
-      ...(request.principal ? { tokenName: request.principal.name } : {}),
-      ...(finished ? {} : { aborted: timedOut ? 'idle-timeout' : true }),
-    },
-    'request',
-  );
+  const fields = requestLogFields(request.raw, reply.raw, request.routeKind, reply.elapsedTime, {
+    remote: request.ip,
+    bytes: responseBytes(request),
+    tokenName: request.principal?.name,
+  });
+  // Uploads the idle timeout cut never reach onResponse, where uploads are otherwise counted.
+  if (fields.aborted === 'idle-timeout' && request.routeKind === 'api' && request.method === 'PUT') {
+    metrics?.uploads.labels(String(fields.status), 'REQUEST_TIMEOUT').inc();
+  }
+  request.log.info(fields, 'request');
 }

@@ -8,9 +8,8 @@ import { SMALL_BLOB_BYTES, type OpenFile } from '../store/blob-reader.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
-import { redactUrl } from './redact.js';
 import { clientAddress, trustFunction } from './client-address.js';
-import { cutByIdleTimeout } from '../ops/timeouts.js';
+import { requestLogFields } from './request-log.js';
 import { decide, fixedHeaders, IMMUTABLE, type ByteRange } from './send.js';
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -54,6 +53,21 @@ export interface BodyWatch {
   damaged(blob: ServableBlob, log: Logger, actual: string): void;
 }
 
+const shardPath = (h: string) => `${h.slice(0, 2)}/${h.slice(2, 4)}/${h.slice(4, 6)}/${h}`;
+
+/**
+ * Whether nginx may finish a request whose answer fastpull decided is a 200 or 206: only when nginx,
+ * reading the same request, cannot decide differently. It evaluates Range itself (the same single-range
+ * rules), but with its own validators (the file's mtime, no ETag) for If-Range and the conditionals, so
+ * any of those keeps the request here; so does a Range fastpull chose to ignore (several ranges, another unit).
+ */
+function offloadable(req: IncomingMessage, status: 200 | 206): boolean {
+  const h = req.headers;
+  if (h['if-range'] !== undefined || h['if-match'] !== undefined || h['if-none-match'] !== undefined) return false;
+  if (h['if-modified-since'] !== undefined || h['if-unmodified-since'] !== undefined) return false;
+  return status === 206 || h.range === undefined;
+}
+
 export type HotHandler = (req: IncomingMessage, res: ServerResponse, fallback: (req: IncomingMessage, res: ServerResponse) => void) => void;
 
 /**
@@ -77,6 +91,8 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
     String(layoutBody.length),
   ];
   const logs = logger.isLevelEnabled('info');
+  // Verification on serve needs the bytes to pass through here: it wins over the offload.
+  const accel = config.accelRedirect !== undefined && !watch ? config.accelRedirect.replace(/\/*$/, '/') : undefined;
 
   // The same rule fastify's request.ip follows (FASTPULL_TRUST_PROXY), so both log the same client.
   const remoteOf = (req: IncomingMessage): string | undefined => clientAddress(req, trust);
@@ -97,22 +113,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
     }
     if (!logs) return;
     res.once('close', () => {
-      logger.info(
-        {
-          reqId,
-          method: req.method,
-          url: redactUrl(req.url ?? ''),
-          status: res.statusCode,
-          kind,
-          range: req.headers.range,
-          ms: Math.round((performance.now() - started) * 10) / 10,
-          bytes: bytesSent(),
-          remote: remoteOf(req),
-          ua: req.headers['user-agent'],
-          ...(res.writableFinished ? {} : { aborted: cutByIdleTimeout(req.socket) ? 'idle-timeout' : true }),
-        },
-        'request',
-      );
+      logger.info({ reqId, ...requestLogFields(req, res, kind, performance.now() - started, { remote: remoteOf(req), bytes: bytesSent() }) }, 'request');
     });
   };
 
@@ -162,6 +163,17 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
     }
     const range = decision.status === 206 ? decision.range : undefined;
     const status = decision.status;
+
+    if (accel && method === 'GET' && blob.size > SMALL_BLOB_BYTES && offloadable(req, decision.status)) {
+      // nginx sends the bytes (sendfile) from the internal location, cutting the range itself from the
+      // client's own Range header; fastpull's headers ride along (config/nginx-offload.conf copies them).
+      account(req, res, reqId, target.kind, started);
+      // nginx copies Cache-Control, Content-Disposition and Accept-Ranges itself (the offload config the
+      // rest); on a whole file its static module adds its own Accept-Ranges, on a range it does not.
+      head(res, 200, status === 206 ? fixed.flat : fixed.accel, reqId, ['x-accel-redirect', accel + shardPath(blob.sha512), 'content-length', '0']);
+      res.end();
+      return;
+    }
 
     if (blob.size <= SMALL_BLOB_BYTES) {
       store.reader.small(blob).then(

@@ -9,7 +9,7 @@ import type { DistfileIndex } from '../db/index.js';
 import { isAppError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
 import { toAppError } from './errors.js';
-import { TrafficHistory } from './traffic.js';
+import { TrafficHistory, type TrafficMinute } from './traffic.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -134,34 +134,30 @@ export class Metrics {
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
-  readonly requestDuration = new Histogram({
-    name: 'fastpull_http_request_duration_seconds',
-    help: 'Time from a request\'s arrival to the last byte of its response handed to the socket, by route kind and status class (1xx…5xx)',
-    labelNames: ['kind', 'status_class'] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly timeToFirstByte = new Histogram({
-    name: 'fastpull_http_time_to_first_byte_seconds',
-    help: 'Time from a request\'s arrival to its response headers, by route kind and status class',
-    labelNames: ['kind', 'status_class'] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly upstreamFetchDuration = new Histogram({
-    name: 'fastpull_upstream_fetch_duration_seconds',
-    help: 'Upstream downloads (fetch jobs, pull-through, layout.conf) from the first request to the end of the body, by result (complete, incomplete, or the failure: not-found, network, server-error…)',
-    labelNames: ['result'] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly ingestDuration = new Histogram({
-    name: 'fastpull_ingest_duration_seconds',
-    help: 'Ingests (upload, fetch job or pull-through body streamed, hashed, fsynced, linked and indexed) by result: created, existing or the error code',
-    labelNames: ['result'] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
+  private durationHistogram<L extends string>(name: string, help: string, labelNames: readonly L[]): Histogram<L> {
+    return new Histogram({ name, help, labelNames, buckets: DURATION_BUCKETS, registers: [this.registry] });
+  }
+
+  readonly requestDuration = this.durationHistogram(
+    'fastpull_http_request_duration_seconds',
+    "Time from a request's arrival to the last byte of its response handed to the socket, by route kind and status class (1xx…5xx)",
+    ['kind', 'status_class'],
+  );
+  readonly timeToFirstByte = this.durationHistogram(
+    'fastpull_http_time_to_first_byte_seconds',
+    "Time from a request's arrival to its response headers, by route kind and status class",
+    ['kind', 'status_class'],
+  );
+  readonly upstreamFetchDuration = this.durationHistogram(
+    'fastpull_upstream_fetch_duration_seconds',
+    'Upstream downloads (fetch jobs, pull-through, layout.conf) from the first request to the end of the body, by result (complete, incomplete, or the failure: not-found, network, server-error…)',
+    ['result'],
+  );
+  readonly ingestDuration = this.durationHistogram(
+    'fastpull_ingest_duration_seconds',
+    'Ingests (upload, fetch job or pull-through body streamed, hashed, fsynced, linked and indexed) by result: created, existing or the error code',
+    ['result'],
+  );
   readonly storageRefusals = new Counter({
     name: 'fastpull_storage_refusals_total',
     help: 'Writes refused for lack of space, by reason (watermark, enospc)',
@@ -333,11 +329,6 @@ export class Metrics {
     this.mirrorStates = states;
   }
 
-  /** The index totals as of now (one row read); undefined without a database or once it is closed. */
-  indexCounts(): IndexCounts | undefined {
-    return this.counters?.read();
-  }
-
   /**
    * Everything a completed response feeds: request and byte counters, the duration and
    * time-to-first-byte histograms, and the status page's last hour. Any serving path calls this
@@ -387,6 +378,18 @@ export class Metrics {
   /** In a cluster, any serving process answers /metrics for all of them, through `aggregate`. */
   aggregateWith(aggregate: () => Promise<string>): void {
     this.aggregate = aggregate;
+  }
+
+  private aggregateTraffic: (() => Promise<TrafficMinute[]>) | undefined;
+
+  /** In a cluster, the status page's last hour covers every serving process, through `aggregate`. */
+  aggregateTrafficWith(aggregate: () => Promise<TrafficMinute[]>): void {
+    this.aggregateTraffic = aggregate;
+  }
+
+  /** The last hour of traffic, per minute: this process's, or the cluster's. */
+  async lastHour(): Promise<TrafficMinute[]> {
+    return this.aggregateTraffic ? this.aggregateTraffic() : this.traffic.lastHour();
   }
 
   /** This process's metrics as JSON, for the cluster primary to add up. */

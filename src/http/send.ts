@@ -79,6 +79,8 @@ export interface FixedHeaders {
   flat: string[];
   /** The same as an object, for fastify's reply.headers. */
   object: Record<string, string>;
+  /** `flat` less what nginx adds itself when it sends the bytes (X-Accel-Redirect). */
+  accel: string[];
 }
 
 const FIXED_CACHE_MAX = 8192;
@@ -104,7 +106,9 @@ export function fixedHeaders(blob: ServableBlob, cacheControl: string): FixedHea
     'x-content-type-options': 'nosniff',
   };
   if (blob.filename) object['content-disposition'] = contentDisposition(blob.filename);
-  const fixed = { etag, lastModified, modifiedMs: blob.modified_at, object, flat: Object.entries(object).flat() };
+  const flat = Object.entries(object).flat();
+  const accel = Object.entries(object).filter(([name]) => name !== 'accept-ranges').flat();
+  const fixed = { etag, lastModified, modifiedMs: blob.modified_at, object, flat, accel };
   // Crude but bounded: a full table starts over rather than tracking recency on every hit.
   if (fixedCache.size >= FIXED_CACHE_MAX) fixedCache.clear();
   fixedCache.set(key, fixed);

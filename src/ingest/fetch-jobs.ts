@@ -170,6 +170,10 @@ export class FetchJobs {
       const signal = running.controller.signal;
       try {
         const res = await this.deps.fetcher.open(url, { signal });
+        // An abort (stop, shutdown) can destroy the body before ingest starts reading it, while the
+        // store still prepares its temp file; with no listener that error would crash the process.
+        // The reader still sees it: iterating a destroyed stream throws its error.
+        res.body.on('error', () => undefined);
         running.bytes = 0;
         running.total = res.size ?? expected.size;
         if (expected.size !== undefined && res.size !== undefined && res.size !== expected.size) {

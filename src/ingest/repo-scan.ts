@@ -136,6 +136,9 @@ export async function* scanRepository(
   mirrors: ReadonlyMap<string, readonly string[]>,
   warn: Warn,
 ): AsyncGenerator<RepoDistfile> {
+  if ((await listDir(path.join(root, 'metadata', 'md5-cache'), 'dirs')).length === 0) {
+    warn(`${root}: no metadata/md5-cache (generate it with egencache): SRC_URI is unknown, only the configured upstreams can be asked`);
+  }
   for (const category of await categories(root)) {
     const refs = await categoryReferences(root, category, mirrors, warn);
     for (const pkg of await listDir(path.join(root, category), 'dirs')) {

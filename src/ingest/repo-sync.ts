@@ -2,9 +2,12 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
+import { AuditLog } from '../db/audit.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { DB } from '../db/open.js';
 import { ScopedFetchJobStore, type FetchItemRow, type NewItem } from '../db/fetch-jobs.js';
+import { isAppError } from '../errors.js';
+import { StorageGuard } from '../maintenance/watermark.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { MAX_ITEMS_PER_JOB } from './fetch-jobs.js';
 import type { Ingest } from './ingest.js';
@@ -37,8 +40,11 @@ export interface SyncEngine {
   close(): Promise<void>;
 }
 
-/** Recorded as the actor of names sync-repo attaches and as the creator of its fetch jobs. */
-export const SYNC_ACTOR = 'sync-repo';
+/**
+ * Recorded as the actor of names sync-repo attaches and as the creator of its fetch jobs. The colon
+ * cannot occur in a token name, so jobs a token submits through the API are never mistaken for ours.
+ */
+export const SYNC_ACTOR = 'cli:sync-repo';
 export const DRY_RUN_ATTACH = 'stored under another name: would attach';
 
 const NOT_FOUND = /: upstream answered (404|410)$/;
@@ -125,6 +131,14 @@ export class LocalSyncEngine implements SyncEngine {
   async fetchAll(items: Planned[], onResult: (item: Planned, result: SyncResult) => void, signal: AbortSignal): Promise<void> {
     const { config, db, store, ingest, logger } = this.deps;
     if (!db || !ingest || items.length === 0) return;
+    // As POST /api/v1/fetches: no new downloads above the storage high watermark.
+    try {
+      new StorageGuard(db, config.highWatermarkBytes).assertAccepting();
+    } catch (err) {
+      if (!isAppError(err)) throw err;
+      for (const item of items) onResult(item, { status: 'failed', reason: `${err.message}: nothing was queued` });
+      return;
+    }
     const jobs = new ScopedFetchJobStore(db);
     const byRow = new Map<string, Planned>();
     const rowKey = (r: Pick<FetchItemRow, 'job_id' | 'idx'>) => `${r.job_id}/${r.idx}`;
@@ -199,6 +213,11 @@ export class LocalSyncEngine implements SyncEngine {
     if (!index || !ingest || index.servableByName(filename)?.sha512 === sha512) return false;
     ingest.link(filename, sha512, SYNC_ACTOR);
     return true;
+  }
+
+  /** One audit record per run, as every command that changes the index leaves (names and jobs carry SYNC_ACTOR). */
+  recordRun(actor: string, detail: string): void {
+    if (this.deps.db) new AuditLog(this.deps.db).record({ actor, action: 'sync-repo', detail });
   }
 
   async close(): Promise<void> {

@@ -29,7 +29,7 @@ export interface Spider {
 export function createSpider(
   config: Config,
   /** `jobs`: the queue to run (default: every job in the database; sync-repo passes a scoped one). */
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; jobs?: FetchJobStore; flightLock?: FlightLock; onJobQueued?: () => void },
+  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void; jobs?: FetchJobStore },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.

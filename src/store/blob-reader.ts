@@ -40,8 +40,15 @@ const FD_IDLE_MS = 10_000;
 /** Reads are this big; each response keeps up to READS_IN_FLIGHT of them moving (disk and socket overlap). */
 export const CHUNK_BYTES = 256 * 1024;
 const READS_IN_FLIGHT = 2;
-/** Free chunk buffers kept for reuse: beyond this, buffers are left to the garbage collector. */
-const POOL_MAX_FREE = 64;
+/**
+ * Bytes of chunk buffers all responses together may hold before each response drops to one small chunk
+ * at a time: a crowd of downloads (or of clients that stopped reading) then costs SMALL_CHUNK_BYTES each,
+ * not two full chunks, and still every response moves: nobody waits for another's buffer.
+ */
+const IN_FLIGHT_BUDGET = 16 * 1024 * 1024;
+const SMALL_CHUNK_BYTES = 64 * 1024;
+/** Free buffers kept for reuse, per size: beyond this, buffers are left to the garbage collector. */
+const POOL_MAX_FREE = 32;
 
 // The callback API, promisified: no FileHandle object (and its close bookkeeping) per small read.
 const openFd = promisify(open);
@@ -62,7 +69,12 @@ export class BlobReader {
   readonly smallCache: SmallBlobCache;
   private readonly fds = new Map<string, FdEntry>();
   private readonly opening = new Map<string, Promise<FdEntry | undefined>>();
-  private readonly pool: Buffer[] = [];
+  private readonly pools = new Map<number, Buffer[]>([
+    [CHUNK_BYTES, []],
+    [SMALL_CHUNK_BYTES, []],
+  ]);
+  /** Bytes of chunk buffers currently lent to responses. */
+  private inFlightBytes = 0;
   private sweeper: NodeJS.Timeout | undefined;
   private borrowed = 0;
 
@@ -213,12 +225,20 @@ export class BlobReader {
     this.sweeper = undefined;
   }
 
-  takeBuffer(): Buffer {
-    return this.pool.pop() ?? Buffer.allocUnsafeSlow(CHUNK_BYTES);
+  private takeBuffer(size: number): Buffer {
+    this.inFlightBytes += size;
+    return this.pools.get(size)!.pop() ?? Buffer.allocUnsafeSlow(size);
   }
 
-  giveBuffer(buffer: Buffer): void {
-    if (this.pool.length < POOL_MAX_FREE) this.pool.push(buffer);
+  private giveBuffer(buffer: Buffer): void {
+    this.inFlightBytes -= buffer.length;
+    const pool = this.pools.get(buffer.length)!;
+    if (pool.length < POOL_MAX_FREE) pool.push(buffer);
+  }
+
+  /** Chunk buffers lent out right now, in bytes (bounded by IN_FLIGHT_BUDGET plus one small chunk per response). */
+  get bufferedBytes(): number {
+    return this.inFlightBytes;
   }
 
   /**
@@ -245,6 +265,16 @@ export class BlobReader {
     let waitingDrain = false;
     /** Chunks read out of order wait here until the ones before them are written. */
     const ready = new Map<number, { buffer: Buffer; n: number }>();
+    /**
+     * Buffers handed to `out` whose write has not called back yet. A destroyed response may never call
+     * back; once it has closed its socket writes nothing more, so they come back to the pool then.
+     */
+    const lent = new Set<Buffer>();
+    const reclaim = () => {
+      for (const buffer of lent) this.giveBuffer(buffer);
+      lent.clear();
+    };
+    out.once('close', reclaim);
 
     const finish = (outcome?: 'short' | 'refused' | Error) => {
       if (finished) return;
@@ -273,9 +303,10 @@ export class BlobReader {
           return finish('refused');
         }
         const buffer = chunk.buffer;
+        lent.add(buffer);
         const ok = out.write(view, () => {
           inFlight--;
-          this.giveBuffer(buffer);
+          if (lent.delete(buffer)) this.giveBuffer(buffer);
           if (!finished) fill();
         });
         if (last) {
@@ -291,11 +322,14 @@ export class BlobReader {
 
     const fill = () => {
       while (!finished && !waitingDrain && inFlight < READS_IN_FLIGHT && next <= end) {
+        const crowded = this.inFlightBytes >= IN_FLIGHT_BUDGET;
+        if (crowded && inFlight > 0) break;
+        const size = crowded ? SMALL_CHUNK_BYTES : CHUNK_BYTES;
         const offset = next;
-        const length = Math.min(CHUNK_BYTES, end - offset + 1);
+        const length = Math.min(size, end - offset + 1);
         next += length;
         inFlight++;
-        const buffer = this.takeBuffer();
+        const buffer = this.takeBuffer(size);
         read(file.fd, buffer, 0, length, offset, (err, n) => {
           if (finished) {
             inFlight--;

@@ -9,6 +9,7 @@ import { isSha512Hex } from '../domain/hashes.js';
 import { blobFile } from './paths.js';
 import { Reserve } from './reserve.js';
 import { BlobReader } from './blob-reader.js';
+import { DigestingWriter } from './parallel-digests.js';
 
 export interface WriteOptions {
   expected?: ExpectedDigests;
@@ -36,7 +37,6 @@ export interface OpenBlob {
 }
 
 const TEMP_SUFFIX = '.tmp';
-const WRITE_BATCH_BYTES = 1024 * 1024;
 /** A temp file untouched this long belongs to nobody, whatever its pid says (pids get reused). */
 const STALE_TEMP_MS = 24 * 3600 * 1000;
 
@@ -119,18 +119,18 @@ export class BlobStore {
       throw new AppError('INSUFFICIENT_STORAGE', 'the disk is full: free space with fastpull gc');
     }
     const tmp = path.join(this.tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
-    const hasher = new MultiHasher();
     let handle: FileHandle | undefined;
+    let writer: DigestingWriter | undefined;
     try {
       handle = await open(tmp, 'wx', 0o444);
+      writer = new DigestingWriter(handle);
       // A rejected body must not destroy its source: for an HTTP upload that would kill the
       // socket before the error response could be written.
       const chunks: AsyncIterable<Buffer> =
         source instanceof Readable ? source.iterator({ destroyOnReturn: false }) : source;
-      let batch: Buffer[] = [];
-      let batchBytes = 0;
+      let total = 0;
       for await (const chunk of chunks) {
-        const total = hasher.size + chunk.length;
+        total += chunk.length;
         if (total > maxBytes) {
           throw new AppError('PAYLOAD_TOO_LARGE', `body exceeds the upload limit of ${maxBytes} bytes`, {
             limit: maxBytes,
@@ -142,22 +142,14 @@ export class BlobStore {
           });
         }
         onProgress?.(total);
-        hasher.update(chunk);
-        batch.push(chunk);
-        batchBytes += chunk.length;
-        // Batching small network chunks into one writev keeps syscalls (and thread-pool hops) few.
-        if (batchBytes >= WRITE_BATCH_BYTES) {
-          await writeAll(handle, batch, batchBytes);
-          batch = [];
-          batchBytes = 0;
-        }
+        await writer.push(chunk);
       }
-      if (batchBytes > 0) await writeAll(handle, batch, batchBytes);
+      const digests = await writer.finish();
+      writer = undefined;
       await handle.sync();
       await handle.close();
       handle = undefined;
 
-      const digests = hasher.digest();
       const mismatches = compareDigests(expected, digests);
       if (mismatches.length > 0) {
         throw new AppError('DIGEST_MISMATCH', 'the body does not match the declared digests', { mismatches });
@@ -167,6 +159,7 @@ export class BlobStore {
     } catch (err) {
       throw fromFsError(err);
     } finally {
+      await writer?.abort();
       if (handle) await handle.close().catch(() => undefined);
       await unlink(tmp).catch(() => undefined);
     }
@@ -358,19 +351,6 @@ export async function readdirSafe(dir: string): Promise<string[]> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
-  }
-}
-
-/** writev may write less than asked (e.g. near a full disk); keep going until all is written or it fails. */
-async function writeAll(handle: FileHandle, buffers: Buffer[], total: number): Promise<void> {
-  let { bytesWritten } = await handle.writev(buffers);
-  if (bytesWritten === total) return;
-  const rest = Buffer.concat(buffers).subarray(bytesWritten);
-  let offset = 0;
-  while (offset < rest.length) {
-    ({ bytesWritten } = await handle.write(rest, offset));
-    if (bytesWritten === 0) throw Object.assign(new Error('short write'), { code: 'ENOSPC' });
-    offset += bytesWritten;
   }
 }
 

@@ -54,6 +54,9 @@ export interface S3StorageOptions {
   /** Multipart part size and parallel parts per upload (lib-storage's partSize/queueSize). */
   partSize?: number;
   queueSize?: number;
+  /** Server-side copies (trash, restore) above this go part by part, in parts of `copyPartSize`. */
+  maxSingleCopy?: number;
+  copyPartSize?: number;
 }
 
 const MIN_PART_SIZE = 5 * 1024 * 1024;
@@ -89,11 +92,13 @@ export class S3BlobStorage implements BlobStorage {
   /** '' or 'prefix/'. */
   readonly root: string;
   private readonly client: S3Client;
-  private readonly spoolDir: string;
+  readonly spoolDir: string;
   private readonly staleAfterMs: number;
   private readonly pageSize: number;
   private readonly partSize: number | undefined;
   private readonly queueSize: number;
+  private readonly maxSingleCopy: number;
+  private readonly copyPartSize: number;
 
   constructor(options: S3StorageOptions) {
     this.client = options.client;
@@ -106,6 +111,8 @@ export class S3BlobStorage implements BlobStorage {
     this.pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
     this.partSize = options.partSize;
     this.queueSize = options.queueSize ?? 4;
+    this.maxSingleCopy = options.maxSingleCopy ?? MAX_SINGLE_COPY;
+    this.copyPartSize = options.copyPartSize ?? COPY_PART_SIZE;
   }
 
   key(sha512: string): string {
@@ -164,28 +171,17 @@ export class S3BlobStorage implements BlobStorage {
   async listPage(options: { after?: string | undefined; limit?: number | undefined } = {}): Promise<BlobPage> {
     const limit = options.limit ?? this.pageSize;
     const hashes: string[] = [];
-    let startAfter = options.after === undefined ? undefined : this.key(options.after);
-    for (;;) {
-      const page = await this.client.send(
-        new ListObjectsV2Command({
-          Bucket: this.bucket,
-          ...(this.root ? { Prefix: this.root } : {}),
-          ...(startAfter ? { StartAfter: startAfter } : {}),
-          MaxKeys: limit - hashes.length,
-        }),
-      );
-      const keys = (page.Contents ?? []).map((o) => o.Key ?? '');
-      for (const key of keys) {
-        const rel = key.slice(this.root.length);
-        if (rel > LAST_BLOB_KEY) return { hashes, next: undefined };
-        const m = BLOB_KEY.exec(rel);
-        // Anything else under the prefix (an operator's stray object) is not a blob.
-        if (m && m[4]!.startsWith(m[1]! + m[2]! + m[3]!)) hashes.push(m[4]!);
-      }
-      if (!page.IsTruncated || keys.length === 0) return { hashes, next: undefined };
-      if (hashes.length >= limit) return { hashes, next: hashes[hashes.length - 1] };
-      startAfter = keys[keys.length - 1];
+    // One key more than a page tells whether another page follows, without a further request.
+    for await (const { key } of this.objects(this.root, options.after === undefined ? undefined : this.key(options.after), limit + 1)) {
+      const rel = key.slice(this.root.length);
+      if (rel > LAST_BLOB_KEY) break;
+      const m = BLOB_KEY.exec(rel);
+      // Anything else under the prefix (an operator's stray object) is not a blob.
+      if (!m || !m[4]!.startsWith(m[1]! + m[2]! + m[3]!)) continue;
+      if (hashes.length === limit) return { hashes, next: hashes[hashes.length - 1] };
+      hashes.push(m[4]!);
     }
+    return { hashes, next: undefined };
   }
 
   list(): AsyncIterable<string> {
@@ -247,6 +243,24 @@ export class S3BlobStorage implements BlobStorage {
       keyMarker = page.NextKeyMarker;
       uploadIdMarker = page.NextUploadIdMarker;
       if (!keyMarker) return;
+    }
+  }
+
+  /** Every object under `prefix` after `startAfter`, in key order, fetched `pageSize` at a time. */
+  private async *objects(prefix: string, startAfter?: string, pageSize = this.pageSize): AsyncGenerator<{ key: string; lastModified: number }> {
+    for (;;) {
+      const page = await this.client.send(
+        new ListObjectsV2Command({
+          Bucket: this.bucket,
+          ...(prefix ? { Prefix: prefix } : {}),
+          ...(startAfter ? { StartAfter: startAfter } : {}),
+          MaxKeys: pageSize,
+        }),
+      );
+      const contents = page.Contents ?? [];
+      for (const o of contents) if (o.Key) yield { key: o.Key, lastModified: o.LastModified?.getTime() ?? 0 };
+      startAfter = contents.at(-1)?.Key;
+      if (!page.IsTruncated || !startAfter) return;
     }
   }
 
@@ -314,15 +328,15 @@ export class S3BlobStorage implements BlobStorage {
   /** Server-side copy; objects over CopyObject's 5 GiB ceiling go part by part, aborted on failure. */
   private async copy(from: string, to: string, size: number): Promise<void> {
     const source = `${this.bucket}/${from.split('/').map(encodeURIComponent).join('/')}`;
-    if (size <= MAX_SINGLE_COPY) {
+    if (size <= this.maxSingleCopy) {
       await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: to, CopySource: source }));
       return;
     }
     const { UploadId } = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: to }));
     try {
       const parts: { PartNumber: number; ETag: string }[] = [];
-      for (let start = 0, n = 1; start < size; start += COPY_PART_SIZE, n++) {
-        const end = Math.min(start + COPY_PART_SIZE, size) - 1;
+      for (let start = 0, n = 1; start < size; start += this.copyPartSize, n++) {
+        const end = Math.min(start + this.copyPartSize, size) - 1;
         const out = await this.client.send(
           new UploadPartCopyCommand({ Bucket: this.bucket, Key: to, UploadId, PartNumber: n, CopySource: source, CopySourceRange: `bytes=${start}-${end}` }),
         );
@@ -348,9 +362,11 @@ export class S3BlobStorage implements BlobStorage {
       if (!stale) stale = ((await stat(path.join(this.spoolDir, name)).catch(() => undefined))?.mtimeMs ?? now) < now - this.staleAfterMs;
       if (stale && (await unlink(path.join(this.spoolDir, name)).then(() => true, () => false))) removed++;
     }
+    // Listings give whole seconds, and Swift rounds them up: a time may be up to 1 s later than the event.
+    const bar = now - this.staleAfterMs + 1000;
     const stale: { key: string; uploadId: string }[] = [];
     for await (const u of this.multipartUploads()) {
-      if ((u.initiated?.getTime() ?? 0) <= now - this.staleAfterMs) stale.push(u);
+      if ((u.initiated?.getTime() ?? 0) <= bar) stale.push(u);
     }
     for (const u of stale) {
       await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.key, UploadId: u.uploadId })).catch((err: unknown) => {
@@ -358,20 +374,10 @@ export class S3BlobStorage implements BlobStorage {
       });
       removed++;
     }
-    let startAfter: string | undefined;
-    const gcTrash = `${this.root}trash/gc/`;
-    for (;;) {
-      const page = await this.client.send(
-        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: gcTrash, ...(startAfter ? { StartAfter: startAfter } : {}) }),
-      );
-      for (const o of page.Contents ?? []) {
-        if (o.Key && (o.LastModified?.getTime() ?? 0) <= now - this.staleAfterMs) {
-          await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: o.Key }));
-          removed++;
-        }
-      }
-      startAfter = page.Contents?.at(-1)?.Key;
-      if (!page.IsTruncated || !startAfter) break;
+    for await (const o of this.objects(`${this.root}trash/gc/`)) {
+      if (o.lastModified > bar) continue;
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: o.key }));
+      removed++;
     }
     return removed;
   }

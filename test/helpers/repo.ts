@@ -6,6 +6,8 @@ export interface TestDist {
   body: Buffer;
   /** `both` (Portage's order), `reversed` (SHA512 first), or only one of them. */
   digests?: 'both' | 'reversed' | 'blake2b' | 'sha512';
+  /** What the Manifest claims instead of the truth (a Manifest that lies about one digest). */
+  claim?: { size?: number; blake2b?: string };
 }
 
 export interface TestEbuild {
@@ -17,10 +19,10 @@ export interface TestEbuild {
 }
 
 export function manifestLine(d: TestDist): string {
-  const b = `BLAKE2B ${blake2b(d.body)}`;
+  const b = `BLAKE2B ${d.claim?.blake2b ?? blake2b(d.body)}`;
   const s = `SHA512 ${sha512(d.body)}`;
   const digests = { both: `${b} ${s}`, reversed: `${s} SHA256 ${'0'.repeat(64)} ${b}`, blake2b: b, sha512: s }[d.digests ?? 'both'];
-  return `DIST ${d.name} ${d.body.length} ${digests}`;
+  return `DIST ${d.name} ${d.claim?.size ?? d.body.length} ${digests}`;
 }
 
 /**

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, createWriteStream } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import path from 'node:path';
+import { IN_CI } from './tools.js';
 
 /**
  * Shared by the harnesses that start real services (Swift, PostgreSQL) for a test file: finding their
@@ -26,13 +27,13 @@ export function missingBinaries(names: string[], packages: string): string | und
 }
 
 /**
- * Decides for a test file whether a service can run: under CI=true a missing package fails the file;
- * otherwise the tests skip and the reason is printed. Returns true when the tests should skip.
+ * Decides for a test file whether a service can run, by the rule of tools.ts: under CI=true a missing
+ * package fails the file; otherwise the tests skip and the reason is printed. True means skip.
  */
 export function skipWithoutService(service: string, missing: string | undefined): boolean {
   if (missing === undefined) return false;
-  if (process.env.CI === 'true') throw new Error(`${service} is required under CI: ${missing}`);
-  console.warn(`skipping ${service} tests: ${missing}`);
+  if (IN_CI) throw new Error(`CI=true: ${service} cannot start: ${missing}; .ci/run installs it`);
+  console.error(`SKIPPED: ${service}: ${missing}`);
   return true;
 }
 

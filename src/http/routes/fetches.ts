@@ -4,6 +4,7 @@ import type { FetchJobs } from '../../ingest/fetch-jobs.js';
 import type { PullThrough } from '../../ingest/pull-through.js';
 import type { UpstreamStats } from '../../upstream/stats.js';
 import { requireScope } from '../auth.js';
+import { FETCH_SCHEMAS } from './admin-schemas.js';
 
 export interface FetchRouteDeps {
   auth: Authenticator;
@@ -25,18 +26,18 @@ export async function fetchRoutes(app: FastifyInstance, deps: FetchRouteDeps): P
   });
 
   // Validation lives in parseItems so that each problem maps to its precise code (BAD_URL, BAD_FILENAME, BAD_HASH).
-  app.post('/fetches', { onRequest: canUpload, bodyLimit: 4 * 1024 * 1024 }, async (request, reply) => {
+  app.post('/fetches', { onRequest: canUpload, bodyLimit: 4 * 1024 * 1024, schema: FETCH_SCHEMAS.create }, async (request, reply) => {
     deps.storage?.assertAccepting(request.log);
     const view = fetchJobs.submit(request.body, request.principal?.name ?? null);
     return reply.code(202).header('location', `${request.url.replace(/\/+$/, '')}/${view.id}`).send(view);
   });
 
-  app.get<{ Params: { id: string } }>('/fetches/:id', { onRequest: canRead }, async (request) => {
+  app.get<{ Params: { id: string } }>('/fetches/:id', { onRequest: canRead, schema: FETCH_SCHEMAS.get }, async (request) => {
     return fetchJobs.view(request.params.id);
   });
 
   // For operators: which mirrors are being skipped (breaker open) and the upstream counters.
-  app.get('/upstreams', { onRequest: canRead }, async () => ({
+  app.get('/upstreams', { onRequest: canRead, schema: FETCH_SCHEMAS.upstreams }, async () => ({
     pullThrough: deps.pullThrough !== undefined,
     mirrors: deps.pullThrough?.mirrorStates() ?? [],
     counters: deps.stats.snapshot(),
