@@ -44,7 +44,6 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
     server = await startTestServer({
       pullThrough: true,
       upstreams: [{ kind: 'gentoo', url: `http://127.0.0.1:${mirrorPort}/gentoo` }],
-      fetchAllowCidrs: LOOPBACK_CIDRS,
       upstreamFailureThreshold: 1,
       upstreamCooldownSeconds: 3600,
       fetchRetries: 0,
