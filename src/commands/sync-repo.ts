@@ -152,6 +152,7 @@ async function usableMirrors(config: Config, warn: (m: string) => void): Promise
 }
 
 async function mirrorUrls(mirrors: Mirror[], fetcher: Fetcher, d: RepoDistfile): Promise<string[]> {
+  if (mirrors.length === 0) return [];
   const urls: string[] = [];
   const signal = AbortSignal.timeout(60_000);
   for (const mirror of mirrors) {
@@ -237,6 +238,7 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
       if (!opts.dryRun) release = await takeLock(config.dataDir);
     }
   } catch (err) {
+    await local?.close();
     console.error(`fastpull sync-repo: ${(err as Error).message}`);
     return 2;
   }
