@@ -137,6 +137,8 @@ async function usableMirrors(config: Config, warn: (m: string) => void): Promise
     retries: 0,
     concurrency: 4,
     perHostConcurrency: 1,
+    // The same address rules as the fetch jobs that will download from these mirrors.
+    allowCidrs: config.fetchAllowCidrs,
   });
   const mirrors: Mirror[] = [];
   for (const m of config.upstreams) {
