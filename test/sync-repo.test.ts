@@ -544,6 +544,21 @@ describe('fastpull sync-repo: on a terminal', () => {
   });
 });
 
+describe('fastpull sync-repo: the fetcher\'s address rules', () => {
+  it('downloads nothing from an address the guard refuses (loopback without FASTPULL_FETCH_ALLOW_CIDRS)', async () => {
+    const file = { name: 'inside-1.tgz', body: bytes(2000, 850) };
+    await withSmallRepo('guarded', [file], {}, async ({ repo, dataDir }) => {
+      wire.length = 0;
+      const res = await runCli(['sync-repo', '--json', repo], { FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_RETRIES: '0' });
+      expect(res.code).toBe(1);
+      const line = parseLines(res.stdout).get(file.name)![0]!;
+      expect(line.status).toBe('failed');
+      expect(line.reason).toMatch(/address not allowed/);
+      expect(wire.filter((w) => w.startsWith('guarded '))).toEqual([]);
+    });
+  });
+});
+
 describe('fastpull sync-repo: storage high watermark', () => {
   it('queues nothing above FASTPULL_HIGH_WATERMARK_BYTES, like POST /api/v1/fetches', async () => {
     const file = { name: 'later-1.tgz', body: bytes(2000, 800) };
