@@ -214,11 +214,12 @@ describe('fastpull sync-repo', () => {
     ];
     await writeRepo(main, mainEbuilds, `# test mirrors\ntpm ${tpmA.url}/ ${tpmB.url}\n`);
 
-    // An overlay: mirror:// comes from the main repository (--mirrors-from), one name clashes with it.
+    // An overlay: mirror:// comes from the main repository (--mirrors-from), one name clashes with it,
+    // one entry has only SHA512 and one only BLAKE2B.
     overlay = await tempDir('repo-overlay');
     await writeRepo(overlay, [
       { cpv: 'app-misc/shared-1.0', srcUri: `${S}/overlay/shared-1.0.tar.gz`, dist: [{ name: 'shared-1.0.tar.gz', body: overlayShared }] },
-      { cpv: 'app-misc/kit-1.0', srcUri: `mirror://tpm/kits/kit-1.0.tgz`, dist: [{ name: 'kit-1.0.tgz', body: body['kit-1.0.tgz']! }] },
+      { cpv: 'app-misc/kit-1.0', srcUri: `mirror://tpm/kits/kit-1.0.tgz`, dist: [{ name: 'kit-1.0.tgz', body: body['kit-1.0.tgz']!, digests: 'sha512' }] },
       { cpv: 'app-misc/b2only-1', srcUri: `${S}/dl/b2only-1.tgz`, dist: [{ name: 'b2only-1.tgz', body: body['b2only-1.tgz']!, digests: 'blake2b' }] },
     ]);
     body['overlay:shared-1.0.tar.gz'] = overlayShared;
