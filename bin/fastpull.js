@@ -4,5 +4,5 @@ import { main } from '../dist/cli.js';
 
 main(process.argv.slice(2)).then(
   (code) => { process.exitCode = code; },
-  (err) => { console.error(err instanceof Error ? err.message : err); process.exitCode = 1; },
+  (err) => { console.error(`fastpull: ${err instanceof Error ? err.message : err}`); process.exitCode = 1; },
 );

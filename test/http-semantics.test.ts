@@ -252,7 +252,7 @@ describe('HTTP semantics of blob responses', () => {
       for (const url of [hashUrl, `${server.baseUrl}/${h}`, `${server.baseUrl}/distfiles/${h}`]) {
         expect((await get(url)).headers['cache-control']).toBe('public, max-age=31536000, immutable');
       }
-      const { filenameHashDir } = await import('../src/store/paths.js');
+      const { filenameHashDir } = await import('../src/domain/layout.js');
       for (const url of [nameUrl, `${server.baseUrl}/distfiles/${filenameHashDir('data-1.0.bin')}/data-1.0.bin`]) {
         expect((await get(url)).headers['cache-control']).toBe(`public, max-age=${NAME_MAX_AGE}`);
       }

@@ -1,5 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Statement } from 'better-sqlite3';
+import { AuditLog, type AuditEntry } from '../db/audit.js';
 import type { DB } from '../db/open.js';
 import { AppError } from '../errors.js';
 import { hashSecret, SCOPES, type Authenticator, type Principal, type Scope } from './tokens.js';
@@ -54,8 +55,8 @@ export class TokenStore {
     revoke: Statement<[{ name: string; at: number }]>;
     touch: Statement<[{ name: string; at: number }]>;
     list: Statement<[], TokenRow>;
-    audit: Statement<[Record<string, unknown>]>;
   };
+  private readonly auditLog: AuditLog;
 
   constructor(readonly db: DB) {
     this.stmt = {
@@ -68,15 +69,15 @@ export class TokenStore {
       revoke: db.prepare('UPDATE tokens SET revoked_at = @at WHERE name = @name AND revoked_at IS NULL'),
       touch: db.prepare('UPDATE tokens SET last_used_at = @at WHERE name = @name'),
       list: db.prepare('SELECT * FROM tokens ORDER BY created_at, name'),
-      audit: db.prepare(
-        `INSERT INTO audit_log (at, actor, action, status, filename, sha512, detail)
-         VALUES (@at, @actor, @action, @status, @filename, @sha512, @detail)`,
-      ),
     };
+    this.auditLog = new AuditLog(db);
   }
 
-  /** Creates a token and returns its secret: the only time the secret exists outside the caller's hands. */
-  create(name: string, scopes: Scope[]): string {
+  /**
+   * Creates a token and returns its secret: the only time the secret exists outside the caller's hands.
+   * `actor` is who asked (the CLI passes `cli:<user>`), recorded in the audit log.
+   */
+  create(name: string, scopes: Scope[], actor = 'cli'): string {
     if (!NAME.test(name)) {
       throw new AppError('BAD_REQUEST', 'a token name is 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit');
     }
@@ -96,18 +97,18 @@ export class TokenStore {
           );
         }
         this.stmt.insert.run({ name, hash: hashSecret(secret), scopes: scopes.join(' '), at });
-        this.audit({ actor: 'cli', action: 'token.create', filename: null, detail: `${name}: ${scopes.join(' ')}` });
+        this.audit({ actor, action: 'token.create', filename: null, detail: `${name}: ${scopes.join(' ')}` });
       })
       .immediate();
     return secret;
   }
 
   /** Returns false when no active token has that name. */
-  revoke(name: string): boolean {
+  revoke(name: string, actor = 'cli'): boolean {
     return this.db
       .transaction(() => {
         const changed = this.stmt.revoke.run({ name, at: Date.now() }).changes > 0;
-        if (changed) this.audit({ actor: 'cli', action: 'token.revoke', detail: name });
+        if (changed) this.audit({ actor, action: 'token.revoke', detail: name });
         return changed;
       })
       .immediate();
@@ -146,23 +147,8 @@ export class TokenStore {
     return { name: row.name, scopes: new Set(row.scopes.split(' ') as Scope[]) };
   }
 
-  audit(entry: {
-    actor: string;
-    action: string;
-    status?: number | null;
-    filename?: string | null;
-    sha512?: string | null;
-    detail?: string | null;
-  }): void {
-    this.stmt.audit.run({
-      at: Date.now(),
-      actor: entry.actor,
-      action: entry.action,
-      status: entry.status ?? null,
-      filename: entry.filename ?? null,
-      sha512: entry.sha512 ?? null,
-      detail: entry.detail ?? null,
-    });
+  audit(entry: AuditEntry): void {
+    this.auditLog.record(entry);
   }
 }
 

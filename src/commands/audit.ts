@@ -1,7 +1,11 @@
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
 import { databaseFile, openDatabase } from '../db/open.js';
+import { intOption, runCommand } from './args.js';
+
+const USAGE = `usage: fastpull audit [--actor NAME] [--limit N] [--json] [--data-dir DIR]
+  the last N (default 50) audit records, oldest first: API writes (actor: token name), commands that change
+  the store or the tokens (actor: cli:<user>) and the background scrub (actor: scrub)`;
 
 interface AuditRow {
   at: number;
@@ -15,20 +19,15 @@ interface AuditRow {
 
 /** `fastpull audit [--actor NAME] [--limit N] [--json]`: who uploaded, linked, deleted, created or revoked what. */
 export async function auditCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      actor: { type: 'string' },
-      limit: { type: 'string', default: '50' },
-      json: { type: 'boolean', default: false },
-      'data-dir': { type: 'string' },
-    },
-  });
-  const limit = Number(values.limit);
-  if (!Number.isSafeInteger(limit) || limit < 1) {
-    console.error('fastpull audit: --limit must be a positive integer');
-    return 2;
-  }
+  const spec = {
+    name: 'audit',
+    usage: USAGE,
+    options: { actor: { type: 'string' }, limit: { type: 'string' }, json: { type: 'boolean' }, 'data-dir': { type: 'string' } },
+  } as const;
+  return runCommand(spec, args, async (values) => showAudit(values, values.limit !== undefined ? intOption(values.limit, 'limit', 1) : 50));
+}
+
+async function showAudit(values: { actor?: string | undefined; json?: boolean | undefined; 'data-dir'?: string | undefined }, limit: number): Promise<number> {
   const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: path.resolve(values['data-dir']) } : {});
   const db = openDatabase(databaseFile(config.dataDir));
   try {

@@ -1,9 +1,13 @@
 import { existsSync } from 'node:fs';
+import { userInfo } from 'node:os';
 import { loadConfig, type Config } from '../config.js';
+import { AuditLog } from '../db/audit.js';
 import { DistfileIndex } from '../db/index.js';
 import { databaseFile, openDatabase, type DB } from '../db/open.js';
 import { MaintenanceQueries } from '../maintenance/queries.js';
-import { BlobStore } from '../store/blob-store.js';
+import type { BlobStore } from '../store/blob-store.js';
+import { localBlobStore } from '../store/open-storage.js';
+import { UsageError } from './args.js';
 
 export interface MaintenanceContext {
   config: Config;
@@ -11,10 +15,21 @@ export interface MaintenanceContext {
   index: DistfileIndex;
   queries: MaintenanceQueries;
   store: BlobStore;
+  /** Every change a command makes is recorded here with actor cliActor(). */
+  audit: AuditLog;
   close(): void;
 }
 
-export class UsageError extends Error {}
+export { UsageError };
+
+/** The audit actor of a command run by an operator: `cli:<login name>` (the uid when it has no name). */
+export function cliActor(): string {
+  try {
+    return `cli:${userInfo().username}`;
+  } catch {
+    return `cli:uid${process.getuid?.() ?? '?'}`;
+  }
+}
 
 /**
  * Opens an existing data directory for a maintenance command. A missing directory is an error,
@@ -28,28 +43,16 @@ export function openDataDir(dataDirOverride: string | undefined, options: { allo
     throw new UsageError(`no index at ${file} (run fastpull reindex to rebuild it from the blobs on disk)`);
   }
   const db = openDatabase(file);
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   return {
     config,
     db,
     index: new DistfileIndex(db),
-    queries: new MaintenanceQueries(db),
+    queries: new MaintenanceQueries(db, { actor: cliActor() }),
     store,
+    audit: new AuditLog(db),
     close: () => db.close(),
   };
-}
-
-/** Runs a command body, turning usage errors into exit code 2 with a message on stderr. */
-export async function withUsage(body: () => Promise<number>): Promise<number> {
-  try {
-    return await body();
-  } catch (err) {
-    if (err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
-      console.error(`fastpull: ${(err as Error).message}`);
-      return 2;
-    }
-    throw err;
-  }
 }
 
 export { formatBytes } from './progress.js';
@@ -62,14 +65,6 @@ export function parseSince(value: string, now = Date.now()): number {
     return now - Number(rel[1]) * unit * 1000;
   }
   const ms = Date.parse(value);
-  if (Number.isNaN(ms)) throw new UsageError(`--since: cannot read "${value}" as a date (try 2026-01-31 or 7d)`);
+  if (Number.isNaN(ms)) throw new UsageError(`--since: cannot read "${value}" as a date or an age (try 2026-01-31 or 7d)`);
   return ms;
-}
-
-export function parsePositiveInt(value: string, option: string, min = 1): number {
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min) {
-    throw new UsageError(`${option}: expected an integer >= ${min}, got "${value}"`);
-  }
-  return n;
 }

@@ -1,51 +1,47 @@
 import { loadConfig } from '../config.js';
 import { readManifests, type DistEntry } from '../ingest/manifest.js';
-import { normalizeOrigin, originHas, parseOriginArgs, type RetryPolicy } from './origin-client.js';
+import { intOption, runCommand, UsageError } from './args.js';
+import { ORIGIN_OPTIONS, ORIGIN_USAGE, originHas, originSettings, type RetryPolicy } from './origin-client.js';
 
-const USAGE = `usage: fastpull coverage [--origin URL] [--concurrency N] [--retries N] <Manifest...>
-  prints one line per DIST entry the origin lacks; exit 0 when it has every entry, 1 when some are missing,
-  2 when the check itself could not be completed`;
+const USAGE = `usage: fastpull coverage [--origin URL] [--concurrency N] [--retries N] [--retry-delay-ms MS] <Manifest...>
+  prints one line per DIST entry the origin lacks (MISSING, WRONG-SIZE, UNCHECKED); exit 0 when it has
+  every entry, 1 when some are missing, 2 when the check itself could not be completed
+${ORIGIN_USAGE}
+  --concurrency N       HEAD requests in flight at once (default 8)`;
 
 export async function coverageCommand(args: string[]): Promise<number> {
-  if (args.includes('--help') || args.includes('-h')) {
-    console.log(USAGE);
-    return 0;
-  }
-  const parsed = parseOriginArgs(args, { concurrency: { type: 'string', default: '8' } }, [], 'no Manifest given');
-  if ('error' in parsed || !/^[1-9]\d*$/.test(parsed.values.concurrency!)) {
-    const message = 'error' in parsed ? parsed.error : '--concurrency must be a positive integer';
-    console.error(`fastpull coverage: ${message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals: manifestFiles } = parsed;
-  const originText = values.origin ?? loadConfig().pushOrigin;
-  if (!originText) {
-    console.error(`fastpull coverage: no origin (--origin or FASTPULL_ORIGIN)\n${USAGE}`);
-    return 2;
-  }
-  let origin: string;
-  let entries: DistEntry[];
-  try {
-    origin = normalizeOrigin(originText);
-    const manifests = await readManifests(manifestFiles);
+  const spec = {
+    name: 'coverage',
+    usage: USAGE,
+    options: { ...ORIGIN_OPTIONS, concurrency: { type: 'string' } },
+    positionals: true,
+  } as const;
+  let setup: { origin: string; policy: RetryPolicy; concurrency: number; entries: DistEntry[] } | undefined;
+  const code = await runCommand(spec, args, async (values, manifestFiles) => {
+    if (manifestFiles.length === 0) throw new UsageError('no Manifest given');
+    const concurrency = intOption(values.concurrency ?? '8', 'concurrency', 1, 1024);
+    const { origin, policy } = originSettings(values, loadConfig().pushOrigin, (what, attempt, reason) =>
+      console.error(`retry ${attempt}: ${what}: ${reason}`),
+    );
+    let manifests;
+    try {
+      manifests = await readManifests(manifestFiles);
+    } catch (err) {
+      throw new UsageError(`cannot read Manifest: ${(err as Error).message}`);
+    }
     for (const warning of manifests.warnings) console.error(`manifest: ${warning}`);
-    entries = manifests.entries;
-  } catch (err) {
-    console.error(`fastpull coverage: ${(err as Error).message}`);
-    return 2;
-  }
+    setup = { origin, policy, concurrency, entries: manifests.entries };
+    return 0;
+  });
+  if (!setup) return code;
+  const { origin, policy, concurrency, entries } = setup;
 
-  const policy: RetryPolicy = {
-    retries: Number(values.retries),
-    baseDelayMs: Number(values['retry-delay-ms']),
-    onRetry: (what, attempt, reason) => console.error(`retry ${attempt}: ${what}: ${reason}`),
-  };
   // One HEAD per distinct hash: several names may share the same bytes.
   const hashes = [...new Set(entries.flatMap((e) => (e.sha512 ? [e.sha512] : [])))];
   let next = 0;
   const results = new Map<string, { present: boolean; size: number | undefined } | Error>();
   await Promise.all(
-    Array.from({ length: Number(values.concurrency) }, async () => {
+    Array.from({ length: concurrency }, async () => {
       while (next < hashes.length) {
         const sha512 = hashes[next++]!;
         results.set(sha512, await originHas(origin, sha512, policy).catch((err: Error) => err));

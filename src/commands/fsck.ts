@@ -1,27 +1,34 @@
-import { parseArgs } from 'node:util';
 import { fsck } from '../maintenance/fsck.js';
-import { openDataDir, withUsage } from './context.js';
+import { runCommand } from './args.js';
+import { cliActor, openDataDir } from './context.js';
 
-export const FSCK_USAGE = 'usage: fastpull fsck [--repair] [--data-dir DIR]';
+export const FSCK_USAGE = `usage: fastpull fsck [--repair] [--data-dir DIR]
+  reconciles disk and index both ways: files without rows, rows without files, wrong sizes, misnamed
+  files, stale temp files; exit 0 consistent (or everything repaired), 1 inconsistencies remain
+  --repair   fix what is safe (new rows are pinned; rows without a file are quarantined, keeping name
+             history); every repair is recorded in the audit log (actor cli:<user>)`;
 
-/** Exit codes: 0 consistent (or everything repaired); 1 inconsistencies remain; 2 usage error. */
 export async function fsckCommand(args: string[]): Promise<number> {
-  return withUsage(async () => {
-    const { values } = parseArgs({
-      args,
-      options: { repair: { type: 'boolean' }, 'data-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-    });
-    if (values.help) {
-      console.log(FSCK_USAGE);
-      return 0;
-    }
+  const spec = { name: 'fsck', usage: FSCK_USAGE, options: { repair: { type: 'boolean' }, 'data-dir': { type: 'string' } } } as const;
+  return runCommand(spec, args, async (values) => {
     const repair = values.repair === true;
     const ctx = openDataDir(values['data-dir']);
     try {
       const report = await fsck(ctx.store, ctx.db, ctx.queries, { repair });
+      const actor = cliActor();
       for (const issue of report.issues) {
         const what = issue.repaired ? `repaired: ${issue.action}` : repair ? 'NOT repaired' : `--repair would: ${issue.action}`;
         console.log(`${issue.kind} ${issue.subject}: ${issue.detail}; ${what}`);
+        if (issue.repaired) {
+          const sha512 = /^[0-9a-f]{128}$/.test(issue.subject) ? issue.subject : null;
+          ctx.audit.record({
+            actor,
+            action: 'fsck.repair',
+            sha512,
+            // Temp files are named by the subject, not by a distfile name: they go in the detail.
+            detail: `${issue.kind}${sha512 ? '' : ` ${issue.subject}`}: ${issue.detail}; ${issue.action}`,
+          });
+        }
       }
       const remaining = report.issues.filter((i) => !i.repaired).length;
       console.log(

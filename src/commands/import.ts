@@ -1,17 +1,29 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
+import { AuditLog } from '../db/audit.js';
 import { DistfileIndex } from '../db/index.js';
 import { databaseFile, openDatabase } from '../db/open.js';
 import { Importer } from '../ingest/import.js';
 import { readManifests, type ManifestSet } from '../ingest/manifest.js';
 import { detectTreeKind, scanTree, TREE_KINDS, type TreeKind } from '../ingest/tree.js';
-import { BlobStore } from '../store/blob-store.js';
+import { localBlobStore } from '../store/open-storage.js';
+import { intOption, runCommand, secondsOption, UsageError } from './args.js';
+import { cliActor } from './context.js';
 import { formatBytes, Progress } from './progress.js';
 
 const USAGE = `usage: fastpull import <dir> [--kind flat|glep75|blos] [--link] [--manifest FILE...] [--jobs N] [--rehash]
                        [--data-dir DIR] [--progress-interval SECONDS]
+  every file is re-hashed; one that contradicts its claimed hash is reported and skipped. Names are
+  attached by cli:<user>, and the run is recorded in the audit log.
+  --kind K                 flat (a DISTDIR), glep75 (a mirror, every layout in its layout.conf) or blos
+                           (Funtoo's store); detected when left out
+  --link                   hard-link verified files into the store instead of copying (the source must
+                           then never be modified in place)
+  --manifest FILE...       attach names from Manifest DIST lines, checking size and digests
+  --jobs N                 files hashed at once (default 2)
+  --rehash                 re-check files already indexed (a re-run otherwise skips them)
+  --progress-interval S    seconds between progress lines when stderr is not a terminal (default 10)
   exit 0: every file imported or already present; 1: something was corrupt or failed, or the run stopped
   early (disk space); 130: interrupted (re-run the same command to continue); 2: bad usage`;
 
@@ -27,7 +39,7 @@ function splitManifestArgs(args: string[]): { rest: string[]; manifests: string[
     if (arg === '--manifest') {
       const start = manifests.length;
       while (i + 1 < args.length && !args[i + 1]!.startsWith('-')) manifests.push(args[++i]!);
-      if (manifests.length === start) throw new Error('--manifest needs at least one file');
+      if (manifests.length === start) throw new UsageError('--manifest needs at least one file');
     } else if (arg.startsWith('--manifest=')) manifests.push(arg.slice('--manifest='.length));
     else rest.push(arg);
   }
@@ -35,43 +47,47 @@ function splitManifestArgs(args: string[]): { rest: string[]; manifests: string[
 }
 
 export async function importCommand(args: string[]): Promise<number> {
-  if (args.includes('--help') || args.includes('-h')) {
-    console.log(USAGE);
-    return 0;
-  }
-  let dir: string;
-  let values: Record<string, string | boolean | undefined>;
-  let manifestFiles: string[];
+  const spec = {
+    name: 'import',
+    usage: USAGE,
+    options: {
+      kind: { type: 'string' },
+      link: { type: 'boolean' },
+      jobs: { type: 'string' },
+      rehash: { type: 'boolean' },
+      'data-dir': { type: 'string' },
+      'progress-interval': { type: 'string' },
+    },
+    positionals: true,
+  } as const;
+  let parsed: { dir: string; manifestFiles: string[]; values: Record<string, string | boolean | undefined>; jobs: number; intervalMs: number } | undefined;
+  // parseArgs knows only repeated flags, so a `--manifest A B` run is taken out first; its error (if any)
+  // is reported like any other, and help still wins.
+  let split: { rest: string[]; manifests: string[] } = { rest: args, manifests: [] };
+  let splitError: unknown;
   try {
-    const split = splitManifestArgs(args);
-    manifestFiles = split.manifests;
-    const parsed = parseArgs({
-      args: split.rest,
-      allowPositionals: true,
-      options: {
-        kind: { type: 'string' },
-        link: { type: 'boolean', default: false },
-        jobs: { type: 'string', default: '2' },
-        rehash: { type: 'boolean', default: false },
-        'data-dir': { type: 'string' },
-        'progress-interval': { type: 'string', default: '10' },
-      },
-    });
-    values = parsed.values;
-    const positionals = [...parsed.positionals];
+    split = splitManifestArgs(args);
+  } catch (err) {
+    splitError = err;
+    split = { rest: args.filter((a) => a === '-h' || a === '--help'), manifests: [] };
+  }
+  const code = await runCommand(spec, split.rest, async (values, words) => {
+    if (splitError) throw splitError;
+    const manifestFiles = split.manifests;
+    const positionals = [...words];
     // `import --manifest A B <dir>`: the run after --manifest swallowed the tree; it is the last word.
     if (positionals.length === 0 && manifestFiles.length > 1) positionals.push(manifestFiles.pop()!);
-    if (positionals.length !== 1) throw new Error(positionals.length === 0 ? 'missing <dir>' : 'expected exactly one <dir>');
-    dir = positionals[0]!;
+    if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing <dir>' : 'expected exactly one <dir>');
     if (values.kind !== undefined && !TREE_KINDS.includes(values.kind as TreeKind)) {
-      throw new Error(`--kind must be one of ${TREE_KINDS.join(', ')}`);
+      throw new UsageError(`--kind must be one of ${TREE_KINDS.join(', ')}`);
     }
-    if (!/^[1-9]\d*$/.test(String(values.jobs))) throw new Error('--jobs must be a positive integer');
-    if (!/^\d+(\.\d+)?$/.test(String(values['progress-interval']))) throw new Error('--progress-interval must be seconds');
-  } catch (err) {
-    console.error(`fastpull import: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
+    const jobs = intOption(values.jobs ?? '2', 'jobs', 1, 256);
+    const intervalMs = secondsOption(values['progress-interval'] ?? '10', 'progress-interval') * 1000;
+    parsed = { dir: positionals[0]!, manifestFiles, values, jobs, intervalMs };
+    return 0;
+  });
+  if (!parsed) return code;
+  const { dir, manifestFiles, values } = parsed;
 
   const root = path.resolve(dir);
   if (!(await stat(root).catch(() => undefined))?.isDirectory()) {
@@ -90,7 +106,7 @@ export async function importCommand(args: string[]): Promise<number> {
   }
 
   const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: String(values['data-dir']) } : {});
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   // Also clears temp files an interrupted import left behind; a running server's own temps survive (its pid lives).
   await store.init();
   const db = openDatabase(databaseFile(config.dataDir));
@@ -106,7 +122,7 @@ export async function importCommand(args: string[]): Promise<number> {
       label: 'import',
       totalFiles: scan.candidates.length,
       totalBytes,
-      intervalMs: Number(values['progress-interval']) * 1000,
+      intervalMs: parsed.intervalMs,
     });
     // layout.conf problems change what gets imported, so they are shown up front, not only counted.
     for (const note of scan.notes) {
@@ -114,6 +130,7 @@ export async function importCommand(args: string[]): Promise<number> {
     }
 
     const importer = new Importer(store, new DistfileIndex(db));
+    const actor = cliActor();
     // First Ctrl-C: finish the files in progress and print the summary (a re-run continues from there).
     // Second: quit at once; the temp files left behind are removed by the next run or server start.
     const interrupt = new AbortController();
@@ -130,7 +147,8 @@ export async function importCommand(args: string[]): Promise<number> {
         signal: interrupt.signal,
         minFreeBytes: config.minFreeBytes,
         link: Boolean(values.link),
-        jobs: Number(values.jobs),
+        jobs: parsed.jobs,
+        by: actor,
         rehash: Boolean(values.rehash),
         ...(manifests ? { manifests } : {}),
         onBytes: (n) => progress.read(n),
@@ -149,6 +167,14 @@ export async function importCommand(args: string[]): Promise<number> {
     const corrupt = byKind('corrupt');
     const failed = byKind('failed');
     const ignored = byKind('ignored');
+    new AuditLog(db).record({
+      actor,
+      action: 'import',
+      detail:
+        `${root} (${kind}${values.link ? ', hard links' : ''}): ${summary.imported} imported, ${summary.present} already present, ` +
+        `${corrupt.length} corrupt, ${failed.length} failed${manifests ? `, ${summary.namesAttached} names from Manifests` : ''}` +
+        (summary.stopped !== undefined ? `; stopped (${summary.stopped})` : ''),
+    });
     const out: string[] = [
       `import summary for ${root} (${kind}):`,
       `  files:            ${summary.files} (${formatBytes(summary.bytes)})`,

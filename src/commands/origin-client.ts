@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { request, type Dispatcher } from 'undici';
-import { shardedPath } from '../store/paths.js';
+import { shardedPath } from '../domain/layout.js';
+import { intOption, UsageError } from './args.js';
 
 /** The spider side of the upload API: HEAD by hash, link, upload; retried where a retry can help. */
 
@@ -68,9 +68,18 @@ export async function withRetries(
   }
 }
 
+/** `--origin` as typed, checked: an address without a scheme gets a message saying so, not "Invalid URL". */
 export function normalizeOrigin(origin: string): string {
-  const url = new URL(origin);
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('--origin must be an http(s) URL');
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(origin)) {
+    throw new UsageError(`--origin "${origin}" has no scheme: write http://${origin} or https://${origin}`);
+  }
+  let url: URL;
+  try {
+    url = new URL(origin);
+  } catch {
+    throw new UsageError(`--origin "${origin}" is not a valid URL`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError(`--origin must be an http:// or https:// URL, not ${url.protocol}//`);
   return url.href.replace(/\/+$/, '');
 }
 
@@ -91,34 +100,26 @@ export async function originHas(
   return { present: answer.status === 200, size };
 }
 
-type StringOptions = Record<string, { type: 'string'; default?: string }>;
+/** Options every origin-talking command (push, coverage) shares. */
+export const ORIGIN_OPTIONS = {
+  origin: { type: 'string' },
+  retries: { type: 'string' },
+  'retry-delay-ms': { type: 'string' },
+} as const;
 
-/**
- * Parses the options every origin-talking command shares (--origin, --retries, --retry-delay-ms)
- * plus `extra`, requiring at least one positional and checking that `counts` are non-negative
- * integers. Returns the usage error's message instead of throwing.
- */
-export function parseOriginArgs(
-  args: string[],
-  extra: StringOptions,
-  counts: string[],
-  noPositionals: string,
-): { values: Record<string, string | undefined>; positionals: string[] } | { error: string } {
-  try {
-    const options: ParseArgsConfig['options'] = {
-      origin: { type: 'string' },
-      retries: { type: 'string', default: '3' },
-      'retry-delay-ms': { type: 'string', default: '1000' },
-      ...extra,
-    };
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options });
-    if (positionals.length === 0) throw new Error(noPositionals);
-    const strings = values as Record<string, string | undefined>;
-    for (const opt of ['retries', 'retry-delay-ms', ...counts]) {
-      if (!/^\d+$/.test(strings[opt]!)) throw new Error(`--${opt} must be a non-negative integer`);
-    }
-    return { values: strings, positionals };
-  } catch (err) {
-    return { error: (err as Error).message };
-  }
+export const ORIGIN_USAGE = `  --origin URL          the origin (default FASTPULL_ORIGIN), with its scheme: https://origin.example
+  --retries N           retries of a request after a network error or a 5xx, with backoff (default 3)
+  --retry-delay-ms MS   first backoff; doubled on each retry, with jitter (default 1000)`;
+
+/** The origin (flag, else FASTPULL_ORIGIN) and the retry policy; throws UsageError for bad values. */
+export function originSettings(
+  values: { origin?: string | undefined; retries?: string | undefined; 'retry-delay-ms'?: string | undefined },
+  configOrigin: string | undefined,
+  onRetry: RetryPolicy['onRetry'],
+): { origin: string; policy: RetryPolicy } {
+  const retries = intOption(values.retries ?? '3', 'retries', 0, 100);
+  const baseDelayMs = intOption(values['retry-delay-ms'] ?? '1000', 'retry-delay-ms', 0);
+  const text = values.origin ?? configOrigin;
+  if (!text) throw new UsageError('no origin (--origin or FASTPULL_ORIGIN)');
+  return { origin: normalizeOrigin(text), policy: { retries, baseDelayMs, ...(onRetry ? { onRetry } : {}) } };
 }

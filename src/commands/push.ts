@@ -5,59 +5,54 @@ import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { loadConfig } from '../config.js';
 import { hashFile, type Digests } from '../store/digests.js';
-import { filenameProblem } from '../store/paths.js';
-import { ClientError, normalizeOrigin, originHas, parseOriginArgs, withRetries, type RetryPolicy } from './origin-client.js';
+import { filenameProblem } from '../domain/names.js';
+import { secondsOption, runCommand, UsageError } from './args.js';
+import { ClientError, ORIGIN_OPTIONS, ORIGIN_USAGE, originHas, originSettings, withRetries, type RetryPolicy } from './origin-client.js';
 import { formatBytes, Progress } from './progress.js';
 
-const USAGE = `usage: fastpull push [--origin URL] [--token T] [--retries N] [--retry-delay-ms MS] <files...>
-  --origin defaults to FASTPULL_ORIGIN, --token to FASTPULL_TOKEN (prefer the variable: argv is visible in ps)`;
+const USAGE = `usage: fastpull push [--origin URL] [--token T] [--retries N] [--retry-delay-ms MS] [--progress-interval SECONDS] <files...>
+  hashes each file, links it by name when the origin already has the bytes, uploads it otherwise;
+  exit 1 if any file failed
+${ORIGIN_USAGE}
+  --token T             upload token (default FASTPULL_TOKEN; prefer the variable: argv is visible in ps)
+  --progress-interval S seconds between progress lines when stderr is not a terminal (default 10)`;
 
 type Outcome = 'uploaded' | 'linked' | 'present' | 'failed';
 
 export async function pushCommand(args: string[]): Promise<number> {
-  if (args.includes('--help') || args.includes('-h')) {
-    console.log(USAGE);
+  const spec = {
+    name: 'push',
+    usage: USAGE,
+    options: { ...ORIGIN_OPTIONS, token: { type: 'string' }, 'progress-interval': { type: 'string' } },
+    positionals: true,
+  } as const;
+  // The retry callback is made before the bar exists (it needs the file sizes), so it reaches it through here.
+  const shown: { bar?: Progress } = {};
+  let setup: { origin: string; policy: RetryPolicy; token: string; files: string[]; intervalMs: number } | undefined;
+  const code = await runCommand(spec, args, async (values, files) => {
+    if (files.length === 0) throw new UsageError('no files given');
+    const config = loadConfig();
+    const { origin, policy } = originSettings(values, config.pushOrigin, (what, attempt, reason) =>
+      shown.bar?.log(`retry ${attempt}: ${what}: ${reason}`),
+    );
+    const token = values.token ?? config.pushToken;
+    if (!token) throw new UsageError('no token (--token or FASTPULL_TOKEN)');
+    const intervalMs = secondsOption(values['progress-interval'] ?? '10', 'progress-interval') * 1000;
+    setup = { origin, policy, token, files, intervalMs };
     return 0;
-  }
-  const parsed = parseOriginArgs(
-    args,
-    { token: { type: 'string' }, 'progress-interval': { type: 'string', default: '10' } },
-    ['progress-interval'],
-    'no files given',
-  );
-  if ('error' in parsed) {
-    console.error(`fastpull push: ${parsed.error}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals: files } = parsed;
-  const config = loadConfig();
-  const originText = values.origin ?? config.pushOrigin;
-  const token = values.token ?? config.pushToken;
-  if (!originText || !token) {
-    console.error(`fastpull push: ${!originText ? 'no origin (--origin or FASTPULL_ORIGIN)' : 'no token (--token or FASTPULL_TOKEN)'}\n${USAGE}`);
-    return 2;
-  }
-  let origin: string;
-  try {
-    origin = normalizeOrigin(originText);
-  } catch (err) {
-    console.error(`fastpull push: ${(err as Error).message}`);
-    return 2;
-  }
+  });
+  if (!setup) return code;
+  const { origin, policy, token, files } = setup;
   const auth = { authorization: `Bearer ${token}` };
 
   const sizes = await Promise.all(files.map((f) => stat(f).then((s) => (s.isFile() ? s.size : 0), () => 0)));
-  const progress = new Progress({
+  const bar = new Progress({
     label: 'push',
     totalFiles: files.length,
     totalBytes: sizes.reduce((a, b) => a + b, 0),
-    intervalMs: Number(values['progress-interval']) * 1000,
+    intervalMs: setup.intervalMs,
   });
-  const policy: RetryPolicy = {
-    retries: Number(values.retries),
-    baseDelayMs: Number(values['retry-delay-ms']),
-    onRetry: (what, attempt, reason) => progress.log(`retry ${attempt}: ${what}: ${reason}`),
-  };
+  shown.bar = bar;
   const counts: Record<Outcome, number> = { uploaded: 0, linked: 0, present: 0, failed: 0 };
   const failures: string[] = [];
 
@@ -73,20 +68,20 @@ export async function pushCommand(args: string[]): Promise<number> {
       const digests = await hashFile(file);
       outcome = await pushOne(origin, auth, policy, file, filename, digests, (n) => {
         sent += n;
-        progress.read(n);
+        bar.read(n);
       });
-      progress.log(`${outcome} ${filename} (${formatBytes(digests.size)})`);
+      bar.log(`${outcome} ${filename} (${formatBytes(digests.size)})`);
     } catch (err) {
       outcome = 'failed';
       const message = `${filename}: ${(err as Error).message}`;
       failures.push(message);
-      progress.log(`failed ${message}`);
+      bar.log(`failed ${message}`);
     }
     counts[outcome]++;
     // A retried upload re-sends bytes; the bar accounts for the file once.
-    progress.fileDone(Math.max(0, (sizes[files.indexOf(file)] ?? 0) - sent));
+    bar.fileDone(Math.max(0, (sizes[files.indexOf(file)] ?? 0) - sent));
   }
-  progress.finish();
+  bar.finish();
 
   const out = [
     `push summary (${origin}):`,

@@ -1,9 +1,11 @@
-import { parseArgs } from 'node:util';
 import { reindex } from '../maintenance/reindex.js';
-import { formatBytes, openDataDir, withUsage } from './context.js';
+import { runCommand } from './args.js';
+import { cliActor, formatBytes, openDataDir } from './context.js';
 import { Progress } from './progress.js';
 
-export const REINDEX_USAGE = 'usage: fastpull reindex [--data-dir DIR]';
+export const REINDEX_USAGE = `usage: fastpull reindex [--data-dir DIR]
+  rebuilds the blob table from the files under blobs/ alone; exit 1 when some files did not match their
+  name (quarantined). File names cannot be recovered from disk.`;
 
 const NAMES_WARNING =
   'NOTE: reindex rebuilds the blob table from the files under blobs/ alone. File names cannot be ' +
@@ -11,14 +13,9 @@ const NAMES_WARNING =
   'that had no row come back with no name (pinned, so gc keeps them). Re-attach names with ' +
   'POST /api/v1/links or by re-uploading.';
 
-/** Exit codes: 0 done; 1 some files did not match their name (quarantined); 2 usage error. */
 export async function reindexCommand(args: string[]): Promise<number> {
-  return withUsage(async () => {
-    const { values } = parseArgs({ args, options: { 'data-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
-    if (values.help) {
-      console.log(REINDEX_USAGE);
-      return 0;
-    }
+  const spec = { name: 'reindex', usage: REINDEX_USAGE, options: { 'data-dir': { type: 'string' } } } as const;
+  return runCommand(spec, args, async (values) => {
     const ctx = openDataDir(values['data-dir'], { allowMissingDatabase: true });
     try {
       console.error(NAMES_WARNING);
@@ -31,6 +28,14 @@ export async function reindexCommand(args: string[]): Promise<number> {
         },
       });
       progress?.finish();
+      const actor = cliActor();
+      ctx.audit.record({
+        actor,
+        action: 'reindex',
+        detail: `${report.indexed} blobs indexed, ${report.added} new, ${report.quarantined.length} quarantined, ${report.dropped.length} rows dropped`,
+      });
+      for (const sha512 of report.quarantined) ctx.audit.record({ actor, action: 'reindex.quarantine', sha512 });
+      for (const sha512 of report.dropped) ctx.audit.record({ actor, action: 'reindex.drop', sha512 });
       console.log(`indexed ${report.indexed} blobs (${formatBytes(report.bytes)}), ${report.added} of them new (pinned, no names)`);
       for (const sha of report.quarantined) console.log(`quarantined ${sha}: bytes do not match the name`);
       for (const sha of report.dropped) console.log(`dropped ${sha}: not on disk (its name rows went with it)`);

@@ -1,25 +1,18 @@
-import { parseArgs } from 'node:util';
 import { collectStats } from '../maintenance/stats.js';
-import { formatBytes, openDataDir, parsePositiveInt, withUsage } from './context.js';
+import { intOption, runCommand } from './args.js';
+import { formatBytes, openDataDir } from './context.js';
 
-export const STATS_USAGE = 'usage: fastpull stats [--json] [--top N] [--data-dir DIR]';
+export const STATS_USAGE = `usage: fastpull stats [--json] [--top N] [--data-dir DIR]
+  counts, bytes stored, the N largest names (default 10) and bytes saved by dedup`;
 
 export async function statsCommand(args: string[]): Promise<number> {
-  return withUsage(async () => {
-    const { values } = parseArgs({
-      args,
-      options: {
-        json: { type: 'boolean' },
-        top: { type: 'string' },
-        'data-dir': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-    if (values.help) {
-      console.log(STATS_USAGE);
-      return 0;
-    }
-    const top = values.top !== undefined ? parsePositiveInt(values.top, '--top') : 10;
+  const spec = {
+    name: 'stats',
+    usage: STATS_USAGE,
+    options: { json: { type: 'boolean' }, top: { type: 'string' }, 'data-dir': { type: 'string' } },
+  } as const;
+  return runCommand(spec, args, async (values) => {
+    const top = values.top !== undefined ? intOption(values.top, 'top', 1) : 10;
     const ctx = openDataDir(values['data-dir']);
     try {
       const s = collectStats(ctx.db, top);

@@ -1,33 +1,29 @@
 import type { Readable } from 'node:stream';
-import { parseArgs } from 'node:util';
 import { selectForVerify, verifyBlob, type VerifyOutcome } from '../maintenance/verify.js';
-import { formatBytes, openDataDir, parsePositiveInt, parseSince, UsageError, withUsage } from './context.js';
+import { intOption, runCommand, UsageError } from './args.js';
+import { cliActor, formatBytes, openDataDir, parseSince } from './context.js';
 import { Progress } from './progress.js';
 
-export const VERIFY_USAGE = 'usage: fastpull verify [--sample N] [--since DATE|AGE] [--data-dir DIR]';
+export const VERIFY_USAGE = `usage: fastpull verify [--sample N | --since DATE|AGE] [--data-dir DIR]
+  re-hashes blobs; a damaged one is moved to <data>/quarantine/, marked (recorded in the audit log, actor
+  cli:<user>) and 404s until re-uploaded. Exit 0 all good, 1 damage or missing files (for cron).
+  (no option)       every blob
+  --sample N        N blobs chosen at random
+  --since AGE|DATE  only blobs NOT verified since then: never verified, or last verified before it.
+                    AGE is a number and a unit s, m, h, d or w (7d: not verified in the last 7 days);
+                    DATE is ISO 8601 (2026-01-31, 2026-01-31T12:00:00Z)`;
 
-/**
- * Re-hashes blobs. Exit codes: 0 all good; 1 corruption or missing files found (cron alerts on it);
- * 2 usage error.
- */
+/** Re-hashes blobs. Exit codes: 0 all good; 1 corruption or missing files found (cron alerts on it); 2 usage error. */
 export async function verifyCommand(args: string[]): Promise<number> {
-  return withUsage(async () => {
-    const { values } = parseArgs({
-      args,
-      options: {
-        sample: { type: 'string' },
-        since: { type: 'string' },
-        'data-dir': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-    if (values.help) {
-      console.log(VERIFY_USAGE);
-      return 0;
-    }
+  const spec = {
+    name: 'verify',
+    usage: VERIFY_USAGE,
+    options: { sample: { type: 'string' }, since: { type: 'string' }, 'data-dir': { type: 'string' } },
+  } as const;
+  return runCommand(spec, args, async (values) => {
     if (values.sample !== undefined && values.since !== undefined) throw new UsageError('--sample and --since do not combine');
     const selection = {
-      ...(values.sample !== undefined ? { sample: parsePositiveInt(values.sample, '--sample') } : {}),
+      ...(values.sample !== undefined ? { sample: intOption(values.sample, 'sample', 1) } : {}),
       ...(values.since !== undefined ? { since: parseSince(values.since) } : {}),
     };
     const ctx = openDataDir(values['data-dir']);
@@ -37,6 +33,7 @@ export async function verifyCommand(args: string[]): Promise<number> {
       const started = Date.now();
       const counts = { ok: 0, corrupt: 0, missing: 0, skipped: 0, bytes: 0 };
       const problems: VerifyOutcome[] = [];
+      const actor = cliActor();
       let readBytes = 0;
       const counting = (stream: Readable) =>
         (async function* () {
@@ -53,6 +50,7 @@ export async function verifyCommand(args: string[]): Promise<number> {
         if (outcome.status !== 'skipped') counts.bytes += ref.size;
         if (outcome.status === 'corrupt') {
           problems.push(outcome);
+          ctx.audit.record({ actor, action: 'verify.quarantine', sha512: ref.sha512, detail: `now hashes to ${outcome.actualSha512}` });
           progress.log(`CORRUPT ${ref.sha512} (${describeNames(outcome.names)}): quarantined`);
         } else if (outcome.status === 'missing') {
           problems.push(outcome);

@@ -7,10 +7,13 @@ import type { DistfileIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
-import { sendError } from './errors.js';
-import type { Metrics } from './metrics.js';
+import { sendError, STATUS_BY_CODE } from './errors.js';
+import { strictQueryOnWrites } from './strict-query.js';
+import { trustFunction } from './client-address.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
+import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
-import { requestLogFields } from './request-log.js';
+import { redactUrl } from './redact.js';
 import { Readiness } from '../ops/readiness.js';
 import type { TokenStore } from '../auth/token-store.js';
 import { registerOpenApi } from './openapi.js';
@@ -19,6 +22,10 @@ import type { Spider } from '../ingest/spider.js';
 import { adminRoutes, type AdminRouteDeps } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 import { statusRoutes } from './routes/status.js';
+import { eventRoutes } from './routes/events.js';
+import { EventOutbox } from '../db/events.js';
+import type { EventDispatcher } from '../events/dispatcher.js';
+import { eventsStatusView } from '../events/status.js';
 import { createHotPath, requestIdOf, type BodyWatch } from './hot-path.js';
 
 export interface AppDeps {
@@ -35,6 +42,8 @@ export interface AppDeps {
   /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
   spider?: Spider;
   storage?: AdminRouteDeps['storage'];
+  /** Outbox delivery; without it GET /api/v1/events still works, status shows no targets. */
+  events?: EventDispatcher;
   /** Watches full bodies the lean download path sends (verification on serve). */
   watch?: BodyWatch;
 }
@@ -78,7 +87,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     // Distfile names reach 255 bytes, three times that when percent-encoded; hashes are 128 hex.
     routerOptions: { maxParamLength: 1024 },
-    trustProxy: config.trustProxy,
+    trustProxy: trustFunction(config.trustProxy),
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
     ...serverTimeoutOptions(config),
@@ -98,6 +107,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ...leanServer(deps),
   });
 
+  // Before any route: every write route gets its query checked (see strict-query.ts).
+  app.addHook('onRoute', strictQueryOnWrites);
   // First: the OpenAPI document only sees routes registered after it.
   await registerOpenApi(app);
 
@@ -106,7 +117,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // onResponse does not report.
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    reply.raw.once('close', () => logRequest(request, reply));
+    reply.raw.once('close', () => logRequest(request, reply, deps.metrics));
   });
 
   // Only download misses may be cached (by a CDN, briefly); admin API answers depend on the token.
@@ -117,14 +128,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
-  installOps(app, {
-    config,
-    metrics: deps.metrics,
-    readiness: deps.readiness ?? new Readiness(config, deps.index.db, deps.logger),
-    tokens: deps.tokens,
-  });
+  const readiness = deps.readiness ?? new Readiness(config, deps.index.db, deps.logger);
+  installOps(app, { config, metrics: deps.metrics, readiness, tokens: deps.tokens });
 
-  await app.register(statusRoutes, { db: deps.index.db });
+  const pullThrough = deps.spider?.pullThrough;
+  await app.register(statusRoutes, {
+    db: deps.index.db,
+    config,
+    readiness,
+    ...(deps.metrics ? { traffic: deps.metrics.traffic } : {}),
+    ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
+    events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
+  });
+  await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events?.outbox ?? new EventOutbox(deps.index.db) });
   await app.register(readRoutes, {
     config,
     index: deps.index,
@@ -152,6 +168,28 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   return app;
 }
 
-function logRequest(request: FastifyRequest, reply: FastifyReply): void {
-  request.log.info(requestLogFields(request.raw, reply.raw, request.routeKind, reply.elapsedTime, request.ip), 'request');
+function logRequest(request: FastifyRequest, reply: FastifyReply, metrics?: Metrics): void {
+  const finished = reply.raw.writableFinished;
+  // A stalled transfer the idle timeout ended is a 408 (when no answer had started), not the default 200.
+  const timedOut = !finished && cutByIdleTimeout(request.raw.socket);
+  const status = timedOut && !reply.raw.headersSent ? STATUS_BY_CODE.REQUEST_TIMEOUT : reply.statusCode;
+  // Such uploads never reach onResponse, where uploads are otherwise counted.
+  if (timedOut && request.routeKind === 'api' && request.method === 'PUT') metrics?.uploads.labels(String(status), 'REQUEST_TIMEOUT').inc();
+  request.log.info(
+    {
+      method: request.method,
+      url: redactUrl(request.url),
+      status,
+      kind: request.routeKind,
+      range: request.headers.range,
+      ms: Math.round(reply.elapsedTime * 10) / 10,
+      bytes: responseBytes(request),
+      remote: request.ip,
+      ua: request.headers['user-agent'],
+      // Who wrote: the token's name, never the token (set only once authentication succeeded).
+      ...(request.principal ? { tokenName: request.principal.name } : {}),
+      ...(finished ? {} : { aborted: timedOut ? 'idle-timeout' : true }),
+    },
+    'request',
+  );
 }

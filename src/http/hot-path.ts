@@ -6,9 +6,11 @@ import type { Config } from '../config.js';
 import type { DistfileIndex, ServableBlob } from '../db/index.js';
 import { SMALL_BLOB_BYTES, type OpenFile } from '../store/blob-reader.js';
 import type { BlobStore } from '../store/blob-store.js';
-import { countResponse, type Metrics } from './metrics.js';
+import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
-import { requestLogFields } from './request-log.js';
+import { redactUrl } from './redact.js';
+import { clientAddress, trustFunction } from './client-address.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
 import { decide, fixedHeaders, IMMUTABLE, type ByteRange } from './send.js';
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
@@ -75,12 +77,10 @@ export type HotHandler = (req: IncomingMessage, res: ServerResponse, fallback: (
  * log line, request id and metrics fastify's route would give, but none of its per-request machinery
  * (hooks, promises, reply objects, header rebuilding). Everything else (errors, misses, pull-through,
  * every other route) goes to fastify untouched; nothing is written before that decision.
- * Returns undefined when the configuration needs fastify's request handling (a trust-proxy list).
  */
 export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
   const { config, index, store, logger, metrics, closing, watch } = deps;
-  const trust = config.trustProxy as unknown;
-  if (typeof trust !== 'boolean') return undefined;
+  const trust = trustFunction(config.trustProxy);
   const nameCacheControl = `public, max-age=${config.nameMaxAge}`;
   const layoutBody = Buffer.from(LAYOUT_CONF);
   const layoutHeaders = [
@@ -95,24 +95,41 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
   // Verification on serve needs the bytes to pass through here: it wins over the offload.
   const accel = config.accelRedirect !== undefined && !watch ? config.accelRedirect.replace(/\/*$/, '/') : undefined;
 
-  const remoteOf = (req: IncomingMessage): string | undefined => {
-    if (trust) {
-      // Trust everything (fastify's trustProxy: true): the client is the left-most forwarded address.
-      const xff = req.headers['x-forwarded-for'];
-      if (typeof xff === 'string' && xff !== '') {
-        const comma = xff.indexOf(',');
-        return (comma === -1 ? xff : xff.slice(0, comma)).trim();
-      }
-    }
-    return req.socket.remoteAddress;
-  };
+  // The same rule fastify's request.ip follows (FASTPULL_TRUST_PROXY), so both log the same client.
+  const remoteOf = (req: IncomingMessage): string | undefined => clientAddress(req, trust);
+
+  /** When head() wrote the status line: time to first byte for the histogram. */
+  const headWrittenAt = new WeakMap<ServerResponse, number>();
 
   /** The one log line and the metrics of a request answered here, exactly as app.ts's hooks write them. */
   const account = (req: IncomingMessage, res: ServerResponse, reqId: string, kind: string, started: number) => {
-    if (metrics) res.once('finish', () => countResponse(metrics, req.socket, kind, res.statusCode));
+    // Wire bytes are read once, by whichever of the two runs first, so the metric and the log agree.
+    let bytes: number | undefined;
+    const bytesSent = () => (bytes ??= socketBytesSinceLastResponse(req.socket));
+    if (metrics) {
+      res.once('finish', () => {
+        const headAt = headWrittenAt.get(res);
+        metrics.observeRequest(kind, res.statusCode, (performance.now() - started) / 1000, headAt === undefined ? undefined : (headAt - started) / 1000, bytesSent());
+      });
+    }
     if (!logs) return;
     res.once('close', () => {
-      logger.info({ reqId, ...requestLogFields(req, res, kind, performance.now() - started, remoteOf(req)) }, 'request');
+      logger.info(
+        {
+          reqId,
+          method: req.method,
+          url: redactUrl(req.url ?? ''),
+          status: res.statusCode,
+          kind,
+          range: req.headers.range,
+          ms: Math.round((performance.now() - started) * 10) / 10,
+          bytes: bytesSent(),
+          remote: remoteOf(req),
+          ua: req.headers['user-agent'],
+          ...(res.writableFinished ? {} : { aborted: cutByIdleTimeout(req.socket) ? 'idle-timeout' : true }),
+        },
+        'request',
+      );
     });
   };
 
@@ -120,6 +137,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
     const all = fixed.concat('x-request-id', reqId, ...extra);
     if (closing()) all.push('connection', 'close');
     res.writeHead(status, all);
+    headWrittenAt.set(res, performance.now());
   };
 
   const lengthHeaders = (range: ByteRange | undefined, size: number): string[] =>

@@ -43,6 +43,7 @@ export async function registerOpenApi(app: FastifyInstance): Promise<void> {
       tags: [
         { name: 'distfiles', description: 'names, blobs and uploads' },
         { name: 'status', description: 'public, read-only' },
+        { name: 'events', description: 'the outbox: every change, pollable' },
       ],
     },
   });

@@ -1,5 +1,7 @@
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { AuditLog } from '../db/audit.js';
 import type { DB } from '../db/open.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { MaintenanceQueries, type ScrubCursor } from './queries.js';
@@ -15,6 +17,10 @@ export const scrubCounters = {
   corruptFound: 0,
   missingFound: 0,
   errors: 0,
+  /** Epoch ms of the last sign of life: a chunk read, a blob done, a pass ended (for the "scrub stalled" alert). */
+  lastProgressAt: 0,
+  /** True while resting between passes by design: no progress is expected then. */
+  resting: false,
 };
 
 export interface ScrubOptions {
@@ -37,9 +43,11 @@ export class Scrubber {
   private loop: Promise<void> | undefined;
   private readonly queries: MaintenanceQueries;
   private readonly bucket: TokenBucket;
+  private readonly audit: AuditLog;
 
   constructor(private readonly options: ScrubOptions) {
-    this.queries = new MaintenanceQueries(options.db);
+    this.queries = new MaintenanceQueries(options.db, { actor: 'scrub' });
+    this.audit = new AuditLog(options.db);
     // One second of burst: short bursts are harmless, long ones are what starve downloads.
     this.bucket = new TokenBucket(options.bytesPerSecond);
   }
@@ -59,8 +67,17 @@ export class Scrubber {
   private async run(): Promise<void> {
     const { store, log } = this.options;
     const signal = this.abort.signal;
-    const wrap = throttled(this.bucket, signal);
+    const throttle = throttled(this.bucket, signal);
+    // A single large blob at a low rate takes a long time: every chunk counts as progress.
+    const wrap = (stream: Readable) =>
+      (async function* () {
+        for await (const chunk of throttle(stream)) {
+          scrubCounters.lastProgressAt = Date.now();
+          yield chunk;
+        }
+      })();
     scrubCounters.running = true;
+    scrubCounters.lastProgressAt = Date.now();
     try {
       while (!signal.aborted) {
         const passStart = Date.now();
@@ -93,6 +110,11 @@ export class Scrubber {
                 { sha512: ref.sha512, names: outcome.names, quarantinedTo: outcome.quarantinedTo, actualSha512: outcome.actualSha512 },
                 'scrub found a corrupt blob: quarantined, it will 404 until re-uploaded',
               );
+              try {
+                this.audit.record({ actor: 'scrub', action: 'scrub.quarantine', sha512: ref.sha512, detail: `now hashes to ${outcome.actualSha512}` });
+              } catch (err) {
+                log?.error({ err, sha512: ref.sha512 }, 'could not write the audit record');
+              }
             } else if (outcome.status === 'missing') {
               pass.missing++;
               scrubCounters.missingFound++;
@@ -102,12 +124,16 @@ export class Scrubber {
         }
         scrubCounters.passesCompleted++;
         if (pass.blobs > 0) log?.info({ ...pass, ms: Date.now() - passStart }, 'scrub pass complete');
+        scrubCounters.resting = true;
         await sleep(Math.max(100, this.options.pauseMs), undefined, { signal });
+        scrubCounters.resting = false;
+        scrubCounters.lastProgressAt = Date.now();
       }
     } catch (err) {
       if (!signal.aborted) throw err;
     } finally {
       scrubCounters.running = false;
+      scrubCounters.resting = false;
     }
   }
 }

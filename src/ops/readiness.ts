@@ -5,8 +5,12 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { DB } from '../db/open.js';
 
-/** Where the drain flag lives: FASTPULL_DRAIN_FILE, else `<dataDir>/drain`. Shared by readyz and `fastpull drain`. */
-export function drainFilePath(config: Pick<Config, 'drainFile' | 'dataDir'>): string {
+/**
+ * Where the drain flag lives: FASTPULL_DRAIN_FILE, else `<dataDir>/drain`; undefined when the config file
+ * turned it off (`drainFile: null`). Shared by readyz and `fastpull drain`.
+ */
+export function drainFilePath(config: Pick<Config, 'drainFile' | 'dataDir'>): string | undefined {
+  if (config.drainFile === null) return undefined;
   return config.drainFile ? path.resolve(config.drainFile) : path.join(config.dataDir, 'drain');
 }
 
@@ -29,9 +33,11 @@ export class Readiness {
   /** Set when shutdown begins, so readyz fails while in-flight downloads finish. */
   shuttingDown = false;
   private readonly probeQuery;
-  private readonly drainFile: string;
+  private readonly drainFile: string | undefined;
   private readonly probeDir: string;
   private lastFailing = '';
+  /** Reported with the checks but never failing readiness (e.g. event delivery: a CDN outage must not drain us). */
+  private readonly details = new Map<string, () => CheckResult>();
 
   constructor(
     private readonly config: Pick<Config, 'drainFile' | 'dataDir' | 'minFreeBytes' | 'readOnly'>,
@@ -42,6 +48,10 @@ export class Readiness {
     this.drainFile = drainFilePath(config);
     // The temp dir is where every upload is first written, so that is the directory that must take writes.
     this.probeDir = path.join(config.dataDir, 'tmp');
+  }
+
+  inform(name: string, probe: () => CheckResult): void {
+    this.details.set(name, probe);
   }
 
   async check(): Promise<ReadinessReport> {
@@ -59,6 +69,14 @@ export class Readiness {
       if (failing.length > 0) this.log?.warn({ failing, checks }, 'not ready');
       else this.log?.info('ready again');
       this.lastFailing = key;
+    }
+    for (const [name, probe] of this.details) {
+      try {
+        checks[name] = probe();
+      } catch (err) {
+        this.log?.warn({ err, check: name }, 'readiness detail failed');
+        checks[name] = { ok: false, detail: 'could not be read' };
+      }
     }
     return { ready: failing.length === 0, failing, checks };
   }
@@ -99,6 +117,7 @@ export class Readiness {
   }
 
   private async drain(): Promise<CheckResult> {
+    if (this.drainFile === undefined) return { ok: true, detail: 'no drain file (drainFile: null)' };
     try {
       await access(this.drainFile);
       return { ok: false, detail: 'drain file present (fastpull drain --off to undo)' };
