@@ -1,5 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, closeSync, readFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { openSync, closeSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
@@ -129,4 +129,43 @@ export function sampleMemory(pid: number, everyMs = 10): { stop(): MemSample; rs
       return { rssPeak, hwm: statusField(pid, 'VmHWM'), samples };
     },
   };
+}
+
+const CLK_TCK = (() => {
+  const out = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout?.trim();
+  const n = Number(out);
+  return Number.isFinite(n) && n > 0 ? n : 100;
+})();
+
+/**
+ * CPU seconds (user + system) used so far by the given processes and every descendant still alive,
+ * from /proc/<pid>/stat: what a server costs, whatever its architecture (nginx with workers, node
+ * with its libuv threads, which count in their process's stat).
+ */
+export function treeCpuSeconds(roots: number[]): number {
+  const parent = new Map<number, number>();
+  const ticks = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    // The command name may hold spaces and parentheses: fields are counted after its closing ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const pid = Number(entry);
+    parent.set(pid, Number(fields[1]));
+    ticks.set(pid, Number(fields[11]) + Number(fields[12]));
+  }
+  const inTree = (pid: number): boolean => {
+    for (let p: number | undefined = pid, hops = 0; p !== undefined && p > 1 && hops < 64; p = parent.get(p), hops++) {
+      if (roots.includes(p)) return true;
+    }
+    return false;
+  };
+  let total = 0;
+  for (const [pid, t] of ticks) if (inTree(pid)) total += t;
+  return total / CLK_TCK;
 }

@@ -12,7 +12,9 @@ import { fsckCommand } from './commands/fsck.js';
 import { gcCommand } from './commands/gc.js';
 import { reindexCommand } from './commands/reindex.js';
 import { statsCommand } from './commands/stats.js';
+import { syncRepoCommand } from './commands/sync-repo.js';
 import { verifyCommand } from './commands/verify.js';
+import { purgeCommand } from './commands/purge.js';
 import { usageMessage } from './commands/args.js';
 
 export type Command = (args: string[]) => Promise<number>;
@@ -24,6 +26,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   import: { run: importCommand, summary: 'import a DISTDIR, GLEP 75 mirror or Funtoo BLOS tree into the data directory' },
   push: { run: pushCommand, summary: 'upload files to an origin (links by hash when it already has the bytes)' },
   coverage: { run: coverageCommand, summary: 'list Manifest DIST entries an origin lacks' },
+  'sync-repo': { run: syncRepoCommand, summary: 'fetch every distfile a Portage repository references that the origin lacks' },
   drain: { run: drainCommand, summary: 'make /readyz fail so a load balancer drains this instance (--off to undo)' },
   token: { run: tokenCommand, summary: 'create, list or revoke API tokens (create prints the secret once)' },
   audit: { run: auditCommand, summary: 'show who uploaded, linked or deleted what, and token changes' },
@@ -32,6 +35,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   reindex: { run: reindexCommand, summary: 'rebuild the blob table from the files on disk (names cannot be recovered)' },
   gc: { run: gcCommand, summary: 'remove unreferenced, unpinned blobs older than the grace period (--dry-run)' },
   stats: { run: statsCommand, summary: 'print counts, bytes stored, largest names and dedup savings (--json)' },
+  purge: { run: purgeCommand, summary: 'ask the CDN to purge the paths of names or sha512s (as fastpull does on quarantine)' },
 };
 
 function usage(): string {

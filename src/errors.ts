@@ -7,6 +7,7 @@ export const ERROR_CODES = [
   'BAD_FILENAME',
   'BAD_HASH',
   'BAD_URL',
+  'BAD_QUERY',
   'UNAUTHORIZED',
   'FORBIDDEN',
   'NOT_FOUND',
@@ -14,8 +15,10 @@ export const ERROR_CODES = [
   'NAME_NOT_FOUND',
   'JOB_NOT_FOUND',
   'DIGEST_MISMATCH',
+  'REQUEST_TIMEOUT',
   'PAYLOAD_TOO_LARGE',
   'RANGE_NOT_SATISFIABLE',
+  'PRECONDITION_FAILED',
   'RATE_LIMITED',
   'READ_ONLY',
   'INSUFFICIENT_STORAGE',
@@ -41,11 +44,14 @@ export function isAppError(err: unknown): err is AppError {
   return err instanceof AppError;
 }
 
-/** Maps filesystem failures that mean "the disk cannot take this" to a client-visible code. */
+/** True for every way "the disk is full" reaches us: the filesystem's and SQLite's (database or disk is full). */
+export function isStorageFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL';
+}
+
+/** Maps failures that mean "the disk cannot take this" to a client-visible code. */
 export function fromFsError(err: unknown): unknown {
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new AppError('INSUFFICIENT_STORAGE', 'the store has no space left for this blob');
-  }
+  if (isStorageFull(err)) return new AppError('INSUFFICIENT_STORAGE', 'the store has no space left for this write');
   return err;
 }

@@ -6,16 +6,25 @@ import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
 import { databaseFile, openDatabase, type DB } from './db/open.js';
 import { buildApp } from './http/app.js';
+import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
+import type { ClusterLink } from './ops/cluster.js';
 import { closeGracefully, trackConnections } from './ops/shutdown.js';
 import { Readiness } from './ops/readiness.js';
 import { assertDataDirWritable, publicListeners } from './ops/startup.js';
 import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
-import { BlobStore } from './store/blob-store.js';
+import type { BlobStore } from './store/blob-store.js';
+import { localBlobStore } from './store/open-storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
+import { EventDispatcher } from './events/dispatcher.js';
+import { createEventAgent } from './events/http.js';
+import { meterEvents } from './events/metrics.js';
+import { eventsReadinessDetail } from './events/status.js';
+import { buildTargets } from './events/targets.js';
+import { createServeVerifier } from './maintenance/verify-on-serve.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -33,23 +42,33 @@ export interface Server {
   spider: Spider;
   /** Bytes stored and the high-watermark state (for metrics: storage.bytesStored(), storageState). */
   storage: StorageGuard;
+  /** Outbox delivery to the CDN and webhooks. */
+  events: EventDispatcher;
   /** The address actually bound (port 0 resolves here). */
   url: string;
   close(): Promise<void>;
 }
 
 /** Wiring: config → db → store → ingest → app → listen. */
-export async function startServer(config: Config, options: { logger?: Logger } = {}): Promise<Server> {
+export async function startServer(config: Config, options: { logger?: Logger; cluster?: ClusterLink } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
   await assertDataDirWritable(config.dataDir);
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   const removedTemps = await store.init();
   if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
+  if (!(await store.reserve.ensure())) {
+    logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
+  }
 
   const db = openDatabase(databaseFile(config.dataDir));
   const index = new DistfileIndex(db);
   const ingest = new Ingest(store, index, logger);
-  const metrics = new Metrics({ db, dataDir: config.dataDir });
+  const metrics = new Metrics({
+    db,
+    dataDir: config.dataDir,
+    highWatermarkBytes: config.highWatermarkBytes,
+    minFreeBytes: config.minFreeBytes,
+  });
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
   const readiness = new Readiness(config, db, logger);
@@ -60,10 +79,28 @@ export async function startServer(config: Config, options: { logger?: Logger } =
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
+  const events = startEvents(config, db, metrics, readiness, logger);
   const storage = new StorageGuard(db, config.highWatermarkBytes);
-  const spider = createSpider(config, { db, store, ingest, logger });
+  const link = options.cluster;
+  // Background work runs in one process: alone, or the cluster's leader.
+  const runsBackgroundWork = link === undefined || link.role === 'leader';
+  const spider = createSpider(config, {
+    db,
+    store,
+    ingest,
+    logger,
+    ...(link ? { flightLock: link.flightLock } : {}),
+    ...(link && !runsBackgroundWork ? { onJobQueued: link.jobsQueued } : {}),
+  });
+  if (link) {
+    metrics.aggregateWith(link.metricsText);
+    link.serveMetrics(() => metrics.collect());
+    if (runsBackgroundWork) link.onJobsQueued(() => spider.fetchJobs.wake());
+  }
   bridgeSpiderMetrics(spider, metrics);
-  bridgeMaintenanceMetrics(metrics);
+  // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
+  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, store });
+  bridgeMaintenanceMetrics(metrics, config.scrubBytesPerSecond > 0);
   const app = await buildApp({
     config,
     logger,
@@ -76,23 +113,39 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     tokens,
     spider,
     storage,
-    ...(spider.missHandler ? { missHandler: spider.missHandler } : {}),
+    events: events.dispatcher,
+    ...(missHandler ? { missHandler } : {}),
+    ...(config.verifyOnServe ? { watch: createServeVerifier({ store, db, logger }) } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
   let metricsListener: Awaited<ReturnType<typeof startMetricsListener>> | undefined;
   try {
-    address = await app.listen({ host: config.host, port: config.port });
+    // Fastify logs "Server listening at" once per interface; the line below says it once, with more.
+    const log = app.log;
+    app.log = log.child({}, { level: 'warn' });
+    try {
+      // A deep accept queue (the kernel caps it at net.core.somaxconn): under a crowd of keep-alive clients a
+      // new connection waits in the queue for the next accept instead of being dropped and retried seconds later.
+      address = await app.listen({ host: config.host, port: config.port, backlog: 4096 });
+    } finally {
+      app.log = log;
+    }
     if (config.metricsPort !== undefined) metricsListener = await startMetricsListener(metrics, config.host, config.metricsPort);
   } catch (err) {
     await app.close().catch(() => undefined);
     await spider.close();
+    await events.close();
     db.close();
     throw err;
   }
-  spider.start();
+  if (runsBackgroundWork) {
+    spider.start();
+    events.dispatcher.start();
+  }
+  // Said once per origin: by the single process, or the cluster's leader.
   const exposed = publicListeners(config, Number(new URL(address).port), metricsListener ? Number(new URL(metricsListener.url).port) : undefined);
-  if (exposed.length > 0) {
+  if (exposed.length > 0 && runsBackgroundWork) {
     logger.warn(
       { public: exposed, host: config.host },
       `public listeners: ${exposed.map((l) => `${l.address} serves ${l.serves}`).join('; ')}. ` +
@@ -100,12 +153,15 @@ export async function startServer(config: Config, options: { logger?: Logger } =
         'and FASTPULL_METRICS_PORT for /metrics on a port of its own',
     );
   }
-  logger.info(
-    { address, metrics: metricsListener?.url, dataDir: config.dataDir, configFile: config.configFile },
-    'fastpull origin listening',
-  );
+  if (link) logger.info({ role: link.role, address }, 'serving process ready');
+  else {
+    logger.info(
+      { address, metrics: metricsListener?.url, dataDir: config.dataDir, configFile: config.configFile },
+      'fastpull origin listening',
+    );
+  }
   const scrubber =
-    config.scrubBytesPerSecond > 0
+    runsBackgroundWork && config.scrubBytesPerSecond > 0
       ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
       : undefined;
   scrubber?.start();
@@ -120,6 +176,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
       await spider.close();
+      await events.close();
       if (metricsListener) {
         const server = metricsListener.server;
         server.closeAllConnections();
@@ -140,9 +197,41 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     tokens,
     spider,
     storage,
+    events: events.dispatcher,
     metricsUrl: metricsListener?.url,
     url: address,
     close,
+  };
+}
+
+/** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
+function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readiness, logger: Logger) {
+  const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
+  const targets = buildTargets(config, agent);
+  if (config.webhooks.length > 0 && config.webhookSecret === undefined) {
+    logger.warn('FASTPULL_WEBHOOKS without FASTPULL_WEBHOOK_SECRET: webhook POSTs are not signed');
+  }
+  const dispatcher = new EventDispatcher({
+    db,
+    targets,
+    log: logger,
+    pollMs: config.eventPollMs,
+    timeoutMs: config.eventTimeoutMs,
+    retryBaseMs: config.eventRetryBaseMs,
+    retryMaxMs: config.eventRetryMaxMs,
+    maxAttempts: config.eventMaxAttempts,
+    retentionDays: config.eventRetentionDays,
+  });
+  dispatcher.observe = meterEvents(metrics.registry, dispatcher);
+  readiness.inform('events', () => eventsReadinessDetail(dispatcher.status()));
+  if (targets.length > 0) logger.info({ targets: targets.map((t) => t.id) }, 'event delivery targets');
+  return {
+    dispatcher,
+    async close() {
+      // Before the database closes: a loop must not claim or record after it.
+      await dispatcher.stop();
+      await agent.destroy().catch(() => undefined);
+    },
   };
 }
 
@@ -159,19 +248,27 @@ function bridgeSpiderMetrics(spider: Spider, metrics: Metrics): void {
     const count = routes[name];
     if (count) for (let i = 0; i < delta; i++) count();
   });
+  spider.stats.on('fetch', (seconds: number, result: string) => metrics.upstreamFetchDuration.labels(result).observe(seconds));
+  const pullThrough = spider.pullThrough;
+  if (pullThrough) metrics.watchMirrors(() => pullThrough.mirrorStates());
 }
 
 /**
- * The scrubber and the storage guard keep plain cumulative counters (they also run inside CLI
- * commands, where no Prometheus registry exists); each scrape adds what changed since the last one.
+ * Verification totals come from the index (any process adds to them); the storage guard keeps a
+ * plain counter (it also runs inside CLI commands, where no Prometheus registry exists), and each
+ * scrape adds what changed since the last one.
  */
-function bridgeMaintenanceMetrics(metrics: Metrics): void {
-  let seen = { bytes: scrubCounters.bytesVerified, corrupt: scrubCounters.corruptFound, refused: storageState.uploadsRefused };
+function bridgeMaintenanceMetrics(metrics: Metrics, scrubEnabled: boolean): void {
+  let refused = storageState.uploadsRefused;
   metrics.onScrape(() => {
-    const now = { bytes: scrubCounters.bytesVerified, corrupt: scrubCounters.corruptFound, refused: storageState.uploadsRefused };
-    if (now.bytes > seen.bytes) metrics.scrubBytes.inc(now.bytes - seen.bytes);
-    if (now.corrupt > seen.corrupt) metrics.scrubCorrupt.inc(now.corrupt - seen.corrupt);
-    if (now.refused > seen.refused) metrics.storageRefusals.inc({ reason: 'watermark' }, now.refused - seen.refused);
-    seen = now;
+    const now = storageState.uploadsRefused;
+    if (now > refused) metrics.storageRefusals.inc({ reason: 'watermark' }, now - refused);
+    refused = now;
   });
+  metrics.watchScrub(() => ({
+    enabled: scrubEnabled,
+    running: scrubCounters.running,
+    resting: scrubCounters.resting,
+    lastProgressAt: scrubCounters.lastProgressAt,
+  }));
 }

@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildPackage } from './helpers/built.js';
+import { buildPackage, ROOT } from './helpers/built.js';
 import { get } from './helpers/server.js';
 
 /**
@@ -68,6 +68,8 @@ describe('the built package, laid out like the Docker image', () => {
     expect(res.status).toBe(200);
     expect(res.body.toString()).toContain('0=content-hash SHA512 8:8:8');
     const status = JSON.parse((await get(`${baseUrl}/api/v1/status`)).body.toString());
-    expect(status.totals).toEqual({ blobs: 0, bytes: 0, names: 0 });
+    expect(status.totals).toMatchObject({ blobs: 0, bytes: 0, names: 0, dedupSavedBytes: 0 });
+    // The status page reads the version from package.json beside dist/.
+    expect(status.server.version).toBe(JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')).version);
   });
 });

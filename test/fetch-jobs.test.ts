@@ -4,7 +4,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { filesUnder } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
-import { blake2b, bytes, serve, sha512, sleep, startUpstream, type Upstream } from './helpers/upstream.js';
+import { blake2b, bytes, LOOPBACK_CIDRS, serve, sha512, sleep, startUpstream, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -18,7 +18,7 @@ async function upstream(routes: Parameters<typeof startUpstream>[0] = {}): Promi
 }
 
 async function server(overrides: Parameters<typeof startTestServer>[0] = {}): Promise<TestServer> {
-  const s = await startTestServer({ fetchRetries: 2, fetchIdleTimeoutMs: 2_000, ...overrides });
+  const s = await startTestServer({ fetchRetries: 2, fetchIdleTimeoutMs: 2_000, fetchAllowCidrs: LOOPBACK_CIDRS, ...overrides });
   cleanup.push(() => s.stop());
   return s;
 }
@@ -203,7 +203,7 @@ describe('fetch jobs', () => {
     });
     const dataDir = await makeDataDir();
     cleanup.push(() => rm(dataDir, { recursive: true, force: true }));
-    const first = await startTestServer({ dataDir, fetchIdleTimeoutMs: 30_000 });
+    const first = await startTestServer({ dataDir, fetchIdleTimeoutMs: 30_000, fetchAllowCidrs: LOOPBACK_CIDRS });
     const id = (await api(first, 'POST', '/fetches', { url: `${up.url}/big.tgz`, filename: 'big.tgz', sha512: sha512(data) })).json.id;
     const midway = await settled(first, id, (job) => job.items[0].state === 'downloading' && job.items[0].bytes > 0);
     expect(midway.items[0].bytes).toBeLessThanOrEqual(150_000);
@@ -212,7 +212,7 @@ describe('fetch jobs', () => {
     release = true;
     expect(await blobCount(dataDir)).toBe(0);
 
-    const second = await startTestServer({ dataDir });
+    const second = await startTestServer({ dataDir, fetchAllowCidrs: LOOPBACK_CIDRS });
     cleanup.push(() => second.stop());
     const job = await settled(second, id);
     expect(job.items[0]).toMatchObject({ state: 'done', sha512: sha512(data) });
@@ -227,13 +227,13 @@ describe('fetch jobs', () => {
     const up = await upstream({ '/c.tgz': serve(data) });
     const dataDir = await makeDataDir();
     cleanup.push(() => rm(dataDir, { recursive: true, force: true }));
-    const first = await startTestServer({ dataDir });
+    const first = await startTestServer({ dataDir, fetchAllowCidrs: LOOPBACK_CIDRS });
     // Simulate a crash: the row says downloading, and no process is working on it.
     await first.spider.stopJobs();
     const id = (await api(first, 'POST', '/fetches', { url: `${up.url}/c.tgz`, filename: 'c.tgz' })).json.id;
     first.db.prepare(`UPDATE fetch_items SET state = 'downloading' WHERE job_id = ?`).run(id);
     await first.stop();
-    const second = await startTestServer({ dataDir });
+    const second = await startTestServer({ dataDir, fetchAllowCidrs: LOOPBACK_CIDRS });
     cleanup.push(() => second.stop());
     const job = await settled(second, id);
     expect(job.items[0]).toMatchObject({ state: 'done', sha512: sha512(data) });

@@ -68,7 +68,7 @@ describe('fastpull fsck', () => {
       expect(repair.stdout).toMatch(/issues: 5, repaired: 5, remaining: 0/);
       expect(repair.stdout).toMatch(new RegExp(`^misnamed-blob ${fakeSha}.*moved to quarantine`, 'm'));
 
-      // Orphan indexed (servable by hash, pinned so gc keeps it); misnamed file out of blobs/.
+      // Orphan indexed (servable by hash, not pinned: gc reclaims it after grace unless claimed); misnamed file out of blobs/.
       const orphanGet = await get(`${baseUrl}/${orphanSha}`);
       expect(orphanGet.status).toBe(200);
       expect(orphanGet.body.equals(orphan)).toBe(true);
@@ -82,7 +82,7 @@ describe('fastpull fsck', () => {
       const db = openIndex(dataDir);
       try {
         expect(db.prepare('SELECT count(*) AS n FROM names WHERE filename = ?').get('b.tar')).toEqual({ n: 1 });
-        expect(db.prepare('SELECT pinned FROM blobs WHERE sha512 = ?').get(orphanSha)).toEqual({ pinned: 1 });
+        expect(db.prepare('SELECT pinned FROM blobs WHERE sha512 = ?').get(orphanSha)).toEqual({ pinned: 0 });
       } finally {
         db.close();
       }
@@ -434,7 +434,7 @@ describe('high watermark', () => {
     const db = openDatabase(path.join(dataDir, 'index.sqlite'));
     const other = openIndex(dataDir);
     try {
-      const guard = new StorageGuard(db, 100, 0);
+      const guard = new StorageGuard(db, 100);
       expect(() => guard.assertAccepting()).not.toThrow();
       const insert = (conn: typeof db, body: Buffer) =>
         conn

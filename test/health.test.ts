@@ -35,7 +35,9 @@ describe('healthz and readyz', () => {
     expect(r.status).toBe(200);
     expect(r.json.status).toBe('ready');
     expect(r.json.failing).toEqual([]);
-    expect(Object.keys(r.json.checks).sort()).toEqual(['database', 'disk', 'drain', 'shutdown', 'writable']);
+    expect(Object.keys(r.json.checks).sort()).toEqual(['database', 'disk', 'drain', 'events', 'shutdown', 'writable']);
+    // Event delivery is reported, never a reason to drain.
+    expect(r.json.checks.events).toEqual({ ok: true, detail: 'no event targets configured' });
     expect(r.headers['cache-control']).toBe('no-store');
   });
 

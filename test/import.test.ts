@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { extendedJsonNumber, parseBlosRecord } from '../src/ingest/tree.js';
-import { filenameHashDir } from '../src/store/paths.js';
+import { filenameHashDir } from '../src/domain/layout.js';
 import { runCli } from './helpers/cli.js';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
 import { blake2b, distLine, openIndex, put, removeTempDirs, sha256, sha512, shard, tempDir } from './helpers/trees.js';

@@ -76,6 +76,43 @@ describe('request logging', () => {
     for (const l of lines) expect(() => JSON.parse(l), l).not.toThrow();
   });
 
+  it('says "listening" once', () => {
+    const listening = lines.map((l) => JSON.parse(l)).filter((l) => /listening/i.test(String(l.msg)));
+    expect(listening).toHaveLength(1);
+    expect(listening[0].address).toBe(base);
+  });
+
+  it('carries bytes sent, the user agent and, on writes, the token name', async () => {
+    const before = requestLines().length;
+    const body = randomBytes(50_000);
+    const put = await request(`${base}/api/v1/distfiles/fields-1.0.tar.gz`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${TOKEN}`, 'user-agent': 'spider/2.0 (metatools)' },
+      body,
+    });
+    expect(put.statusCode).toBe(201);
+    const putBody = await put.body.text();
+    const got = await request(`${base}/distfiles/fields-1.0.tar.gz`, { headers: { 'user-agent': 'Portage (Gentoo) distfile-fetch' } });
+    expect(Buffer.from(await got.body.arrayBuffer()).equals(body)).toBe(true);
+    const head = await request(`${base}/distfiles/fields-1.0.tar.gz`, { method: 'HEAD', headers: { 'user-agent': 'curl/8' } });
+    await head.body.dump();
+
+    const [putLine, getLine, headLine] = requestLines().slice(before);
+    expect(putLine).toMatchObject({ method: 'PUT', status: 201, ua: 'spider/2.0 (metatools)', tokenName: 'bootstrap' });
+    // The JSON answer plus its header block.
+    expect(putLine.bytes).toBeGreaterThan(Buffer.byteLength(putBody));
+    expect(putLine.bytes).toBeLessThan(Buffer.byteLength(putBody) + 2048);
+    expect(getLine).toMatchObject({ method: 'GET', status: 200, ua: 'Portage (Gentoo) distfile-fetch' });
+    expect(getLine.tokenName).toBeUndefined();
+    expect(getLine.bytes).toBeGreaterThan(body.length);
+    expect(getLine.bytes).toBeLessThan(body.length + 2048);
+    // HEAD: headers only.
+    expect(headLine).toMatchObject({ method: 'HEAD', status: 200, ua: 'curl/8' });
+    expect(headLine.bytes).toBeGreaterThan(100);
+    expect(headLine.bytes).toBeLessThan(2048);
+    expect(JSON.stringify([putLine, getLine, headLine])).not.toContain(TOKEN);
+  });
+
   it('never writes the bearer token, right or wrong, to any log line', async () => {
     const tries: [string, Record<string, string>][] = [
       ['PUT', { authorization: `Bearer ${TOKEN}` }],

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { get, startTestServer, type TestServer } from './helpers/server.js';
 import { metric, parseMetrics } from './helpers/prom.js';
+import { LOOPBACK_CIDRS } from './helpers/upstream.js';
 
 /** Counters kept outside the Prometheus registry (spider, storage guard) must still reach /metrics. */
 describe('metrics fed by the spider and the storage guard', () => {
@@ -25,7 +26,11 @@ describe('metrics fed by the spider and the storage guard', () => {
     await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
     cleanups.push(() => new Promise((resolve) => upstream.close(() => resolve())));
     const { port } = upstream.address() as AddressInfo;
-    const server = await startTestServer({ pullThrough: true, upstreams: [{ kind: 'flat', url: `http://127.0.0.1:${port}` }] });
+    const server = await startTestServer({
+      pullThrough: true,
+      upstreams: [{ kind: 'flat', url: `http://127.0.0.1:${port}` }],
+      fetchAllowCidrs: LOOPBACK_CIDRS,
+    });
     cleanups.push(() => server.stop());
 
     const before = await scrape(server);
@@ -40,14 +45,16 @@ describe('metrics fed by the spider and the storage guard', () => {
     const after = await scrape(server);
     expect(metric(after, 'fastpull_pull_through_total', { result: 'hit' })).toBe(1);
     expect(metric(after, 'fastpull_pull_through_total', { result: 'miss' })).toBe(1);
+    // The hit was one upstream download read to its end; the miss was a 404.
+    expect(metric(after, 'fastpull_upstream_fetch_duration_seconds_count', { result: 'complete' })).toBe(1);
+    expect(metric(after, 'fastpull_upstream_fetch_duration_seconds_count', { result: 'not-found' })).toBe(1);
   });
 
   it('counts uploads refused above the high watermark', async () => {
-    const server = await startTestServer({ highWatermarkBytes: 10 });
+    const server = await startTestServer({ highWatermarkBytes: 30 });
     cleanups.push(() => server.stop());
     expect((await server.upload('first.tar.gz', 'more than ten bytes of data')).status).toBe(201);
-    // The guard re-sums stored bytes at most once a second (a table scan), so let that window pass.
-    await new Promise((resolve) => setTimeout(resolve, 1100));
+    // 27 bytes stored + 12 more would cross 30.
     const refused = await server.upload('second.tar.gz', 'another file');
     expect(refused.status).toBe(507);
     expect(refused.json.error).toBe('INSUFFICIENT_STORAGE');

@@ -26,7 +26,7 @@ describe('metrics on the main port', () => {
     const body = randomBytes(200_000);
     const hash = sha512(body);
     const before = await scrape(url);
-    expect(metric(before, 'fastpull_blobs_stored')).toBe(0);
+    expect(metric(before, 'fastpull_stored_blobs')).toBe(0);
 
     const up = await server.upload('big-1.0.tar.gz', body);
     expect(up.status).toBe(201);
@@ -79,9 +79,39 @@ describe('metrics on the main port', () => {
     expect(delta('fastpull_index_lookups_total', { by: 'hash', result: 'miss' })).toBe(1);
     expect(delta('fastpull_index_lookups_total', { by: 'name', result: 'hit' })).toBe(1);
 
+    expect(metric(after, 'fastpull_stored_blobs')).toBe(1);
+    expect(metric(after, 'fastpull_stored_blob_bytes')).toBe(body.length);
+    expect(metric(after, 'fastpull_quarantined_blobs')).toBe(0);
+    // One upload, one re-upload of the same bytes under the same name: nothing shared between names yet.
+    expect(metric(after, 'fastpull_dedup_saved_bytes')).toBe(0);
+    expect(metric(after, 'fastpull_attached_names')).toBe(1);
+    // The deprecated names still carry the same values.
     expect(metric(after, 'fastpull_blobs_stored')).toBe(1);
     expect(metric(after, 'fastpull_blob_bytes_stored')).toBe(body.length);
-    expect(metric(after, 'fastpull_blobs_quarantined')).toBe(0);
+
+    // Durations: one observation per response, in the histogram of its kind and status class.
+    for (const [kind, cls, n] of [['hash', '2xx', 1], ['hash', '4xx', 1], ['name', '2xx', 1], ['layout', '2xx', 1], ['api', '2xx', 2], ['api', '4xx', 1]] as const) {
+      for (const h of ['fastpull_http_request_duration_seconds', 'fastpull_http_time_to_first_byte_seconds']) {
+        const labels = { kind, status_class: cls };
+        expect(delta(`${h}_count`, labels), `${h} ${kind} ${cls}`).toBe(n);
+        // Every observation lands in the +Inf bucket; the smallest bucket is 100 µs.
+        expect(delta(`${h}_bucket`, { ...labels, le: '+Inf' })).toBe(n);
+        expect(after.some((x) => x.name === `${h}_bucket` && x.labels.le === '0.0001' && x.labels.kind === kind)).toBe(true);
+        expect(after.some((x) => x.name === `${h}_bucket` && x.labels.le === '3600' && x.labels.kind === kind)).toBe(true);
+      }
+    }
+    // The first byte comes no later than the last.
+    expect(metric(after, 'fastpull_http_time_to_first_byte_seconds_sum', { kind: 'hash', status_class: '2xx' })).toBeLessThanOrEqual(
+      metric(after, 'fastpull_http_request_duration_seconds_sum', { kind: 'hash', status_class: '2xx' }),
+    );
+    expect(delta('fastpull_ingest_duration_seconds_count', { result: 'created' })).toBe(1);
+    expect(delta('fastpull_ingest_duration_seconds_count', { result: 'existing' })).toBe(1);
+    expect(delta('fastpull_ingest_duration_seconds_count', { result: 'DIGEST_MISMATCH' })).toBe(1);
+
+    // prom-client's process and Node.js metrics.
+    for (const name of ['process_open_fds', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_seconds', 'nodejs_eventloop_lag_p99_seconds', 'nodejs_heap_size_used_bytes']) {
+      expect(after.some((x) => x.name === name), name).toBe(true);
+    }
     const fs = await statfs(server.dataDir);
     const free = metric(after, 'fastpull_disk_free_bytes');
     // Other processes write to the same disk meanwhile: same order of magnitude is what can be asserted.
@@ -93,15 +123,11 @@ describe('metrics on the main port', () => {
     server.metrics.pullThrough.labels('hit').inc();
     server.metrics.pullThrough.labels('failure').inc(2);
     server.metrics.fetchItems.labels('done').inc(3);
-    server.metrics.scrubBytes.inc(1234);
-    server.metrics.scrubCorrupt.inc();
     server.metrics.storageRefusals.labels('watermark').inc();
     const s = await scrape(`${server.baseUrl}/metrics`);
     expect(metric(s, 'fastpull_pull_through_total', { result: 'hit' })).toBe(1);
     expect(metric(s, 'fastpull_pull_through_total', { result: 'failure' })).toBe(2);
     expect(metric(s, 'fastpull_fetch_items_total', { result: 'done' })).toBe(3);
-    expect(metric(s, 'fastpull_scrub_bytes_verified_total')).toBe(1234);
-    expect(metric(s, 'fastpull_scrub_corrupt_total')).toBe(1);
     expect(metric(s, 'fastpull_storage_refusals_total', { reason: 'watermark' })).toBe(1);
   });
 

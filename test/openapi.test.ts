@@ -73,7 +73,7 @@ describe('OpenAPI document', () => {
     );
     expect(getName.responses['200'].content['application/json'].schema.properties.history.type).toBe('array');
     const search = doc.paths['/api/v1/search'].get;
-    expect(search.parameters.map((p: any) => `${p.in}:${p.name}`).sort()).toEqual(['query:limit', 'query:prefix']);
+    expect(search.parameters.map((p: any) => `${p.in}:${p.name}`).sort()).toEqual(['query:after', 'query:ignoreCase', 'query:limit', 'query:prefix']);
     const upload = doc.paths['/api/v1/distfiles/{filename}'].put;
     expect(Object.keys(upload.responses)).toEqual(expect.arrayContaining(['200', '201']));
     expect(upload.parameters.map((p: any) => p.name)).toEqual(expect.arrayContaining(['sha512', 'blake2b', 'size']));

@@ -11,10 +11,10 @@ import { BlobStore } from '../src/store/blob-store.js';
 import { Fetcher } from '../src/upstream/fetcher.js';
 import { Mirror } from '../src/upstream/mirrors.js';
 import { UpstreamStats } from '../src/upstream/stats.js';
-import { shardedPath } from '../src/store/paths.js';
+import { shardedPath } from '../src/domain/layout.js';
 import { filesUnder } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
-import { bytes, hang, serve, sha512, startUpstream, status, type Upstream } from './helpers/upstream.js';
+import { bytes, hang, LOOPBACK_CIDRS, serve, sha512, startUpstream, status, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -34,6 +34,7 @@ async function origin(upstreams: Config['upstreams'], overrides: Partial<Config>
     fetchRetries: 1,
     fetchIdleTimeoutMs: 2_000,
     negativeCacheSeconds: 60,
+    fetchAllowCidrs: LOOPBACK_CIDRS,
     ...overrides,
   });
   cleanup.push(() => s.stop());
@@ -331,6 +332,7 @@ describe('pull-through deadline', () => {
       concurrency,
       perHostConcurrency: concurrency,
       stats,
+      allowCidrs: LOOPBACK_CIDRS,
     });
     const mirror = new Mirror({ kind: 'flat', url: upUrl }, { threshold: 1, cooldownMs: 600_000 });
     const pull = new PullThrough({
@@ -355,7 +357,7 @@ describe('pull-through deadline', () => {
   it('gives up on a mirror that sends no headers in time, long before its idle timeout', async () => {
     const up = await upstream({ '/slow.tgz': hang });
     const { pull, mirror, stats } = await parts(up.url);
-    const flight = pull.flight(name('slow.tgz'))!;
+    const flight = (await pull.flight(name('slow.tgz')))!;
     expect(await flight.head).toBeUndefined();
     expect(await flight.result).toBeUndefined();
     expect(mirror.available()).toBe(false);
@@ -372,9 +374,9 @@ describe('pull-through deadline', () => {
       },
     });
     const { pull, mirror } = await parts(up.url, 1);
-    const first = pull.flight(name('busy.tgz'))!;
+    const first = (await pull.flight(name('busy.tgz')))!;
     expect((await first.head)?.size).toBe(1000);
-    const second = pull.flight(name('other.tgz'))!;
+    const second = (await pull.flight(name('other.tgz')))!;
     expect(await second.head).toBeUndefined();
     expect(up.count('/other.tgz')).toBe(0);
     expect(mirror.available()).toBe(true);

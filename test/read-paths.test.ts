@@ -146,7 +146,7 @@ describe('every path form serves the same bytes', () => {
   it('decodes %40, %3A and %2C exactly once, hashing the decoded name', async () => {
     const name = 'pkg@2.0:beta,1.tar.gz';
     await server.upload(name, 'odd name');
-    const { filenameHashDir } = await import('../src/store/paths.js');
+    const { filenameHashDir } = await import('../src/domain/layout.js');
     const dir = filenameHashDir(name);
     for (const p of [
       `/distfiles/${dir}/pkg%402.0%3Abeta%2C1.tar.gz`,

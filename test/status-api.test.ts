@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NAMES_WITH_PREFIX_SQL } from '../src/db/status-queries.js';
+import { readFile, statfs } from 'node:fs/promises';
+import { NAMES_WITH_PREFIX_NOCASE_SQL, NAMES_WITH_PREFIX_SQL } from '../src/db/status-queries.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
@@ -16,7 +17,6 @@ describe('status and search API', () => {
   const hostile = `a<b>"q'&amp;.tar.gz`;
   beforeAll(async () => {
     server = await startTestServer();
-    // Uploaded before the first status call: totals are cached for a few seconds once computed.
     for (const [name, body] of [
       ['foo-1.0.tar.gz', 'hello\n'],
       ['foo-1.1.tar.gz', 'hello again\n'],
@@ -57,6 +57,11 @@ describe('status and search API', () => {
       bytes: bodies.reduce((n, b) => n + Buffer.byteLength(b), 0),
       // 13 uploads, one name uploaded twice, one name detached.
       names: 11,
+      quarantinedBlobs: 0,
+      quarantinedBytes: 0,
+      pinnedBlobs: 0,
+      // dup-a and dup-b share one blob.
+      dedupSavedBytes: Buffer.byteLength('same bytes\n'),
     });
   });
 
@@ -187,6 +192,105 @@ describe('status and search API', () => {
     }
   });
 
+  it('reports version, uptime, readiness, disk against its limits, and the last hour of traffic', async () => {
+    expect((await get(`${server.baseUrl}/distfiles/no-such-file.tar.gz`)).status).toBe(404);
+    const { json } = await getJson(`${server.baseUrl}/api/v1/status`);
+    const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
+    expect(json.server.version).toBe(pkg.version);
+    expect(json.server.uptimeSeconds).toBeGreaterThanOrEqual(0);
+    expect(Date.parse(json.server.startedAt)).toBeLessThanOrEqual(Date.now());
+    expect(json.readiness).toMatchObject({ ready: true, failing: [] });
+    expect(json.readiness.checks.disk.ok).toBe(true);
+    const fs = await statfs(server.dataDir);
+    expect(json.disk.freeBytes).toBeGreaterThan(0);
+    expect(json.disk.totalBytes).toBe(fs.blocks * fs.bsize);
+    expect(json.disk.minFreeBytes).toBe(server.config.minFreeBytes);
+    expect(json.disk.highWatermarkBytes).toBeNull();
+    expect(json.upstreams).toEqual({ pullThrough: false, mirrors: [] });
+
+    const minutes = json.traffic.minutes as { at: string; requests: number; bytes: number; s2xx: number; s3xx: number; s4xx: number; s5xx: number }[];
+    expect(minutes).toHaveLength(60);
+    const times = minutes.map((m) => Date.parse(m.at));
+    for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBe(60_000);
+    expect(times[59]!).toBeLessThanOrEqual(Date.now());
+    expect(Date.now() - times[59]!).toBeLessThan(120_000);
+    const sum = (k: 'requests' | 'bytes' | 's2xx' | 's4xx' | 's5xx') => minutes.reduce((n, m) => n + m[k], 0);
+    // 13 uploads and a deletion in beforeAll, then downloads and searches by the tests above.
+    expect(sum('s2xx')).toBeGreaterThanOrEqual(14);
+    expect(sum('s4xx')).toBeGreaterThanOrEqual(1);
+    expect(sum('s5xx')).toBe(0);
+    for (const m of minutes) expect(m.s2xx + m.s3xx + m.s4xx + m.s5xx).toBe(m.requests);
+    expect(sum('bytes')).toBeGreaterThan(0);
+  });
+
+  it('matches case-insensitively when asked, and pages with next/after', async () => {
+    const page = async (query: Record<string, string>) =>
+      (await getJson(`${server.baseUrl}/api/v1/search?${new URLSearchParams(query)}`)).json;
+    const all = await page({ prefix: 'FOO', ignoreCase: 'true' });
+    expect(all.results.map((r: any) => r.filename)).toEqual([
+      'foo%x-3.tar.gz',
+      'foo-1.0.tar.gz',
+      'foo-1.1.tar.gz',
+      'Foo-upper.tar.gz',
+      'foo_bar-2.tar.gz',
+    ]);
+    expect(all.ignoreCase).toBe(true);
+    expect((await page({ prefix: 'FOO' })).results).toEqual([]);
+
+    const seen: string[] = [];
+    let query: Record<string, string> = { prefix: 'foo', ignoreCase: 'true', limit: '2' };
+    for (let i = 0; i < 5; i++) {
+      const p = await page(query);
+      seen.push(...p.results.map((r: any) => r.filename));
+      if (!p.truncated) {
+        expect(p.next).toBeUndefined();
+        break;
+      }
+      expect(p.next).toBe(seen[seen.length - 1]);
+      query = { ...query, after: p.next };
+    }
+    expect(seen).toEqual(all.results.map((r: any) => r.filename));
+
+    const first = await page({ prefix: 'foo', limit: '2' });
+    expect(first.results.map((r: any) => r.filename)).toEqual(['foo%x-3.tar.gz', 'foo-1.0.tar.gz']);
+    const second = await page({ prefix: 'foo', limit: '2', after: first.next });
+    expect(second.results.map((r: any) => r.filename)).toEqual(['foo-1.1.tar.gz', 'foo_bar-2.tar.gz']);
+    expect(second.truncated).toBe(false);
+  });
+
+  it('pages through names that differ only in case without losing one', async () => {
+    for (const name of ['CaseTie.tar.gz', 'casetie.tar.gz', 'CASETIE.tar.gz']) {
+      expect((await server.upload(name, `tie ${name}\n`)).status).toBe(201);
+    }
+    const seen: string[] = [];
+    let after: string | undefined;
+    for (let i = 0; i < 5; i++) {
+      const query: Record<string, string> = { prefix: 'caseTIE', ignoreCase: 'true', limit: '1', ...(after ? { after } : {}) };
+      const { json } = await getJson(`${server.baseUrl}/api/v1/search?${new URLSearchParams(query)}`);
+      seen.push(...json.results.map((r: any) => r.filename));
+      if (!json.truncated) break;
+      after = json.next;
+    }
+    expect(seen).toEqual(['CASETIE.tar.gz', 'CaseTie.tar.gz', 'casetie.tar.gz']);
+  });
+
+  it('answers 400 to a cursor that does not match the prefix', async () => {
+    const { status, json } = await getJson(`${server.baseUrl}/api/v1/search?prefix=foo&after=zzz`);
+    expect(status).toBe(400);
+    expect(json.error).toBe('BAD_REQUEST');
+  });
+
+  it('searches case-insensitively by a range on names_current_nocase, never a table scan', () => {
+    const plan = server.db
+      .prepare(`EXPLAIN QUERY PLAN ${NAMES_WITH_PREFIX_NOCASE_SQL}`)
+      .all({ lo: 'foo', hi: 'foo\u{10ffff}', after: '', limit: 20 })
+      .map((row: any) => row.detail as string);
+    expect(plan[0]).toMatch(/^SEARCH names USING (COVERING )?INDEX names_current_nocase \(filename>\? AND filename<\?\)$/);
+    // Rows come in index order, so LIMIT stops the range early: no sort, no scan. (DISTINCT only
+    // remembers the names already returned.)
+    expect(plan.slice(1)).toEqual(plan.length > 1 ? ['USE TEMP B-TREE FOR DISTINCT'] : []);
+  });
+
   it('keeps bare hash paths working beside the page routes', async () => {
     const res = await get(`${server.baseUrl}/${sha512('hello\n')}`);
     expect(res.status).toBe(200);
@@ -206,7 +310,7 @@ describe('status on an empty store', () => {
   it('reports zeros and no recent ingests', async () => {
     const { status, json } = await getJson(`${server.baseUrl}/api/v1/status`);
     expect(status).toBe(200);
-    expect(json.totals).toEqual({ blobs: 0, bytes: 0, names: 0 });
+    expect(json.totals).toEqual({ blobs: 0, bytes: 0, names: 0, quarantinedBlobs: 0, quarantinedBytes: 0, pinnedBlobs: 0, dedupSavedBytes: 0 });
     expect(json.recent).toEqual([]);
   });
 });

@@ -1,10 +1,13 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestServer, type TestServer } from './helpers/server.js';
+import { get, startTestServer, type TestServer } from './helpers/server.js';
+import { LOOPBACK_CIDRS } from './helpers/upstream.js';
 import { haveTool } from './helpers/tools.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -29,8 +32,25 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
   // Would run script if the page ever used innerHTML with a name.
   const hostile = `<img src=x onerror="window.__pwned=1">'q".tar.gz`;
 
+  let mirrorPort: number;
+  let shotDir: string;
+
   beforeAll(async () => {
-    server = await startTestServer();
+    // A mirror that refuses connections: one miss opens its breaker, which the page must show.
+    const dead = createServer();
+    await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', resolve));
+    mirrorPort = (dead.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => dead.close(() => resolve()));
+    server = await startTestServer({
+      pullThrough: true,
+      upstreams: [{ kind: 'gentoo', url: `http://127.0.0.1:${mirrorPort}/gentoo` }],
+      upstreamFailureThreshold: 1,
+      upstreamCooldownSeconds: 3600,
+      fetchRetries: 0,
+      fetchAllowCidrs: LOOPBACK_CIDRS,
+      highWatermarkBytes: 10 * 1024 ** 3,
+    });
+    shotDir = await mkdtemp(path.join(tmpdir(), 'fastpull-status-shots-'));
     expect((await server.upload(name, file)).status).toBe(201);
     expect((await server.upload('hello-browser-0.9.tar.gz', 'older\n')).status).toBe(201);
     expect((await server.upload(hostile, 'hostile\n')).status).toBe(201);
@@ -64,6 +84,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
     await context?.close();
     await server?.stop();
     if (profileDir) await rm(profileDir, { recursive: true, force: true });
+    // The screenshots stay for a person to look at; their paths were printed.
   });
 
   it('shows the totals and recent ingests', async () => {
@@ -120,6 +141,90 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
       name,
     ]);
     if (process.env.FASTPULL_TEST_SCREENSHOT) await page.screenshot({ path: process.env.FASTPULL_TEST_SCREENSHOT, fullPage: true });
+  });
+
+  it('shows health, disk, totals, the last hour, mirrors and breakers; each element visible, with content, photographed', async () => {
+    // A few responses of each class for the chart, and a miss that opens the mirror's breaker.
+    expect((await get(`${server.baseUrl}/distfiles/${name}`)).status).toBe(200);
+    expect((await get(`${server.baseUrl}/distfiles/no-such-file-1.0.tar.gz`)).status).toBe(404);
+    expect((await get(`${server.baseUrl}/distfiles/${name}`, { 'if-none-match': `"${sha512(file)}"` })).status).toBe(304);
+
+    await page.goto(`${server.baseUrl}/`);
+    await expect.poll(() => page.textContent('#readiness'), POLL).toBe('Ready');
+    const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
+    expect(await page.textContent('#version')).toBe(pkg.version);
+    expect(await page.textContent('#uptime')).toMatch(/^\d+m \d+s$/);
+    expect(await page.textContent('#disk-text')).toMatch(/ free of /);
+    expect(await page.textContent('#disk-limits')).toMatch(/^Not ready below 1\.00 GiB free · stored .* of the 10\.0 GiB high watermark \(0%\)$/);
+    expect(await page.locator('#disk-bar rect.used').count()).toBe(1);
+    expect(await page.textContent('#total-dedup')).toBe('0 B');
+    expect(await page.textContent('#total-quarantined')).toBe('0');
+    expect(await page.textContent('#total-pinned')).toBe('0');
+
+    // The chart: one bar per class that had responses this minute, each with its numbers as a tooltip.
+    for (const cls of ['s2xx', 's3xx', 's4xx']) {
+      await expect.poll(() => page.locator(`#chart-requests rect.${cls}`).count(), POLL).toBeGreaterThan(0);
+    }
+    expect(await page.locator('#chart-requests rect.s5xx').count()).toBe(0);
+    expect(await page.locator('#chart-bytes rect.bytes-bar').count()).toBeGreaterThan(0);
+    expect(await page.locator('#chart-requests rect title').first().textContent()).toMatch(/^\d\d:\d\d UTC: \d+ requests \(\d+ 2xx, \d+ 3xx, \d+ 4xx, 0 5xx\), /);
+    expect(await page.textContent('#traffic-summary')).toMatch(/^\d+ requests, .* sent: \d+ 2xx, 1 3xx, \d+ 4xx, 0 5xx/);
+
+    expect(await page.locator('#upstreams-body tr td').allTextContents()).toEqual(['gentoo', `127.0.0.1:${mirrorPort}`, 'open (skipped)', '0']);
+    expect(await page.isVisible('#upstreams-empty')).toBe(false);
+
+    const elements = [
+      '#health',
+      '#readiness',
+      '#version',
+      '#uptime',
+      '#disk',
+      '#total-dedup',
+      '#total-quarantined',
+      '#total-pinned',
+      '#chart-requests',
+      '#chart-bytes',
+      '#traffic-summary',
+      '#upstreams-table',
+    ];
+    for (const selector of elements) {
+      const locator = page.locator(selector);
+      expect(await locator.isVisible(), selector).toBe(true);
+      const box = await locator.boundingBox();
+      expect(box && box.width > 0 && box.height > 0, selector).toBe(true);
+      const hasContent = await locator.evaluate((node) => (node.textContent ?? '').trim().length > 0 || node.querySelectorAll('rect').length > 0);
+      expect(hasContent, selector).toBe(true);
+      const shot = path.join(shotDir, `${selector.slice(1)}.png`);
+      const png = await locator.screenshot({ path: shot });
+      // A PNG of some size: the element was drawn.
+      expect(png.subarray(1, 4).toString(), selector).toBe('PNG');
+      expect(png.length, selector).toBeGreaterThan(200);
+    }
+    const full = path.join(shotDir, 'status-page.png');
+    await page.screenshot({ path: full, fullPage: true });
+    console.log(`status page screenshots: ${full} and ${elements.length} element shots in ${shotDir}`);
+  });
+
+  it('searches in any case and pages with More', async () => {
+    for (let i = 0; i < 55; i++) expect((await server.upload(`Paged-${String(i).padStart(2, '0')}.tar.gz`, `paged ${i}\n`)).status).toBe(201);
+    await page.goto(`${server.baseUrl}/`);
+    await page.fill('#search-prefix', 'paged-');
+    await page.press('#search-prefix', 'Enter');
+    await expect.poll(() => page.textContent('#search-status'), POLL).toBe('No name starts with “paged-”.');
+    await page.check('#search-ignore-case');
+    await page.press('#search-prefix', 'Enter');
+    await expect.poll(() => page.locator('#search-results > li').count(), POLL).toBe(50);
+    expect(await page.textContent('#search-status')).toBe('50 names shown; more start with “paged-” (any case).');
+    expect(await page.isVisible('#search-more')).toBe(true);
+    await page.click('#search-more');
+    await expect.poll(() => page.locator('#search-results > li').count(), POLL).toBe(55);
+    const names = await page.locator('#search-results .name').allTextContents();
+    expect(names).toEqual(Array.from({ length: 55 }, (_, i) => `Paged-${String(i).padStart(2, '0')}.tar.gz`));
+    expect(await page.isVisible('#search-more')).toBe(false);
+    expect(page.url()).toMatch(/#q=paged-&i=1$/);
+    const shot = path.join(shotDir, 'search.png');
+    await page.locator('#search-heading').locator('..').screenshot({ path: shot });
+    console.log(`search screenshot: ${shot}`);
   });
 
   it('loaded without script errors or CSP violations', () => {

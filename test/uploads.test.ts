@@ -219,7 +219,7 @@ describe('PUT /api/v1/distfiles/{filename}', () => {
       for (const p of [`/api/v1/distfiles/dup.tar.gz?${qs}`, `/api/v1/blobs/${h}?${qs}`]) {
         const res = await rawRequest(server.baseUrl, p, { method: 'PUT', headers: AUTH, body: 'x' });
         expect(res.status, p).toBe(400);
-        expect(errorBody(res.body).error, p).toBe('BAD_REQUEST');
+        expect(errorBody(res.body).error, p).toBe('BAD_QUERY');
       }
     }
     await expectNothingStored(server);

@@ -1,8 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
 import { Fetcher, UpstreamError, type FetcherOptions } from '../src/upstream/fetcher.js';
-import { gentooPath, parseLayoutConf } from '../src/upstream/mirrors.js';
+import { parseLayoutConf } from '../src/domain/layout.js';
+import { gentooPath } from '../src/upstream/mirrors.js';
 import { UpstreamStats } from '../src/upstream/stats.js';
-import { bytes, hang, serve, sha512, sleep, startUpstream, status, type Upstream } from './helpers/upstream.js';
+import { bytes, hang, LOOPBACK_CIDRS, serve, sha512, sleep, startUpstream, status, type Upstream } from './helpers/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -25,6 +27,7 @@ function fetcher(overrides: Partial<FetcherOptions> = {}): Fetcher {
     perHostConcurrency: 8,
     backoffBaseMs: 10,
     stats: new UpstreamStats(),
+    allowCidrs: LOOPBACK_CIDRS,
     ...overrides,
   });
   cleanup.push(() => f.close());
@@ -246,16 +249,24 @@ describe('fetcher', () => {
 describe('GLEP 75 layout.conf', () => {
   const hash = sha512('hello\n');
   it('picks content-hash for hashes and the first name layout for names', () => {
-    const layout = parseLayoutConf('[structure]\n0=content-hash SHA512 8:8:8\n1=filename-hash BLAKE2B 8\n2=flat\n');
+    const layout = parseLayoutConf('[structure]\n0=content-hash SHA512 8:8:8\n1=filename-hash BLAKE2B 8\n2=flat\n').entries;
     expect(gentooPath(layout, { kind: 'hash', sha512: hash })).toBe(`e7/c2/2b/${hash}`);
     expect(gentooPath(layout, { kind: 'name', filename: 'foo-1.0.tar.gz', form: 'flat' })).toBe('4b/foo-1.0.tar.gz');
     expect(gentooPath(layout, { kind: 'name', filename: 'libsigc++-2.10.8.tar.xz', form: 'flat' })).toBe('b4/libsigc%2B%2B-2.10.8.tar.xz');
   });
 
-  it('cannot address a hash on a mirror without content-hash, and ignores unusable entries', () => {
-    const layout = parseLayoutConf('# comment\n[structure]\n0=filename-hash MD5 8\n1=flat\n[other]\n5=content-hash SHA512 8\n');
-    expect(layout).toEqual([{ kind: 'flat' }]);
+  it('cannot address a hash on a mirror without content-hash; names follow the first entry Portage would use', () => {
+    // MD5 is one of Portage's checksum names, so Portage files names under it: so must we ask for them there.
+    const layout = parseLayoutConf('# comment\n[structure]\n0=filename-hash MD5 8\n1=flat\n[other]\n5=content-hash SHA512 8\n').entries;
+    expect(layout).toEqual([{ kind: 'filename-hash', algorithm: 'MD5', cutoffs: [8] }, { kind: 'flat' }]);
     expect(gentooPath(layout, { kind: 'hash', sha512: hash })).toBeUndefined();
-    expect(gentooPath(layout, { kind: 'name', filename: 'a b.tgz', form: 'flat' })).toBe('a%20b.tgz');
+    const md5Dir = createHash('md5').update('a b.tgz').digest('hex').slice(0, 2);
+    expect(gentooPath(layout, { kind: 'name', filename: 'a b.tgz', form: 'flat' })).toBe(`${md5Dir}/a%20b.tgz`);
+  });
+
+  it('skips an entry Portage accepts but Node cannot compute, falling to the next one', () => {
+    const layout = parseLayoutConf('[structure]\n0=filename-hash WHIRLPOOL 8\n1=flat\n').entries;
+    expect(layout).toHaveLength(2);
+    expect(gentooPath(layout, { kind: 'name', filename: 'a.tgz', form: 'flat' })).toBe('a.tgz');
   });
 });

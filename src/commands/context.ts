@@ -5,7 +5,8 @@ import { AuditLog } from '../db/audit.js';
 import { DistfileIndex } from '../db/index.js';
 import { databaseFile, openDatabase, type DB } from '../db/open.js';
 import { MaintenanceQueries } from '../maintenance/queries.js';
-import { BlobStore } from '../store/blob-store.js';
+import type { BlobStore } from '../store/blob-store.js';
+import { localBlobStore } from '../store/open-storage.js';
 import { UsageError } from './args.js';
 
 export interface MaintenanceContext {
@@ -42,12 +43,12 @@ export function openDataDir(dataDirOverride: string | undefined, options: { allo
     throw new UsageError(`no index at ${file} (run fastpull reindex to rebuild it from the blobs on disk)`);
   }
   const db = openDatabase(file);
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   return {
     config,
     db,
     index: new DistfileIndex(db),
-    queries: new MaintenanceQueries(db),
+    queries: new MaintenanceQueries(db, { actor: cliActor() }),
     store,
     audit: new AuditLog(db),
     close: () => db.close(),

@@ -1,4 +1,4 @@
-import { collect, GC_SETTLE_MS, gcCandidates } from '../maintenance/gc.js';
+import { collect, GC_SETTLE_MS, gcCandidates, orphanCandidates } from '../maintenance/gc.js';
 import { intOption, runCommand } from './args.js';
 import { cliActor, formatBytes, openDataDir } from './context.js';
 
@@ -20,10 +20,10 @@ export async function gcCommand(args: string[]): Promise<number> {
     try {
       const graceSeconds = grace ?? ctx.config.gcGraceSeconds;
       const cutoff = Date.now() - graceSeconds * 1000;
-      const candidates = gcCandidates(ctx.queries, cutoff);
+      const candidates = [...gcCandidates(ctx.queries, cutoff), ...(await orphanCandidates(ctx.store, ctx.queries, cutoff))];
       const total = candidates.reduce((s, c) => s + c.size, 0);
       const describe = (c: (typeof candidates)[number]) =>
-        `${c.sha512} ${c.size} bytes (${formatBytes(c.size)}), ingested ${new Date(c.ingestedAt).toISOString()}${c.quarantined ? ', quarantined' : ''}`;
+        `${c.sha512} ${c.size} bytes (${formatBytes(c.size)}), ${c.orphan ? 'written' : 'ingested'} ${new Date(c.ingestedAt).toISOString()}${c.quarantined ? ', quarantined' : ''}${c.orphan ? ', no index row' : ''}`;
       if (values['dry-run']) {
         for (const c of candidates) console.log(`would remove ${describe(c)}`);
         console.log(`dry run: ${candidates.length} blobs, ${total} bytes (${formatBytes(total)}) would be removed (grace ${graceSeconds}s)`);

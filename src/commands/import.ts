@@ -7,7 +7,7 @@ import { databaseFile, openDatabase } from '../db/open.js';
 import { Importer } from '../ingest/import.js';
 import { readManifests, type ManifestSet } from '../ingest/manifest.js';
 import { detectTreeKind, scanTree, TREE_KINDS, type TreeKind } from '../ingest/tree.js';
-import { BlobStore } from '../store/blob-store.js';
+import { localBlobStore } from '../store/open-storage.js';
 import { intOption, runCommand, secondsOption, UsageError } from './args.js';
 import { cliActor } from './context.js';
 import { formatBytes, Progress } from './progress.js';
@@ -106,7 +106,7 @@ export async function importCommand(args: string[]): Promise<number> {
   }
 
   const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: String(values['data-dir']) } : {});
-  const store = new BlobStore(config.dataDir);
+  const store = localBlobStore(config);
   // Also clears temp files an interrupted import left behind; a running server's own temps survive (its pid lives).
   await store.init();
   const db = openDatabase(databaseFile(config.dataDir));

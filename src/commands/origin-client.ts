@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request, type Dispatcher } from 'undici';
-import { shardedPath } from '../store/paths.js';
+import { shardedPath } from '../domain/layout.js';
 import { intOption, UsageError } from './args.js';
 
 /** The spider side of the upload API: HEAD by hash, link, upload; retried where a retry can help. */

@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { loadConfig } from '../config.js';
 import { hashFile, type Digests } from '../store/digests.js';
-import { filenameProblem } from '../store/paths.js';
+import { filenameProblem } from '../domain/names.js';
 import { secondsOption, runCommand, UsageError } from './args.js';
 import { ClientError, ORIGIN_OPTIONS, ORIGIN_USAGE, originHas, originSettings, withRetries, type RetryPolicy } from './origin-client.js';
 import { formatBytes, Progress } from './progress.js';

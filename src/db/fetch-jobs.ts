@@ -160,3 +160,61 @@ export class FetchJobStore {
     this.stmt.rememberUrl.run({ url, sha512, at: Date.now() });
   }
 }
+
+/**
+ * The fetch queue seen by one client process (`fastpull sync-repo`): it runs, and after a crash
+ * re-queues, only the jobs it owns, so a server sharing the data directory keeps its own jobs.
+ */
+export class ScopedFetchJobStore extends FetchJobStore {
+  /** Job ids this process runs; grows as it creates or adopts jobs. */
+  readonly scope = new Set<string>();
+  private readonly scoped: {
+    nextQueued: Statement<[{ jobs: string; limit: number }], FetchItemRow>;
+    requeueAll: Statement<[{ jobs: string }]>;
+    finished: Statement<[{ jobs: string }], FetchItemRow>;
+    unfinishedBy: Statement<[string], FetchItemRow>;
+  };
+
+  constructor(db: DB) {
+    super(db);
+    this.scoped = {
+      nextQueued: db.prepare(
+        `SELECT * FROM fetch_items WHERE state = 'queued' AND job_id IN (SELECT value FROM json_each(@jobs))
+         ORDER BY queued_at, job_id, idx LIMIT @limit`,
+      ),
+      requeueAll: db.prepare(
+        `UPDATE fetch_items SET state = 'queued', started_at = NULL
+         WHERE state = 'downloading' AND job_id IN (SELECT value FROM json_each(@jobs))`,
+      ),
+      finished: db.prepare(
+        `SELECT * FROM fetch_items WHERE state IN ('done', 'failed') AND job_id IN (SELECT value FROM json_each(@jobs))`,
+      ),
+      unfinishedBy: db.prepare(
+        `SELECT i.* FROM fetch_items i JOIN fetch_jobs j ON j.id = i.job_id
+         WHERE j.created_by = ? AND i.state IN ('queued', 'downloading') ORDER BY i.job_id, i.idx`,
+      ),
+    };
+  }
+
+  private jobs(): string {
+    return JSON.stringify([...this.scope]);
+  }
+
+  override nextQueued(limit: number): FetchItemRow[] {
+    return this.scoped.nextQueued.all({ jobs: this.jobs(), limit });
+  }
+
+  override requeueInterrupted(): number {
+    return this.scoped.requeueAll.run({ jobs: this.jobs() }).changes;
+  }
+
+  /** Items of the given jobs that are done or failed. */
+  finishedOf(jobIds: string[]): FetchItemRow[] {
+    return this.scoped.finished.all({ jobs: JSON.stringify(jobIds) });
+  }
+
+  /** Items an earlier run by `createdBy` left queued or downloading (it was killed, or stopped). */
+  unfinishedBy(createdBy: string): FetchItemRow[] {
+    return this.scoped.unfinishedBy.all(createdBy);
+  }
+}

@@ -1,5 +1,6 @@
 import type { Statement } from 'better-sqlite3';
 import type { Digests } from '../store/digests.js';
+import { recordEvent } from './events.js';
 import type { DB } from './open.js';
 
 export interface BlobRow {
@@ -23,6 +24,12 @@ export interface ServableBlob {
   /** Last-Modified: when the blob was ingested (hash paths) or the name last attached (name paths). */
   modified_at: number;
   quarantined_at: number | null;
+  /**
+   * Identity of the row's current meaning (ingested_at and its generation, bumped by every quarantine,
+   * release or repair, from any process): what a per-process cache of the blob's bytes or descriptor
+   * is keyed by, so a changed row never matches a stale entry.
+   */
+  version: string;
 }
 
 export interface NameRow {
@@ -50,18 +57,21 @@ export class DistfileIndex {
     detach: Statement<[{ filename: string; at: number; by: string | null }]>;
     history: Statement<[string], NameRow>;
     namesOfBlob: Statement<[string], NameRow>;
+    currentOf: Statement<[string], { sha512: string }>;
   };
 
   constructor(readonly db: DB) {
     this.stmt = {
       servableByHash: db.prepare(
         `SELECT b.sha512, b.blake2b, b.size, b.ingested_at AS modified_at, b.quarantined_at,
+                b.ingested_at || '.' || b.generation AS version,
                 (SELECT n.filename FROM names n WHERE n.sha512 = b.sha512 AND n.detached_at IS NULL
                  ORDER BY n.seq DESC LIMIT 1) AS filename
          FROM blobs b WHERE b.sha512 = ?`,
       ),
       servableByName: db.prepare(
-        `SELECT b.sha512, b.blake2b, b.size, n.attached_at AS modified_at, b.quarantined_at, n.filename
+        `SELECT b.sha512, b.blake2b, b.size, n.attached_at AS modified_at, b.quarantined_at, n.filename,
+                b.ingested_at || '.' || b.generation AS version
          FROM names n JOIN blobs b ON b.sha512 = n.sha512
          WHERE n.filename = ? AND n.detached_at IS NULL
          ORDER BY n.seq DESC LIMIT 1`,
@@ -72,7 +82,7 @@ export class DistfileIndex {
          VALUES (@sha512, @blake2b, @sha256, @size, @at, @pinned)
          ON CONFLICT (sha512) DO NOTHING`,
       ),
-      unquarantine: db.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?'),
+      unquarantine: db.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ? AND quarantined_at IS NOT NULL'),
       pin: db.prepare('UPDATE blobs SET pinned = 1 WHERE sha512 = ?'),
       nextSeq: db.prepare('SELECT coalesce(max(seq), 0) + 1 AS seq FROM names'),
       attach: db.prepare(
@@ -88,6 +98,9 @@ export class DistfileIndex {
       ),
       history: db.prepare('SELECT * FROM names WHERE filename = ? ORDER BY seq DESC'),
       namesOfBlob: db.prepare('SELECT * FROM names WHERE sha512 = ? ORDER BY seq DESC'),
+      currentOf: db.prepare(
+        'SELECT sha512 FROM names WHERE filename = ? AND detached_at IS NULL ORDER BY seq DESC LIMIT 1',
+      ),
     };
   }
 
@@ -114,12 +127,22 @@ export class DistfileIndex {
   /**
    * Records a stored blob and optionally attaches a name, in one transaction.
    * A blob that was quarantined and has just been re-written with good bytes is servable again.
+   * Each change is announced in the outbox within the same transaction.
    */
   recordBlob(digests: Digests, opts: { filename?: string; by?: string | null; pinned?: boolean; at?: number } = {}): void {
     const at = opts.at ?? Date.now();
     this.db.transaction(() => {
-      this.stmt.insertBlob.run({ ...digests, at, pinned: opts.pinned ? 1 : 0 });
-      this.stmt.unquarantine.run(digests.sha512);
+      const created = this.stmt.insertBlob.run({ ...digests, at, pinned: opts.pinned ? 1 : 0 }).changes === 1;
+      const restored = this.stmt.unquarantine.run(digests.sha512).changes === 1;
+      if (created || restored) {
+        recordEvent(this.db, {
+          type: created ? 'blob.stored' : 'blob.restored',
+          sha512: digests.sha512,
+          ...(created ? { names: opts.filename !== undefined ? [opts.filename] : [] } : {}),
+          actor: opts.by,
+          at,
+        });
+      }
       if (opts.pinned) this.stmt.pin.run(digests.sha512);
       if (opts.filename !== undefined) this.attachInTx(opts.filename, digests.sha512, opts.by ?? null, at);
     }).immediate();
@@ -137,12 +160,33 @@ export class DistfileIndex {
   }
 
   private attachInTx(filename: string, sha512: string, by: string | null, at: number): void {
+    const previous = this.stmt.currentOf.get(filename)?.sha512;
     const { seq } = this.stmt.nextSeq.get()!;
     this.stmt.attach.run({ filename, sha512, seq, at, by });
+    // Re-attaching the hash a name already serves changes nothing anyone can observe.
+    if (previous === sha512) return;
+    recordEvent(this.db, {
+      type: previous === undefined ? 'name.attached' : 'name.repointed',
+      sha512,
+      names: [filename],
+      previousSha512: previous ?? null,
+      actor: by,
+      at,
+    });
   }
 
   /** Detaches every hash from a name; the blobs stay. Returns how many pairs were detached. */
   detach(filename: string, by: string | null): number {
-    return this.stmt.detach.run({ filename, at: Date.now(), by }).changes;
+    return this.db
+      .transaction(() => {
+        const at = Date.now();
+        const current = this.stmt.currentOf.get(filename)?.sha512;
+        const detached = this.stmt.detach.run({ filename, at, by }).changes;
+        if (current !== undefined && detached > 0) {
+          recordEvent(this.db, { type: 'name.detached', sha512: current, names: [filename], actor: by, at });
+        }
+        return detached;
+      })
+      .immediate();
   }
 }

@@ -1,4 +1,5 @@
 import type { Statement } from 'better-sqlite3';
+import { IndexCounters } from './counters.js';
 import type { DB } from './open.js';
 
 export interface Totals {
@@ -6,6 +7,11 @@ export interface Totals {
   bytes: number;
   /** Distinct file names with at least one attached hash (what name paths can serve). */
   names: number;
+  quarantinedBlobs: number;
+  quarantinedBytes: number;
+  pinnedBlobs: number;
+  /** Σ size × (attached names − 1): what storing by content saved. */
+  dedupSavedBytes: number;
 }
 
 export interface AttachedName {
@@ -32,21 +38,38 @@ export const NAMES_WITH_PREFIX_SQL = `SELECT DISTINCT filename FROM names
   WHERE detached_at IS NULL AND filename >= ? AND filename < ?
   ORDER BY filename LIMIT ?`;
 
+/**
+ * The same range under NOCASE (ASCII letters fold, like SQLite's LIKE) over names_current_nocase.
+ * Names equal but for case sort by their exact bytes, so the paging cursor (`after`, the last name
+ * of the previous page) is a strict position: the range starts at it, and ties with it are kept
+ * only when they sort after it.
+ */
+export const NAMES_WITH_PREFIX_NOCASE_SQL = `SELECT DISTINCT filename FROM names
+  WHERE detached_at IS NULL AND filename >= @lo COLLATE NOCASE AND filename < @hi COLLATE NOCASE
+    AND NOT (filename = @after COLLATE NOCASE AND filename <= @after)
+  ORDER BY filename COLLATE NOCASE, filename LIMIT @limit`;
+
+export interface SearchOptions {
+  /** ASCII case-insensitive match. */
+  ignoreCase?: boolean;
+  /** The last name of the previous page: results continue after it. */
+  after?: string | undefined;
+}
+
 /** Read-only queries behind the public status page; each one is served by an index. */
 export class StatusQueries {
   private readonly stmt: {
-    blobTotals: Statement<[], { blobs: number; bytes: number }>;
-    nameTotal: Statement<[], { names: number }>;
     recent: Statement<[number], AttachedName>;
     namesWithPrefix: Statement<[string, string, number], { filename: string }>;
+    namesWithPrefixNocase: Statement<[{ lo: string; hi: string; after: string; limit: number }], { filename: string }>;
     attachedOf: Statement<[string], AttachedName>;
   };
 
+  private readonly counters: IndexCounters;
+
   constructor(db: DB) {
+    this.counters = new IndexCounters(db);
     this.stmt = {
-      blobTotals: db.prepare('SELECT count(*) AS blobs, coalesce(sum(size), 0) AS bytes FROM blobs'),
-      // Counting over the partial index names_current touches only attached rows.
-      nameTotal: db.prepare('SELECT count(DISTINCT filename) AS names FROM names WHERE detached_at IS NULL'),
       recent: db.prepare(
         `SELECT n.filename, n.sha512, n.seq, b.size, n.attached_at, b.quarantined_at, ${CURRENT}
          FROM names n JOIN blobs b ON b.sha512 = n.sha512
@@ -54,6 +77,7 @@ export class StatusQueries {
          ORDER BY n.seq DESC LIMIT ?`,
       ),
       namesWithPrefix: db.prepare(NAMES_WITH_PREFIX_SQL),
+      namesWithPrefixNocase: db.prepare(NAMES_WITH_PREFIX_NOCASE_SQL),
       attachedOf: db.prepare(
         `SELECT n.filename, n.sha512, n.seq, b.size, n.attached_at, b.quarantined_at, ${CURRENT}
          FROM names n JOIN blobs b ON b.sha512 = n.sha512
@@ -63,10 +87,18 @@ export class StatusQueries {
     };
   }
 
+  /** Kept current by triggers (migration 005): one row, whatever the size of the index. */
   totals(): Totals {
-    const { blobs, bytes } = this.stmt.blobTotals.get()!;
-    const { names } = this.stmt.nameTotal.get()!;
-    return { blobs, bytes, names };
+    const c = this.counters.read()!;
+    return {
+      blobs: c.blobs,
+      bytes: c.blobBytes,
+      names: c.attachedNames,
+      quarantinedBlobs: c.quarantinedBlobs,
+      quarantinedBytes: c.quarantinedBytes,
+      pinnedBlobs: c.pinnedBlobs,
+      dedupSavedBytes: c.dedupSavedBytes,
+    };
   }
 
   /** The most recently attached (name, hash) pairs, newest first. */
@@ -75,12 +107,21 @@ export class StatusQueries {
   }
 
   /**
-   * Up to `limit` attached names starting with `prefix` (byte-wise, case-sensitive), in name order;
-   * each with all its attached hashes, the one name paths serve (highest seq) first.
+   * Up to `limit` attached names starting with `prefix` (byte-wise and case-sensitive unless
+   * ignoreCase), in name order, after `after` when given; each with all its attached hashes, the
+   * one name paths serve (highest seq) first. The caller checks that `after` matches the prefix.
    */
-  searchPrefix(prefix: string, limit: number): { results: { filename: string; hashes: AttachedName[] }[]; truncated: boolean } {
+  searchPrefix(
+    prefix: string,
+    limit: number,
+    options: SearchOptions = {},
+  ): { results: { filename: string; hashes: AttachedName[] }[]; truncated: boolean } {
+    const hi = prefix + MAX_CODE_POINT;
     // One extra name tells the caller whether more match, without a count query.
-    const names = this.stmt.namesWithPrefix.all(prefix, prefix + MAX_CODE_POINT, limit + 1);
+    const names = options.ignoreCase
+      ? this.stmt.namesWithPrefixNocase.all({ lo: options.after ?? prefix, hi, after: options.after ?? '', limit: limit + 1 })
+      : // Names never hold NUL, so after + NUL is the first string past the cursor.
+        this.stmt.namesWithPrefix.all(options.after !== undefined ? `${options.after}\0` : prefix, hi, limit + 1);
     return {
       results: names.slice(0, limit).map(({ filename }) => ({ filename, hashes: this.stmt.attachedOf.all(filename) })),
       truncated: names.length > limit,

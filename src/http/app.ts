@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import http from 'node:http';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptions, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
 import type { Config } from '../config.js';
@@ -7,8 +7,11 @@ import type { DistfileIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { AppError } from '../errors.js';
-import { sendError } from './errors.js';
-import type { Metrics } from './metrics.js';
+import { sendError, STATUS_BY_CODE } from './errors.js';
+import { strictQueryOnWrites } from './strict-query.js';
+import { trustFunction } from './client-address.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
+import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
 import { redactUrl } from './redact.js';
 import { Readiness } from '../ops/readiness.js';
@@ -19,6 +22,11 @@ import type { Spider } from '../ingest/spider.js';
 import { adminRoutes, type AdminRouteDeps } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 import { statusRoutes } from './routes/status.js';
+import { eventRoutes } from './routes/events.js';
+import { EventOutbox } from '../db/events.js';
+import type { EventDispatcher } from '../events/dispatcher.js';
+import { eventsStatusView } from '../events/status.js';
+import { createHotPath, requestIdOf, type BodyWatch } from './hot-path.js';
 
 export interface AppDeps {
   config: Config;
@@ -34,9 +42,41 @@ export interface AppDeps {
   /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
   spider?: Spider;
   storage?: AdminRouteDeps['storage'];
+  /** Outbox delivery; without it GET /api/v1/events still works, status shows no targets. */
+  events?: EventDispatcher;
+  /** Watches full bodies the lean download path sends (verification on serve). */
+  watch?: BodyWatch;
 }
 
-const REQUEST_ID = /^[\w.:-]{1,64}$/;
+/**
+ * Downloads skip fastify: the node:http server hands GET/HEAD of download paths to the lean path
+ * (hot-path.ts), which passes anything it does not answer itself on to fastify. The server is set up
+ * exactly as fastify would set up its own (same options, timeouts and keep-alive).
+ */
+function leanServer(deps: AppDeps): Pick<FastifyServerOptions, 'serverFactory'> {
+  let server: http.Server | undefined;
+  const hot = createHotPath({
+    config: deps.config,
+    index: deps.index,
+    store: deps.store,
+    logger: deps.logger,
+    metrics: deps.metrics,
+    watch: deps.watch,
+    closing: () => server !== undefined && !server.listening,
+  });
+  if (!hot) return {};
+  return {
+    serverFactory: (handler, options) => {
+      const opts = options as FastifyServerOptions & { http?: http.ServerOptions };
+      server = http.createServer(opts.http ?? {}, (req, res) => hot(req, res, handler));
+      if (opts.keepAliveTimeout !== undefined) server.keepAliveTimeout = opts.keepAliveTimeout;
+      if (opts.requestTimeout !== undefined) server.requestTimeout = opts.requestTimeout;
+      if (opts.connectionTimeout !== undefined) server.setTimeout(opts.connectionTimeout);
+      if (opts.maxRequestsPerSocket) server.maxRequestsPerSocket = opts.maxRequestsPerSocket;
+      return server;
+    },
+  };
+}
 
 /** Builds the HTTP app without listening; tests inject() or listen on port 0. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -47,7 +87,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     // Distfile names reach 255 bytes, three times that when percent-encoded; hashes are 128 hex.
     routerOptions: { maxParamLength: 1024 },
-    trustProxy: config.trustProxy,
+    trustProxy: trustFunction(config.trustProxy),
     // Keep answering while closing: a 503 makes wget give up and Portage fail over.
     return503OnClosing: false,
     ...serverTimeoutOptions(config),
@@ -63,12 +103,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         new AppError('BAD_REQUEST', err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'path segment too long' : 'path is not valid percent-encoded UTF-8'),
       );
     },
-    genReqId: (req) => {
-      const given = req.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-    },
+    genReqId: requestIdOf,
+    ...leanServer(deps),
   });
 
+  // Before any route: every write route gets its query checked (see strict-query.ts).
+  app.addHook('onRoute', strictQueryOnWrites);
   // First: the OpenAPI document only sees routes registered after it.
   await registerOpenApi(app);
 
@@ -77,7 +117,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // onResponse does not report.
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    reply.raw.once('close', () => logRequest(request, reply));
+    reply.raw.once('close', () => logRequest(request, reply, deps.metrics));
   });
 
   // Only download misses may be cached (by a CDN, briefly); admin API answers depend on the token.
@@ -88,14 +128,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
-  installOps(app, {
-    config,
-    metrics: deps.metrics,
-    readiness: deps.readiness ?? new Readiness(config, deps.index.db, deps.logger),
-    tokens: deps.tokens,
-  });
+  const readiness = deps.readiness ?? new Readiness(config, deps.index.db, deps.logger);
+  installOps(app, { config, metrics: deps.metrics, readiness, tokens: deps.tokens });
 
-  await app.register(statusRoutes, { db: deps.index.db });
+  const pullThrough = deps.spider?.pullThrough;
+  await app.register(statusRoutes, {
+    db: deps.index.db,
+    config,
+    readiness,
+    ...(deps.metrics ? { traffic: deps.metrics.traffic } : {}),
+    ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
+    events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
+  });
+  await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events?.outbox ?? new EventOutbox(deps.index.db) });
   await app.register(readRoutes, {
     config,
     index: deps.index,
@@ -123,17 +168,27 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   return app;
 }
 
-function logRequest(request: FastifyRequest, reply: FastifyReply): void {
+function logRequest(request: FastifyRequest, reply: FastifyReply, metrics?: Metrics): void {
+  const finished = reply.raw.writableFinished;
+  // A stalled transfer the idle timeout ended is a 408 (when no answer had started), not the default 200.
+  const timedOut = !finished && cutByIdleTimeout(request.raw.socket);
+  const status = timedOut && !reply.raw.headersSent ? STATUS_BY_CODE.REQUEST_TIMEOUT : reply.statusCode;
+  // Such uploads never reach onResponse, where uploads are otherwise counted.
+  if (timedOut && request.routeKind === 'api' && request.method === 'PUT') metrics?.uploads.labels(String(status), 'REQUEST_TIMEOUT').inc();
   request.log.info(
     {
       method: request.method,
       url: redactUrl(request.url),
-      status: reply.statusCode,
+      status,
       kind: request.routeKind,
       range: request.headers.range,
       ms: Math.round(reply.elapsedTime * 10) / 10,
+      bytes: responseBytes(request),
       remote: request.ip,
-      ...(reply.raw.writableFinished ? {} : { aborted: true }),
+      ua: request.headers['user-agent'],
+      // Who wrote: the token's name, never the token (set only once authentication succeeded).
+      ...(request.principal ? { tokenName: request.principal.name } : {}),
+      ...(finished ? {} : { aborted: timedOut ? 'idle-timeout' : true }),
     },
     'request',
   );

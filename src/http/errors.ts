@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { AppError, isAppError, type ErrorCode } from '../errors.js';
+import { AppError, fromFsError, isAppError, type ErrorCode } from '../errors.js';
+import { cutByIdleTimeout } from '../ops/timeouts.js';
 
 /** The one mapping from error code to HTTP status. */
 export const STATUS_BY_CODE: Record<ErrorCode, number> = {
@@ -7,13 +8,16 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   BAD_FILENAME: 400,
   BAD_HASH: 400,
   BAD_URL: 400,
+  BAD_QUERY: 400,
   UNAUTHORIZED: 401,
   FORBIDDEN: 403,
   NOT_FOUND: 404,
   BLOB_NOT_FOUND: 404,
   NAME_NOT_FOUND: 404,
   JOB_NOT_FOUND: 404,
+  REQUEST_TIMEOUT: 408,
   PAYLOAD_TOO_LARGE: 413,
+  PRECONDITION_FAILED: 412,
   RANGE_NOT_SATISFIABLE: 416,
   DIGEST_MISMATCH: 422,
   RATE_LIMITED: 429,
@@ -36,6 +40,9 @@ const CODE_BY_FRAMEWORK_STATUS: Record<number, ErrorCode> = {
 /** Turns anything thrown into a client-safe AppError; 5xx never carry internals. */
 export function toAppError(err: unknown): AppError {
   if (isAppError(err)) return err;
+  // A full disk (ENOSPC, SQLite's "database or disk is full") is 507 wherever it surfaces.
+  const full = fromFsError(err);
+  if (isAppError(full)) return full;
   const fe = err as Partial<FastifyError> | undefined;
   if (fe?.validation) return new AppError('BAD_REQUEST', fe.message ?? 'invalid request');
   const status = fe?.statusCode;
@@ -55,7 +62,8 @@ export function sendError(
   const status = STATUS_BY_CODE[appError.code];
   // A client that hung up mid-upload is not a server failure; the request line records the abort.
   const clientGone = request.raw.destroyed && !request.raw.complete;
-  if (clientGone) request.log.info({ code: (err as NodeJS.ErrnoException | undefined)?.code }, 'client closed the connection');
+  if (clientGone && cutByIdleTimeout(request.raw.socket)) request.log.info({ aborted: 'idle-timeout' }, 'request cut by the idle timeout');
+  else if (clientGone) request.log.info({ code: (err as NodeJS.ErrnoException | undefined)?.code }, 'client closed the connection');
   else if (status >= 500) request.log.error({ err }, 'request failed');
   else if (appError.code === 'INTERNAL') request.log.warn({ err }, 'request failed');
   const cacheable404 = status === 404 && options.notFoundMaxAge !== undefined;

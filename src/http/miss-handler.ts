@@ -2,10 +2,10 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
 import type { DistfileIndex } from '../db/index.js';
 import { AppError } from '../errors.js';
-import type { Flight, PullThrough } from '../ingest/pull-through.js';
+import type { Flight, PullFlight, PullThrough } from '../ingest/pull-through.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { sendError } from './errors.js';
-import type { BlobTarget } from './read-path.js';
+import type { BlobTarget } from '../domain/target.js';
 import { lookup, type MissHandler } from './routes/read.js';
 import { contentDisposition, IMMUTABLE, sendBlob } from './send.js';
 
@@ -23,7 +23,7 @@ export const WAITER_MAX_WAIT_MS = 20_000;
 export function createMissHandler(pull: PullThrough, deps: { config: Config; index: DistfileIndex; store: BlobStore }): MissHandler {
   const nameCacheControl = `public, max-age=${deps.config.nameMaxAge}`;
 
-  async function streamAlong(flight: Flight, stream: NonNullable<ReturnType<Flight['subscribe']>>, target: BlobTarget, reply: FastifyReply) {
+  async function streamAlong(flight: PullFlight, stream: NonNullable<ReturnType<Flight['subscribe']>>, target: BlobTarget, reply: FastifyReply) {
     const head = await flight.head;
     if (!head) {
       stream.destroy();
@@ -47,8 +47,9 @@ export function createMissHandler(pull: PullThrough, deps: { config: Config; ind
 
   return {
     async handle(target: BlobTarget, request: FastifyRequest, reply: FastifyReply): Promise<boolean> {
-      const flight = pull.flight(target);
-      if (!flight) return false;
+      const pending = pull.flight(target);
+      if (!pending) return false;
+      const flight = await pending;
       const h = request.headers;
       const plain =
         request.method === 'GET' && h.range === undefined && h['if-none-match'] === undefined && h['if-modified-since'] === undefined;

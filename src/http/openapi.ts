@@ -43,6 +43,7 @@ export async function registerOpenApi(app: FastifyInstance): Promise<void> {
         { name: 'distfiles', description: 'names, blobs and uploads' },
         { name: 'fetches', description: 'downloads the origin makes itself, and its upstream mirrors' },
         { name: 'status', description: 'public, read-only' },
+        { name: 'events', description: 'the outbox: every change, pollable' },
       ],
     },
   });

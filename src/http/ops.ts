@@ -3,6 +3,7 @@ import type { FastifyHttpOptions, FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';
 import { AppError } from '../errors.js';
 import type { Readiness } from '../ops/readiness.js';
+import { checkInterval, enforceIdleTimeout } from '../ops/timeouts.js';
 import type { TokenStore } from '../auth/token-store.js';
 import { installAudit } from './audit.js';
 import { installHttpMetrics, metricsRoute, type Metrics } from './metrics.js';
@@ -18,7 +19,8 @@ export interface OpsDeps {
  * Timeouts against slow or idle clients that never cut a legitimate transfer short:
  * - headersTimeout bounds how long a client may take to send its request headers (slowloris);
  * - the socket idle timeout (connectionTimeout) drops a connection on which nothing moved
- *   for that long, whether it is uploading, downloading or idle between requests;
+ *   for that long, whether it is uploading, downloading or idle between requests (enforceIdleTimeout
+ *   makes it hold for a client that stopped reading, too);
  * - keepAliveTimeout closes idle keep-alive connections; it is longer than a CDN's usual
  *   upstream keep-alive so the CDN, not the origin, closes first (no reuse race);
  * - requestTimeout stays 0 (off): it bounds the whole request including the body, so any value
@@ -33,8 +35,9 @@ export function serverTimeoutOptions(config: Config): FastifyHttpOptions<Server>
     http: {
       maxHeaderSize: config.maxHeaderBytes,
       headersTimeout: config.headersTimeoutMs,
-      // Node checks headersTimeout on this interval (30 s by default), which would make short limits meaningless.
-      connectionsCheckingInterval: Math.max(100, Math.min(config.headersTimeoutMs / 2, 30_000)),
+      // Node checks headersTimeout only on this interval (30 s by default): a slowloris client is cut
+      // somewhere between the limit and limit + interval, so the interval must be small for the limit to hold.
+      connectionsCheckingInterval: checkInterval(config.headersTimeoutMs),
     },
   };
 }
@@ -45,6 +48,7 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 export function installOps(app: FastifyInstance, deps: OpsDeps): void {
   const { config, metrics, readiness, tokens } = deps;
   if (tokens) installAudit(app, tokens);
+  enforceIdleTimeout(app.server, config.idleTimeoutMs);
 
   if (config.readOnly) {
     // A root onRequest hook runs before authentication and before any body byte is read.

@@ -1,8 +1,10 @@
-import { filenameHashDir, filenameProblem, isSha512Hex } from '../store/paths.js';
+import { isSha512Hex } from '../domain/hashes.js';
+import { filenameProblem } from '../domain/names.js';
+import { filenameHashDir } from '../domain/layout.js';
+import type { BlobTarget } from '../domain/target.js';
 
-export type BlobTarget =
-  | { kind: 'hash'; sha512: string }
-  | { kind: 'name'; filename: string; form: 'flat' | 'filename-hash' };
+export type { BlobTarget };
+export { ORIGIN_LAYOUT_CONF as LAYOUT_CONF } from '../domain/layout.js';
 
 export type ReadTarget =
   | BlobTarget
@@ -59,9 +61,3 @@ export function parseReadPath(url: string): ReadTarget {
   }
   return { kind: 'none' };
 }
-
-export const LAYOUT_CONF = `[structure]
-0=content-hash SHA512 8:8:8
-1=filename-hash BLAKE2B 8
-2=flat
-`;

@@ -1,16 +1,11 @@
-import { closeSync, createReadStream } from 'node:fs';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ServableBlob } from '../db/index.js';
 import { AppError } from '../errors.js';
+import { SMALL_BLOB_BYTES } from '../store/blob-reader.js';
 import type { BlobStore } from '../store/blob-store.js';
 
 export const IMMUTABLE = 'public, max-age=31536000, immutable';
-const READ_HIGH_WATER_MARK = 512 * 1024;
-/**
- * Blobs up to this size are read whole, inline, and sent as one buffer (no larger than a single
- * stream chunk): see BlobStore.readSmall for why that beats a stream for small files.
- */
-const SMALL_BLOB_BYTES = 64 * 1024;
 
 export interface ByteRange {
   start: number;
@@ -53,9 +48,11 @@ function etagMatches(header: string, etag: string, weak: boolean): boolean {
   return false;
 }
 
-function notModifiedSince(header: string, modifiedMs: number): boolean {
+/** Last-Modified has whole seconds: compare at that resolution. NaN when the header is no date (then ignored). */
+function secondsNewerThan(header: string, modifiedMs: number): boolean | undefined {
   const since = Date.parse(header);
-  return !Number.isNaN(since) && Math.floor(modifiedMs / 1000) * 1000 <= since;
+  if (Number.isNaN(since)) return undefined;
+  return Math.floor(modifiedMs / 1000) * 1000 > since;
 }
 
 /** If-Range: a strong ETag must match exactly; a date must equal Last-Modified. */
@@ -73,14 +70,91 @@ export function contentDisposition(filename: string): string {
   return `attachment; filename="${fallback}"; filename*=UTF-8''${encoded}`;
 }
 
+/** Headers that depend only on the blob, its index row and the path form: built once, reused per response. */
+export interface FixedHeaders {
+  etag: string;
+  lastModified: string;
+  modifiedMs: number;
+  /** Name/value pairs in one flat list, as node:http's writeHead takes them. */
+  flat: string[];
+  /** The same as an object, for fastify's reply.headers. */
+  object: Record<string, string>;
+}
+
+const FIXED_CACHE_MAX = 8192;
+const fixedCache = new Map<string, FixedHeaders>();
+
+/**
+ * The fixed headers of a blob served under a Cache-Control. Keyed by everything they are made of
+ * (the row's version, Last-Modified and the suggested name included), so a changed row never reuses them.
+ */
+export function fixedHeaders(blob: ServableBlob, cacheControl: string): FixedHeaders {
+  const key = `${cacheControl}\n${blob.sha512}\n${blob.version}\n${blob.modified_at}\n${blob.filename ?? ''}`;
+  const hit = fixedCache.get(key);
+  if (hit) return hit;
+  const etag = `"${blob.sha512}"`;
+  const lastModified = new Date(blob.modified_at).toUTCString();
+  const object: Record<string, string> = {
+    'content-type': 'application/octet-stream',
+    'accept-ranges': 'bytes',
+    etag,
+    'last-modified': lastModified,
+    'cache-control': cacheControl,
+    'repr-digest': `sha-512=:${Buffer.from(blob.sha512, 'hex').toString('base64')}:`,
+    'x-content-type-options': 'nosniff',
+  };
+  if (blob.filename) object['content-disposition'] = contentDisposition(blob.filename);
+  const fixed = { etag, lastModified, modifiedMs: blob.modified_at, object, flat: Object.entries(object).flat() };
+  // Crude but bounded: a full table starts over rather than tracking recency on every hit.
+  if (fixedCache.size >= FIXED_CACHE_MAX) fixedCache.clear();
+  fixedCache.set(key, fixed);
+  return fixed;
+}
+
+export type Decision =
+  | { status: 200 }
+  | { status: 206; range: ByteRange }
+  | { status: 304 }
+  | { status: 412 }
+  | { status: 416 };
+
+/**
+ * What a GET or HEAD of this blob answers, from its validators and the request's conditional and
+ * Range headers, evaluated in RFC 9110 §13.2.2 order: If-Match, else If-Unmodified-Since; then
+ * If-None-Match, else If-Modified-Since; then If-Range and Range.
+ */
+export function decide(headers: IncomingHttpHeaders, fixed: FixedHeaders, size: number): Decision {
+  const ifMatch = headers['if-match'];
+  if (ifMatch !== undefined) {
+    // Strong comparison: a weak tag never matches (§13.1.1).
+    if (!etagMatches(ifMatch, fixed.etag, false)) return { status: 412 };
+  } else {
+    const ifUnmodifiedSince = headers['if-unmodified-since'];
+    if (ifUnmodifiedSince !== undefined && secondsNewerThan(ifUnmodifiedSince, fixed.modifiedMs) === true) return { status: 412 };
+  }
+  const ifNoneMatch = headers['if-none-match'];
+  if (ifNoneMatch !== undefined) {
+    if (etagMatches(ifNoneMatch, fixed.etag, true)) return { status: 304 };
+  } else {
+    const ifModifiedSince = headers['if-modified-since'];
+    if (ifModifiedSince !== undefined && secondsNewerThan(ifModifiedSince, fixed.modifiedMs) === false) return { status: 304 };
+  }
+  let range = parseRange(headers.range, size);
+  const ifRange = headers['if-range'] as string | undefined;
+  if (range !== undefined && ifRange !== undefined && !ifRangeHolds(ifRange, fixed.etag, fixed.lastModified)) range = undefined;
+  if (range === 'unsatisfiable') return { status: 416 };
+  return range ? { status: 206, range } : { status: 200 };
+}
+
 export interface SendOptions {
   cacheControl: string;
 }
 
 /**
- * Serves a stored blob with ranges and conditionals. HEAD answers with the same headers
- * from a stat, reading no bytes. A read that fails midway destroys the connection so that
- * no cache keeps a clean-looking truncated body.
+ * Serves a stored blob with ranges and conditionals through fastify (the lean path in hot-path.ts
+ * answers the same requests the same way without it; this one covers what it hands over: errors,
+ * pull-through, and servers where it is off). HEAD answers with the same headers, reading no bytes.
+ * A read that fails midway destroys the connection so that no cache keeps a clean-looking truncated body.
  */
 export async function sendBlob(
   request: FastifyRequest,
@@ -89,62 +163,46 @@ export async function sendBlob(
   blob: ServableBlob,
   options: SendOptions,
 ): Promise<FastifyReply> {
-  const etag = `"${blob.sha512}"`;
-  const lastModified = new Date(blob.modified_at).toUTCString();
-  const headers = request.headers;
-
-  reply.headers({
-    'content-type': 'application/octet-stream',
-    'accept-ranges': 'bytes',
-    etag,
-    'last-modified': lastModified,
-    'cache-control': options.cacheControl,
-    'repr-digest': `sha-512=:${Buffer.from(blob.sha512, 'hex').toString('base64')}:`,
-    'x-content-type-options': 'nosniff',
-  });
-  if (blob.filename) reply.header('content-disposition', contentDisposition(blob.filename));
-
-  const ifNoneMatch = headers['if-none-match'];
-  const ifModifiedSince = headers['if-modified-since'];
-  if (ifNoneMatch !== undefined ? etagMatches(ifNoneMatch, etag, true) : ifModifiedSince !== undefined && notModifiedSince(ifModifiedSince, blob.modified_at)) {
-    return reply.code(304).send();
+  const fixed = fixedHeaders(blob, options.cacheControl);
+  reply.headers(fixed.object);
+  const decision = decide(request.headers, fixed, blob.size);
+  switch (decision.status) {
+    case 304:
+      return reply.code(304).send();
+    case 412:
+      reply.removeHeader('content-disposition');
+      throw new AppError('PRECONDITION_FAILED', 'a precondition (If-Match or If-Unmodified-Since) does not hold for this distfile');
+    case 416:
+      reply.removeHeader('content-disposition');
+      reply.header('content-range', `bytes */${blob.size}`);
+      throw new AppError('RANGE_NOT_SATISFIABLE', `range not satisfiable for a ${blob.size}-byte file`, { size: blob.size });
   }
-
-  let range = parseRange(headers.range, blob.size);
-  const ifRange = headers['if-range'] as string | undefined;
-  if (range !== undefined && ifRange !== undefined && !ifRangeHolds(ifRange, etag, lastModified)) range = undefined;
-  if (range === 'unsatisfiable') {
-    reply.removeHeader('content-disposition');
-    reply.header('content-range', `bytes */${blob.size}`);
-    throw new AppError('RANGE_NOT_SATISFIABLE', `range not satisfiable for a ${blob.size}-byte file`, { size: blob.size });
-  }
-
-  if (request.method === 'HEAD') {
-    const onDisk = await store.sizeOf(blob.sha512);
-    if (onDisk !== blob.size) return missingOnDisk(request, reply, blob, onDisk);
-    setLength(reply, range, blob.size);
-    return reply.send();
-  }
+  const range = decision.status === 206 ? decision.range : undefined;
 
   if (blob.size <= SMALL_BLOB_BYTES) {
-    const read = store.readSmall(blob.sha512, blob.size);
-    if (!('bytes' in read)) return missingOnDisk(request, reply, blob, read.onDisk);
+    const read = await store.reader.small(blob);
+    if (!('bytes' in read)) return missingOnDisk(request, reply, blob, read);
     setLength(reply, range, blob.size);
+    if (request.method === 'HEAD') return reply.send();
     return reply.send(range ? read.bytes.subarray(range.start, range.end + 1) : read.bytes);
   }
 
-  const opened = store.openForRead(blob.sha512);
-  if (!opened || opened.size !== blob.size) {
-    if (opened) closeSync(opened.fd);
-    return missingOnDisk(request, reply, blob, opened?.size);
+  const file = await store.reader.acquire(blob);
+  if (!file || file.size !== blob.size) {
+    file?.release();
+    return missingOnDisk(request, reply, blob, { onDisk: file?.size });
   }
   setLength(reply, range, blob.size);
+  if (request.method === 'HEAD') {
+    file.release();
+    return reply.send();
+  }
   // Always bounded: a file that grew must not push bytes past Content-Length into the next response,
   // and the stream stops at the last byte instead of paying one more read to discover end of file.
-  // autoClose hands the descriptor back on end, error or abort.
+  // The descriptor is the reader's (shared while hot): the stream releases it, never closes it.
   const start = range ? range.start : 0;
   const end = range ? range.end : blob.size - 1;
-  const stream = createReadStream('', { fd: opened.fd, start, end, highWaterMark: READ_HIGH_WATER_MARK, autoClose: true });
+  const stream = store.reader.stream(file, start, end);
   // A file that shrank after the stat ends the read stream early but cleanly; piping that end would
   // finish the response short and keep the connection alive, so a cache would store a truncated file
   // (and a pipelined response would be read as its missing bytes). Registered before reply.send, so it
@@ -170,9 +228,13 @@ function setLength(reply: FastifyReply, range: ByteRange | undefined, size: numb
 
 const BLOB_HEADERS = ['accept-ranges', 'etag', 'last-modified', 'repr-digest', 'content-disposition', 'content-range'];
 
-function missingOnDisk(request: FastifyRequest, reply: FastifyReply, blob: ServableBlob, onDisk: number | undefined): never {
-  // The index promises bytes the disk does not hold (or holds at the wrong size): refuse rather than serve damage.
-  request.log.error({ sha512: blob.sha512, indexed: blob.size, onDisk }, 'indexed blob missing or damaged on disk');
+/** Why a blob's bytes cannot be served, for the log line. */
+export type Unservable = { onDisk: number | undefined } | { damaged: string };
+
+function missingOnDisk(request: FastifyRequest, reply: FastifyReply, blob: ServableBlob, why: Unservable): never {
+  // The index promises bytes the disk does not hold (or holds damaged): refuse rather than serve damage.
+  if ('damaged' in why) request.log.error({ sha512: blob.sha512, actualSha512: why.damaged }, 'indexed blob damaged on disk');
+  else request.log.error({ sha512: blob.sha512, indexed: blob.size, onDisk: why.onDisk }, 'indexed blob missing or damaged on disk');
   // Validators on this 404 would let a cache revalidate it against the good blob's ETag.
   for (const name of BLOB_HEADERS) reply.removeHeader(name);
   throw new AppError('NOT_FOUND', 'no such distfile');

@@ -1,4 +1,4 @@
-import { filenameHashDir, shardedPath } from '../store/paths.js';
+import { filenameHashDir, shardedPath } from '../domain/layout.js';
 
 /** Every path form under which a blob (and, given a name, that name) can be downloaded. */
 export function downloadPaths(sha512: string, filename?: string | null): Record<string, string> {

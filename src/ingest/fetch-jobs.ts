@@ -4,7 +4,8 @@ import type { FetchItemRow, FetchJobStore, NewItem } from '../db/fetch-jobs.js';
 import { AppError, isAppError } from '../errors.js';
 import type { BlobStore } from '../store/blob-store.js';
 import type { Digests, ExpectedDigests, Mismatch } from '../store/digests.js';
-import { filenameProblem, isBlake2bHex, isSha512Hex } from '../store/paths.js';
+import { isBlake2bHex, isSha512Hex } from '../domain/hashes.js';
+import { filenameProblem } from '../domain/names.js';
 import { UpstreamError, type Fetcher } from '../upstream/fetcher.js';
 import type { UpstreamStats } from '../upstream/stats.js';
 import type { Ingest } from './ingest.js';
@@ -19,6 +20,11 @@ export interface FetchJobsDeps {
   concurrency: number;
   maxBytes: number;
   log?: Logger | undefined;
+  /**
+   * Called after a job is queued. In a process that does not run jobs itself (a cluster
+   * follower), this is how the process that does learns there is work.
+   */
+  onQueued?: () => void;
 }
 
 interface Running {
@@ -66,7 +72,13 @@ export class FetchJobs {
     this.deps.jobs.create(id, items, by);
     this.deps.log?.info({ job: id, items: items.length, by }, 'fetch job queued');
     this.pump();
+    this.deps.onQueued?.();
     return this.view(id);
+  }
+
+  /** Another process queued work: look for it (a no-op unless this process runs jobs). */
+  wake(): void {
+    this.pump();
   }
 
   view(id: string) {
@@ -158,6 +170,10 @@ export class FetchJobs {
       const signal = running.controller.signal;
       try {
         const res = await this.deps.fetcher.open(url, { signal });
+        // An abort (stop, shutdown) can destroy the body before ingest starts reading it, while the
+        // store still prepares its temp file; with no listener that error would crash the process.
+        // The reader still sees it: iterating a destroyed stream throws its error.
+        res.body.on('error', () => undefined);
         running.bytes = 0;
         running.total = res.size ?? expected.size;
         if (expected.size !== undefined && res.size !== undefined && res.size !== expected.size) {

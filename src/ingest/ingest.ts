@@ -1,10 +1,11 @@
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { AppError } from '../errors.js';
+import { AppError, fromFsError } from '../errors.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { BlobStore } from '../store/blob-store.js';
 import type { Digests, ExpectedDigests } from '../store/digests.js';
-import { filenameProblem, isSha512Hex } from '../store/paths.js';
+import { isSha512Hex } from '../domain/hashes.js';
+import { filenameProblem } from '../domain/names.js';
 
 export interface IngestOptions {
   /** Name to attach once the blob is stored. */
@@ -15,6 +16,8 @@ export interface IngestOptions {
   by?: string | null;
   /** Keep the blob even when no name references it. */
   pinned?: boolean;
+  /** Space held against the high watermark: grown as bytes arrive, told of the commit. */
+  lease?: { grow(received: number): void; recorded(size: number, created: boolean): void };
 }
 
 export interface IngestResult {
@@ -43,12 +46,21 @@ export class Ingest {
       // against it would un-quarantine the damage. (A file with no index row yet is a concurrent
       // upload's or a crash's: it was verified before it was linked, so dedup is right for it.)
       replaceExisting: (d) => (this.index.blob(d.sha512)?.quarantined_at ?? null) !== null,
+      ...(options.lease ? { onProgress: (n: number) => options.lease!.grow(n) } : {}),
     });
-    this.index.recordBlob(digests, {
-      ...(options.filename !== undefined ? { filename: options.filename } : {}),
-      by: options.by ?? null,
-      pinned: options.pinned ?? false,
-    });
+    try {
+      this.index.recordBlob(digests, {
+        ...(options.filename !== undefined ? { filename: options.filename } : {}),
+        by: options.by ?? null,
+        pinned: options.pinned ?? false,
+      });
+      options.lease?.recorded(digests.size, created);
+    } catch (err) {
+      // No blob file may stay without its row (e.g. SQLite "database or disk is full" after the link):
+      // take back what this upload placed; a file that was already there before stays.
+      if (created) await this.store.unplace(digests.sha512, () => this.index.blob(digests.sha512) !== undefined);
+      throw fromFsError(err);
+    }
     this.log?.info(
       { sha512: digests.sha512, size: digests.size, filename: options.filename, created, by: options.by },
       created ? 'blob stored' : 'blob already stored',
@@ -67,9 +79,13 @@ export class Ingest {
     return { size: blob.size, sha512: blob.sha512, blake2b: blob.blake2b, sha256: blob.sha256 };
   }
 
-  detach(filename: string, by: string | null): number {
+  /** Detaching must work on a full disk: it may use the reserve, which is what the reserve is for. */
+  async detach(filename: string, by: string | null): Promise<number> {
     assertFilename(filename);
-    const detached = this.index.detach(filename, by);
+    const detached = await this.store.reserve.whenFull(
+      () => this.index.detach(filename, by),
+      () => this.log?.warn({ filename }, 'disk full: released the reserve to record a detach (uploads wait until gc frees space)'),
+    );
     if (detached === 0) throw new AppError('NAME_NOT_FOUND', 'no blob is attached to that name', { filename });
     this.log?.info({ filename, by, detached }, 'name detached');
     return detached;

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { isBlake2bHex, isSha512Hex } from '../store/paths.js';
+import { isBlake2bHex, isSha512Hex } from '../domain/hashes.js';
 
 /** One `DIST <name> <size> BLAKE2B <hex> SHA512 <hex>` line of a Gentoo Manifest. */
 export interface DistEntry {
@@ -32,9 +32,8 @@ export async function readManifests(files: string[]): Promise<ManifestSet> {
     for await (const line of lines) {
       lineNo++;
       const source = `${file}:${lineNo}`;
-      const parts = line.trim().split(/\s+/);
-      if (parts[0] !== 'DIST') continue;
-      const entry = parseDist(parts, source);
+      const entry = parseManifestLine(line, source);
+      if (entry === undefined) continue;
       if (typeof entry === 'string') {
         set.warnings.push(`${source}: ${entry}`);
         continue;
@@ -52,6 +51,12 @@ export async function readManifests(files: string[]): Promise<ManifestSet> {
     }
   }
   return set;
+}
+
+/** A DistEntry, the reason a DIST line is malformed, or undefined for every other kind of line. */
+export function parseManifestLine(line: string, source: string): DistEntry | string | undefined {
+  const parts = line.trim().split(/\s+/);
+  return parts[0] === 'DIST' ? parseDist(parts, source) : undefined;
 }
 
 function parseDist(parts: string[], source: string): DistEntry | string {

@@ -1,11 +1,12 @@
 import { PassThrough, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { isAppError } from '../errors.js';
-import type { BlobTarget } from '../http/read-path.js';
+import type { BlobTarget } from '../domain/target.js';
 import type { Digests } from '../store/digests.js';
 import { UpstreamError, type Fetcher, type UpstreamResponse } from '../upstream/fetcher.js';
 import type { Mirror } from '../upstream/mirrors.js';
 import type { UpstreamStats } from '../upstream/stats.js';
+import { processLocalFlightLock, type FlightLock } from './flight-lock.js';
 import type { Ingest } from './ingest.js';
 
 export interface PullThroughOptions {
@@ -18,6 +19,8 @@ export interface PullThroughOptions {
   /** Longest time from a miss to upstream response headers, all mirrors and retries included. */
   headerDeadlineMs?: number;
   log?: Logger | undefined;
+  /** Decides which process downloads a key several processes miss at once (default: this one). */
+  lock?: FlightLock;
 }
 
 export interface FlightHead {
@@ -191,10 +194,25 @@ function announcedSha512(mirror: Mirror, res: UpstreamResponse): string | undefi
 }
 
 /**
- * Pull-through on a local miss: single flight per key, a negative cache, and per-mirror circuit breakers.
+ * The flight of a key another process is downloading: nothing to stream along, but the outcome,
+ * after which the blob is served from the shared store like any other waiter's.
+ */
+export class FollowerFlight {
+  readonly head = Promise.resolve(undefined);
+  constructor(readonly result: Promise<boolean>) {}
+  subscribe(): undefined {
+    return undefined;
+  }
+}
+
+export type PullFlight = Flight | FollowerFlight;
+
+/**
+ * Pull-through on a local miss: single flight per key (across processes through the lock), a
+ * negative cache, and per-mirror circuit breakers.
  */
 export class PullThrough {
-  private readonly flights = new Map<string, Flight>();
+  private readonly flights = new Map<string, Promise<PullFlight>>();
   private readonly negative = new Map<string, number>();
   private readonly controllers = new Set<AbortController>();
   private closed = false;
@@ -202,7 +220,7 @@ export class PullThrough {
   constructor(readonly options: PullThroughOptions) {}
 
   /** The flight for this key (joined or started), or undefined when a recent attempt found nothing. */
-  flight(target: BlobTarget): Flight | undefined {
+  flight(target: BlobTarget): Promise<PullFlight> | undefined {
     if (this.closed) return undefined;
     const key = flightKey(target);
     const existing = this.flights.get(key);
@@ -218,14 +236,41 @@ export class PullThrough {
       }
       this.negative.delete(key);
     }
+    // Registered before the lock answers, so requests arriving meanwhile join rather than ask again.
+    const pending = this.begin(target, key);
+    this.flights.set(key, pending);
+    return pending;
+  }
+
+  private async begin(target: BlobTarget, key: string): Promise<PullFlight> {
+    const lock = this.options.lock ?? processLocalFlightLock;
+    const grant = await lock.acquire(key).catch((err: unknown) => {
+      // Without the coordinator, fetching ourselves beats failing the client.
+      this.options.log?.warn({ key, err }, 'flight lock unavailable; pulling in this process');
+      return { owner: true as const, release: () => undefined };
+    });
+    if (!grant.owner) {
+      const follower = new FollowerFlight(
+        grant.outcome.then((stored) => {
+          if (!stored) this.remember(target);
+          return stored;
+        }),
+      );
+      void follower.result.finally(() => this.flights.delete(key));
+      return follower;
+    }
     const controller = new AbortController();
     this.controllers.add(controller);
     const flight = new Flight(target, this, controller);
-    this.flights.set(key, flight);
+    // Forget the flight first, so a request that sees its outcome never joins it again.
     void flight.result.finally(() => {
       this.flights.delete(key);
       this.controllers.delete(controller);
     });
+    void flight.result.then(
+      (digests) => grant.release(digests !== undefined),
+      () => grant.release(false),
+    );
     return flight;
   }
 
@@ -245,6 +290,7 @@ export class PullThrough {
   async close(): Promise<void> {
     this.closed = true;
     for (const c of this.controllers) c.abort(new UpstreamError('aborted', 'the server is stopping', ''));
-    await Promise.allSettled([...this.flights.values()].map((f) => f.result));
+    const flights = await Promise.allSettled([...this.flights.values()]);
+    await Promise.allSettled(flights.map((f) => (f.status === 'fulfilled' ? f.value.result : undefined)));
   }
 }

@@ -2,13 +2,14 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { FetchJobStore } from '../db/fetch-jobs.js';
 import type { DB } from '../db/open.js';
-import { createMissHandler } from '../http/miss-handler.js';
-import type { MissHandler } from '../http/routes/read.js';
 import type { BlobStore } from '../store/blob-store.js';
+import { AddressPolicy } from '../upstream/address-guard.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
+import { timeFetches } from '../upstream/fetch-timing.js';
 import { Mirror } from '../upstream/mirrors.js';
 import { UpstreamStats } from '../upstream/stats.js';
 import { FetchJobs } from './fetch-jobs.js';
+import type { FlightLock } from './flight-lock.js';
 import type { Ingest } from './ingest.js';
 import { PullThrough } from './pull-through.js';
 
@@ -16,7 +17,6 @@ export interface Spider {
   stats: UpstreamStats;
   fetchJobs: FetchJobs;
   pullThrough: PullThrough | undefined;
-  missHandler: MissHandler | undefined;
   /** Starts the fetch job runner (call once the server listens). */
   start(): void;
   /** Stops job downloads (items go back to queued). Call before closing the HTTP server. */
@@ -28,11 +28,12 @@ export interface Spider {
 /** Everything that talks to upstream servers, built from configuration. */
 export function createSpider(
   config: Config,
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger },
+  /** `jobs`: the queue to run (default: every job in the database; sync-repo passes a scoped one). */
+  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void; jobs?: FetchJobStore },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
-  const agent = createAgent(config.fetchConnectTimeoutMs, config.fetchIdleTimeoutMs);
+  const agent = createAgent(config.fetchConnectTimeoutMs, config.fetchIdleTimeoutMs, new AddressPolicy(config.fetchAllowCidrs));
   const common: FetcherOptions = {
     connectTimeoutMs: config.fetchConnectTimeoutMs,
     idleTimeoutMs: config.fetchIdleTimeoutMs,
@@ -46,36 +47,38 @@ export function createSpider(
   const log = deps.logger.child({ component: 'upstream' });
   const fetchJobs = new FetchJobs({
     ingest: deps.ingest,
-    jobs: new FetchJobStore(deps.db),
+    jobs: deps.jobs ?? new FetchJobStore(deps.db),
     store: deps.store,
-    fetcher: new Fetcher(common),
+    fetcher: timeFetches(new Fetcher(common), stats),
     stats,
     concurrency: config.fetchConcurrency,
     maxBytes: config.maxUploadBytes,
     log,
+    ...(deps.onJobQueued ? { onQueued: deps.onJobQueued } : {}),
   });
   let pullThrough: PullThrough | undefined;
-  let missHandler: MissHandler | undefined;
   if (config.pullThrough && config.upstreams.length > 0) {
     const breaker = { threshold: config.upstreamFailureThreshold, cooldownMs: config.upstreamCooldownSeconds * 1000 };
     pullThrough = new PullThrough({
       ingest: deps.ingest,
       // Mirrors are chosen by the operator, and a CDN miss storm spans many files on the same mirror:
       // only the global cap applies, so one long download cannot make other misses wait for a slot.
-      fetcher: new Fetcher({ ...common, perHostConcurrency: Math.max(config.fetchPerHostConcurrency, config.fetchConcurrency) }),
+      fetcher: timeFetches(
+        new Fetcher({ ...common, perHostConcurrency: Math.max(config.fetchPerHostConcurrency, config.fetchConcurrency) }),
+        stats,
+      ),
       mirrors: config.upstreams.map((m) => new Mirror(m, breaker)),
       stats,
       negativeCacheSeconds: config.negativeCacheSeconds,
       maxBytes: config.maxUploadBytes,
       log,
+      ...(deps.flightLock ? { lock: deps.flightLock } : {}),
     });
-    missHandler = createMissHandler(pullThrough, { config, index: deps.ingest.index, store: deps.store });
   }
   return {
     stats,
     fetchJobs,
     pullThrough,
-    missHandler,
     start: () => fetchJobs.start(),
     stopJobs: () => fetchJobs.stop(),
     async close() {

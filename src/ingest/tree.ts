@@ -1,9 +1,10 @@
-import { createHash } from 'node:crypto';
 import type { Dirent, Stats } from 'node:fs';
 import { lstat, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { ExpectedDigests } from '../store/digests.js';
-import { filenameProblem, isBlake2bHex, isSha256Hex, isSha512Hex } from '../store/paths.js';
+import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../domain/hashes.js';
+import { describeLayout, filenameDigest, ORIGIN_LAYOUTS, parseLayoutConf, shardDirs, type LayoutEntry } from '../domain/layout.js';
+import { filenameProblem } from '../domain/names.js';
 
 export type TreeKind = 'flat' | 'glep75' | 'blos';
 export const TREE_KINDS: readonly TreeKind[] = ['flat', 'glep75', 'blos'];
@@ -42,95 +43,14 @@ export interface TreeScan {
 const HEX2 = /^[0-9a-f]{2}$/;
 const BLOB_SUFFIX = '.blob';
 
-/** GLEP 75 layout.conf, as a mirror may declare several layouts at once (all present on disk). */
-export type Layout =
-  | { type: 'flat' }
-  | { type: 'filename-hash'; algo: string; nodeAlgo: string; cutoffs: number[] }
-  | { type: 'content-hash'; algo: 'SHA512' | 'BLAKE2B'; cutoffs: number[] };
-
-/** GLEP 75 names hashlib algorithms; these are the ones Node can compute too. */
-const FILENAME_HASHES: Record<string, string> = {
-  BLAKE2B: 'blake2b512',
-  BLAKE2S: 'blake2s256',
-  SHA512: 'sha512',
-  SHA256: 'sha256',
-  SHA1: 'sha1',
-  MD5: 'md5',
-  SHA3_256: 'sha3-256',
-  SHA3_512: 'sha3-512',
-};
-
-/** When the tree has no layout.conf but is imported as glep75: what this origin itself publishes. */
-export const DEFAULT_LAYOUTS: Layout[] = [
-  { type: 'content-hash', algo: 'SHA512', cutoffs: [8, 8, 8] },
-  { type: 'filename-hash', algo: 'BLAKE2B', nodeAlgo: 'blake2b512', cutoffs: [8] },
-  { type: 'flat' },
-];
-
-export function parseLayoutConf(text: string): { layouts: Layout[]; warnings: string[] } {
-  const entries: [number, string][] = [];
-  const warnings: string[] = [];
-  let section = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header) {
-      section = header[1]!.trim();
-      continue;
-    }
-    if (section !== 'structure') continue;
-    const m = /^(\d+)\s*[=:]\s*(.+)$/.exec(line);
-    if (m) entries.push([Number(m[1]), m[2]!.trim()]);
-  }
-  const layouts: Layout[] = [];
-  for (const [, spec] of entries.sort((a, b) => a[0] - b[0])) {
-    const layout = parseLayout(spec);
-    if (typeof layout === 'string') warnings.push(`layout "${spec}" ignored: ${layout}`);
-    else layouts.push(layout);
-  }
-  return { layouts, warnings };
-}
-
-function parseCutoffs(text: string | undefined): number[] | string {
-  if (!text) return 'missing cutoffs';
-  const cutoffs = text.split(':').map(Number);
-  if (cutoffs.some((c) => !Number.isInteger(c) || c <= 0 || c % 4 !== 0)) return 'cutoffs must be positive multiples of 4';
-  return cutoffs;
-}
-
-function parseLayout(spec: string): Layout | string {
-  const [type, algo, cutoffText, ...extra] = spec.split(/\s+/);
-  if (type === 'flat' && algo === undefined) return { type: 'flat' };
-  if (extra.length > 0 || algo === undefined) return 'unexpected fields';
-  const cutoffs = parseCutoffs(cutoffText);
-  if (typeof cutoffs === 'string') return cutoffs;
-  if (type === 'filename-hash') {
-    const nodeAlgo = FILENAME_HASHES[algo];
-    if (!nodeAlgo) return `unsupported algorithm ${algo}`;
-    return { type, algo, nodeAlgo, cutoffs };
-  }
-  if (type === 'content-hash') {
-    // The index keeps SHA512 and BLAKE2B: only those can be checked against the file name.
-    if (algo !== 'SHA512' && algo !== 'BLAKE2B') return `unsupported algorithm ${algo}`;
-    return { type, algo, cutoffs };
-  }
-  return `unknown layout type ${type}`;
-}
-
-export function describeLayout(layout: Layout): string {
-  return layout.type === 'flat' ? 'flat' : `${layout.type} ${layout.algo} ${layout.cutoffs.join(':')}`;
-}
-
-/** The leading directories a hex digest is filed under, e.g. cutoffs 8:8:8 → ['ab', 'cd', 'ef']. */
-function shardDirs(hex: string, cutoffs: number[]): string[] {
-  const dirs: string[] = [];
-  let at = 0;
-  for (const bits of cutoffs) {
-    dirs.push(hex.slice(at, at + bits / 4));
-    at += bits / 4;
-  }
-  return dirs;
+/**
+ * Whether a layout Portage accepts can be imported here: names need a filename digest Node computes;
+ * content-hash paths must name a digest the index keeps, so the file's bytes can be checked against it.
+ */
+function importProblem(entry: LayoutEntry): string | undefined {
+  if (entry.kind === 'filename-hash' && filenameDigest('', entry.algorithm) === undefined) return `unsupported algorithm ${entry.algorithm}`;
+  if (entry.kind === 'content-hash' && entry.algorithm !== 'SHA512' && entry.algorithm !== 'BLAKE2B') return `unsupported algorithm ${entry.algorithm}`;
+  return undefined;
 }
 
 function sameDirs(segments: string[], dirs: string[]): boolean {
@@ -139,20 +59,20 @@ function sameDirs(segments: string[], dirs: string[]): boolean {
 
 type Match = { filename: string } | { claimed: ExpectedDigests; claimSource: string };
 
-export function matchLayout(layout: Layout, segments: string[]): Match | undefined {
+export function matchLayout(layout: LayoutEntry, segments: string[]): Match | undefined {
   const name = segments[segments.length - 1]!;
-  switch (layout.type) {
+  switch (layout.kind) {
     case 'flat':
       return segments.length === 1 && !filenameProblem(name) ? { filename: name } : undefined;
     case 'filename-hash': {
       if (filenameProblem(name)) return undefined;
-      const hex = createHash(layout.nodeAlgo).update(name, 'utf8').digest('hex');
-      return sameDirs(segments, shardDirs(hex, layout.cutoffs)) ? { filename: name } : undefined;
+      const hex = filenameDigest(name, layout.algorithm);
+      return hex !== undefined && sameDirs(segments, shardDirs(hex, layout.cutoffs)) ? { filename: name } : undefined;
     }
     case 'content-hash': {
       if (!/^[0-9a-f]{128}$/.test(name) || !sameDirs(segments, shardDirs(name, layout.cutoffs))) return undefined;
-      const claimed = layout.algo === 'SHA512' ? { sha512: name } : { blake2b: name };
-      return { claimed, claimSource: `its content-hash ${layout.algo} path` };
+      const claimed = layout.algorithm === 'SHA512' ? { sha512: name } : { blake2b: name };
+      return { claimed, claimSource: `its content-hash ${layout.algorithm} path` };
     }
   }
 }
@@ -255,13 +175,19 @@ async function scanFlat(root: string, scan: TreeScan): Promise<void> {
 }
 
 async function scanGlep75(root: string, scan: TreeScan): Promise<void> {
-  let layouts = DEFAULT_LAYOUTS;
+  let layouts: readonly LayoutEntry[] = ORIGIN_LAYOUTS;
   const conf = await readFile(path.join(root, 'layout.conf'), 'utf8').catch(() => undefined);
   if (conf !== undefined) {
     const parsed = parseLayoutConf(conf);
-    for (const warning of parsed.warnings) scan.notes.push({ rel: 'layout.conf', kind: 'ignored', reason: warning });
+    const usable: LayoutEntry[] = [];
+    for (const problem of parsed.problems) scan.notes.push({ rel: 'layout.conf', kind: 'ignored', reason: problem });
+    for (const entry of parsed.entries) {
+      const problem = importProblem(entry);
+      if (problem) scan.notes.push({ rel: 'layout.conf', kind: 'ignored', reason: `layout "${describeLayout(entry)}" ignored: ${problem}` });
+      else usable.push(entry);
+    }
     // A layout.conf without a usable [structure] means flat to Portage, so it means flat here too.
-    layouts = parsed.layouts.length > 0 ? parsed.layouts : [{ type: 'flat' }];
+    layouts = usable.length > 0 ? usable : [{ kind: 'flat' }];
   }
   scan.layouts = layouts.map(describeLayout);
   for await (const segments of walk(root, scan.notes)) {

@@ -35,7 +35,9 @@ export interface FsckReport {
   issues: FsckIssue[];
 }
 
-/** Mirrors BlobStore.removeStaleTemps' rule, so fsck can report what --repair would remove. */
+const ORPHAN_RULE = 'not pinned: gc reclaims it after the grace period unless a name or a hash upload claims it';
+const ORPHAN_ACTION = `re-hash and index it as an orphan (${ORPHAN_RULE})`;
+const ORPHAN_DONE = `indexed as an orphan (${ORPHAN_RULE})`;
 
 function isMissing(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
@@ -88,13 +90,16 @@ export async function fsck(
       const digests = repair ? await store.hash(sha512).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err))) : undefined;
       if (queries.blobState(sha512) !== undefined) continue;
       if (!repair) {
-        add({ kind: 'unindexed-blob', subject: sha512, detail: `${info.size} bytes on disk, no index row`, repaired: false, action: 're-hash and index it (pinned) if its bytes match its name' });
+        add({ kind: 'unindexed-blob', subject: sha512, detail: `${info.size} bytes on disk, no index row`, repaired: false, action: ORPHAN_ACTION });
         continue;
       }
       if (digests === undefined) continue;
       if (digests.sha512 === sha512) {
-        queries.upsertFromDisk(digests, info.mtimeMs);
-        add({ kind: 'unindexed-blob', subject: sha512, detail: `${info.size} bytes on disk, no index row`, repaired: true, action: 'indexed (pinned; no name is known)' });
+        // An upload that died between placing its file and recording its row, or whose row could not
+        // be written: its client saw an error and will retry. Aged from the file, so gc reclaims it
+        // after the grace period unless that retry (a name or a hash upload) or a link claims it.
+        queries.upsertFromDisk(digests, info.mtimeMs, { pinned: false });
+        add({ kind: 'unindexed-blob', subject: sha512, detail: `${info.size} bytes on disk, no index row`, repaired: true, action: ORPHAN_DONE });
       } else {
         await store.quarantine(sha512);
         add({ kind: 'misnamed-blob', subject: sha512, detail: `bytes hash to ${digests.sha512}`, repaired: true, action: 'moved to quarantine' });

@@ -1,4 +1,4 @@
-import { link, rename, unlink } from 'node:fs/promises';
+import { link, rename, stat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,6 +11,8 @@ export interface GcCandidate {
   size: number;
   ingestedAt: number;
   quarantined: boolean;
+  /** A file under blobs/ with no index row; ingestedAt is its mtime. */
+  orphan?: boolean;
 }
 
 export interface GcResult {
@@ -29,6 +31,22 @@ export function gcCandidates(queries: MaintenanceQueries, cutoff: number): GcCan
     ingestedAt: r.ingested_at,
     quarantined: r.quarantined_at !== null,
   }));
+}
+
+/**
+ * Blob files with no index row, last written before `cutoff` (ms): left by an upload that died
+ * between placing its file and recording its row, or whose row could not be written. A retry of that
+ * upload (by name or by hash) records a row and so claims the file; until then nothing refers to it.
+ */
+export async function orphanCandidates(store: BlobStore, queries: MaintenanceQueries, cutoff: number): Promise<GcCandidate[]> {
+  const out: GcCandidate[] = [];
+  for await (const sha512 of store.list()) {
+    if (queries.blobState(sha512) !== undefined) continue;
+    const info = await stat(store.pathOf(sha512)).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
+    if (info === undefined || info.mtimeMs >= cutoff) continue;
+    out.push({ sha512, size: info.size, ingestedAt: Math.floor(info.mtimeMs), quarantined: false, orphan: true });
+  }
+  return out;
 }
 
 function isMissing(err: unknown): boolean {
@@ -64,13 +82,16 @@ export async function collect(
   settleMs = GC_SETTLE_MS,
 ): Promise<GcResult> {
   const result: GcResult = { removed: [], kept: [], restored: [] };
-  const deleteIfCollectable = db.transaction((sha512: string): boolean => {
-    if (!queries.gcStillCollectable(sha512, cutoff)) return false;
-    return queries.deleteBlob(sha512);
+  const deleteIfCollectable = db.transaction((candidate: GcCandidate): boolean => {
+    // An orphan is still one while no upload has recorded a row for it.
+    if (candidate.orphan) return queries.blobState(candidate.sha512) === undefined;
+    if (!queries.gcStillCollectable(candidate.sha512, cutoff)) return false;
+    return queries.deleteBlob(candidate.sha512);
   });
   const moved: { sha512: string; final: string; trash: string }[] = [];
   for (const candidate of candidates) {
-    if (!deleteIfCollectable.immediate(candidate.sha512)) {
+    // On a full disk the deletion may need the reserve's room: gc is what gives space back.
+    if (!(await store.reserve.whenFull(() => deleteIfCollectable.immediate(candidate)))) {
       result.kept.push(candidate);
       continue;
     }
@@ -97,5 +118,7 @@ export async function collect(
     }
     await unlink(trash);
   }
+  // With space back, the reserve returns (and with it, uploads) if it had been used.
+  await store.reserve.ensure();
   return result;
 }

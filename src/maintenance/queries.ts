@@ -1,4 +1,5 @@
 import type { Statement } from 'better-sqlite3';
+import { recordEvent } from '../db/events.js';
 import type { DB } from '../db/open.js';
 import type { Digests } from '../store/digests.js';
 
@@ -34,7 +35,14 @@ export class MaintenanceQueries {
     namesOf: Statement<[string], { filename: string }>;
   };
 
-  constructor(readonly db: DB) {
+  /** Who the changes made through these queries are announced as (`scrub`, `cli:<user>`). */
+  readonly actor: string | null;
+
+  constructor(
+    readonly db: DB,
+    options: { actor?: string | null } = {},
+  ) {
+    this.actor = options.actor ?? null;
     this.stmt = {
       pageBySha: db.prepare(
         `SELECT sha512, size FROM blobs
@@ -58,14 +66,14 @@ export class MaintenanceQueries {
       markQuarantined: db.prepare(
         'UPDATE blobs SET quarantined_at = @at WHERE sha512 = @sha512 AND quarantined_at IS NULL',
       ),
-      clearQuarantine: db.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?'),
+      clearQuarantine: db.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ? AND quarantined_at IS NOT NULL'),
       blobState: db.prepare('SELECT size, quarantined_at FROM blobs WHERE sha512 = ?'),
       allRows: db.prepare(
         'SELECT sha512, size, quarantined_at FROM blobs WHERE sha512 > @after ORDER BY sha512 LIMIT @limit',
       ),
       upsertFromDisk: db.prepare(
         `INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at, verified_at, pinned)
-         VALUES (@sha512, @blake2b, @sha256, @size, @ingested_at, @verified_at, 1)
+         VALUES (@sha512, @blake2b, @sha256, @size, @ingested_at, @verified_at, @pinned)
          ON CONFLICT (sha512) DO UPDATE SET
            blake2b = excluded.blake2b, sha256 = excluded.sha256, size = excluded.size,
            verified_at = excluded.verified_at, quarantined_at = NULL`,
@@ -110,13 +118,26 @@ export class MaintenanceQueries {
     this.stmt.markVerified.run({ sha512, at });
   }
 
-  /** True when this call quarantined it (false: already quarantined or no such row). */
+  /**
+   * True when this call quarantined it (false: already quarantined or no such row). The quarantine
+   * and its event (which carries every name attached now, for the CDN purge) commit together.
+   */
   markQuarantined(sha512: string, at = Date.now()): boolean {
-    return this.stmt.markQuarantined.run({ sha512, at }).changes === 1;
+    return this.db
+      .transaction(() => {
+        if (this.stmt.markQuarantined.run({ sha512, at }).changes !== 1) return false;
+        recordEvent(this.db, { type: 'blob.quarantined', sha512, actor: this.actor, at });
+        return true;
+      })
+      .immediate();
   }
 
   clearQuarantine(sha512: string): void {
-    this.stmt.clearQuarantine.run(sha512);
+    this.db
+      .transaction(() => {
+        if (this.stmt.clearQuarantine.run(sha512).changes === 1) recordEvent(this.db, { type: 'blob.restored', sha512, actor: this.actor });
+      })
+      .immediate();
   }
 
   blobState(sha512: string): { size: number; quarantined_at: number | null } | undefined {
@@ -134,13 +155,36 @@ export class MaintenanceQueries {
     }
   }
 
-  /** Records a blob found on disk. Pinned: with its names unknown, nothing proves gc may remove it. */
-  upsertFromDisk(digests: Digests, ingestedAt: number, verifiedAt = Date.now()): void {
-    this.stmt.upsertFromDisk.run({ ...digests, ingested_at: Math.floor(ingestedAt), verified_at: verifiedAt });
+  /**
+   * Records a blob found on disk, announcing it in the same transaction. `pinned` (reindex, where
+   * every name is lost) keeps it from gc; unpinned (fsck's orphans) it is reclaimed after the grace
+   * period unless a name or upload claims it.
+   */
+  upsertFromDisk(digests: Digests, ingestedAt: number, options: { pinned: boolean }, verifiedAt = Date.now()): void {
+    this.db
+      .transaction(() => {
+        const before = this.stmt.blobState.get(digests.sha512);
+        this.stmt.upsertFromDisk.run({
+          ...digests,
+          ingested_at: Math.floor(ingestedAt),
+          verified_at: verifiedAt,
+          pinned: options.pinned ? 1 : 0,
+        });
+        if (before === undefined) recordEvent(this.db, { type: 'blob.stored', sha512: digests.sha512, names: [], actor: this.actor });
+        else if (before.quarantined_at !== null) recordEvent(this.db, { type: 'blob.restored', sha512: digests.sha512, actor: this.actor });
+      })
+      .immediate();
   }
 
+  /** Deletes a blob row (its name history goes with it), announcing it in the same transaction. */
   deleteBlob(sha512: string): boolean {
-    return this.stmt.deleteBlob.run(sha512).changes === 1;
+    return this.db
+      .transaction(() => {
+        if (this.stmt.blobState.get(sha512) === undefined) return false;
+        recordEvent(this.db, { type: 'blob.deleted', sha512, actor: this.actor });
+        return this.stmt.deleteBlob.run(sha512).changes === 1;
+      })
+      .immediate();
   }
 
   gcCandidates(cutoff: number): (BlobRef & { ingested_at: number; quarantined_at: number | null })[] {

@@ -53,7 +53,7 @@ export async function reindex(store: BlobStore, db: DB, queries: MaintenanceQuer
     hooks.onBlob?.(sha512, info.size);
     if (digests.sha512 === sha512) {
       const existed = queries.blobState(sha512) !== undefined;
-      queries.upsertFromDisk(digests, info.mtimeMs);
+      queries.upsertFromDisk(digests, info.mtimeMs, { pinned: true });
       report.indexed++;
       report.bytes += digests.size;
       if (!existed) report.added++;

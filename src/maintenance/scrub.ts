@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { AuditLog } from '../db/audit.js';
@@ -16,6 +17,10 @@ export const scrubCounters = {
   corruptFound: 0,
   missingFound: 0,
   errors: 0,
+  /** Epoch ms of the last sign of life: a chunk read, a blob done, a pass ended (for the "scrub stalled" alert). */
+  lastProgressAt: 0,
+  /** True while resting between passes by design: no progress is expected then. */
+  resting: false,
 };
 
 export interface ScrubOptions {
@@ -41,7 +46,7 @@ export class Scrubber {
   private readonly audit: AuditLog;
 
   constructor(private readonly options: ScrubOptions) {
-    this.queries = new MaintenanceQueries(options.db);
+    this.queries = new MaintenanceQueries(options.db, { actor: 'scrub' });
     this.audit = new AuditLog(options.db);
     // One second of burst: short bursts are harmless, long ones are what starve downloads.
     this.bucket = new TokenBucket(options.bytesPerSecond);
@@ -62,8 +67,17 @@ export class Scrubber {
   private async run(): Promise<void> {
     const { store, log } = this.options;
     const signal = this.abort.signal;
-    const wrap = throttled(this.bucket, signal);
+    const throttle = throttled(this.bucket, signal);
+    // A single large blob at a low rate takes a long time: every chunk counts as progress.
+    const wrap = (stream: Readable) =>
+      (async function* () {
+        for await (const chunk of throttle(stream)) {
+          scrubCounters.lastProgressAt = Date.now();
+          yield chunk;
+        }
+      })();
     scrubCounters.running = true;
+    scrubCounters.lastProgressAt = Date.now();
     try {
       while (!signal.aborted) {
         const passStart = Date.now();
@@ -110,12 +124,16 @@ export class Scrubber {
         }
         scrubCounters.passesCompleted++;
         if (pass.blobs > 0) log?.info({ ...pass, ms: Date.now() - passStart }, 'scrub pass complete');
+        scrubCounters.resting = true;
         await sleep(Math.max(100, this.options.pauseMs), undefined, { signal });
+        scrubCounters.resting = false;
+        scrubCounters.lastProgressAt = Date.now();
       }
     } catch (err) {
       if (!signal.aborted) throw err;
     } finally {
       scrubCounters.running = false;
+      scrubCounters.resting = false;
     }
   }
 }

@@ -36,6 +36,8 @@ export class Readiness {
   private readonly drainFile: string | undefined;
   private readonly probeDir: string;
   private lastFailing = '';
+  /** Reported with the checks but never failing readiness (e.g. event delivery: a CDN outage must not drain us). */
+  private readonly details = new Map<string, () => CheckResult>();
 
   constructor(
     private readonly config: Pick<Config, 'drainFile' | 'dataDir' | 'minFreeBytes' | 'readOnly'>,
@@ -46,6 +48,10 @@ export class Readiness {
     this.drainFile = drainFilePath(config);
     // The temp dir is where every upload is first written, so that is the directory that must take writes.
     this.probeDir = path.join(config.dataDir, 'tmp');
+  }
+
+  inform(name: string, probe: () => CheckResult): void {
+    this.details.set(name, probe);
   }
 
   async check(): Promise<ReadinessReport> {
@@ -63,6 +69,14 @@ export class Readiness {
       if (failing.length > 0) this.log?.warn({ failing, checks }, 'not ready');
       else this.log?.info('ready again');
       this.lastFailing = key;
+    }
+    for (const [name, probe] of this.details) {
+      try {
+        checks[name] = probe();
+      } catch (err) {
+        this.log?.warn({ err, check: name }, 'readiness detail failed');
+        checks[name] = { ok: false, detail: 'could not be read' };
+      }
     }
     return { ready: failing.length === 0, failing, checks };
   }

@@ -1,12 +1,15 @@
-import { closeSync, constants as fsConstants, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
+import { constants as fsConstants, createReadStream } from 'node:fs';
 import { link, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { AppError, fromFsError } from '../errors.js';
 import { compareDigests, hashFile, MultiHasher, type Digests, type ExpectedDigests } from './digests.js';
-import { blobFile, isSha512Hex } from './paths.js';
-import { SmallBlobCache } from './small-blob-cache.js';
+import { isSha512Hex } from '../domain/hashes.js';
+import { blobFile } from './paths.js';
+import { Reserve } from './reserve.js';
+import { BlobReader } from './blob-reader.js';
+import { DigestingWriter } from './parallel-digests.js';
 
 export interface WriteOptions {
   expected?: ExpectedDigests;
@@ -17,6 +20,8 @@ export interface WriteOptions {
    * trusted (e.g. quarantined, or unknown to the index) and the freshly verified bytes replace it.
    */
   replaceExisting?: (digests: Digests) => boolean;
+  /** Told the bytes received so far before each chunk is written; throwing aborts the write. */
+  onProgress?: (received: number) => void;
 }
 
 export interface WriteResult {
@@ -25,9 +30,6 @@ export interface WriteResult {
   created: boolean;
 }
 
-/** A small blob read whole: its bytes, or (when missing or of the wrong size) what the disk holds. */
-export type SmallRead = { bytes: Buffer } | { onDisk: number | undefined };
-
 export interface OpenBlob {
   handle: FileHandle;
   size: number;
@@ -35,9 +37,6 @@ export interface OpenBlob {
 }
 
 const TEMP_SUFFIX = '.tmp';
-/** Budget for the small-blob cache: 64 MiB holds some 16k 4 KiB files. */
-const SMALL_CACHE_DEFAULT_BYTES = 64 * 1024 * 1024;
-const WRITE_BATCH_BYTES = 1024 * 1024;
 /** A temp file untouched this long belongs to nobody, whatever its pid says (pids get reused). */
 const STALE_TEMP_MS = 24 * 3600 * 1000;
 
@@ -51,17 +50,20 @@ export class BlobStore {
   readonly tmpDir: string;
   readonly quarantineDir: string;
 
-  /** Small blobs served recently; filled only by readSmall (the download path). */
-  readonly smallCache: SmallBlobCache;
+  /** The download path's reads: verified small-blob cache, hot descriptors, pooled buffers. */
+  readonly reader: BlobReader;
+  /** Headroom that blob writes may not use, kept so the index can always record detaches and gc. */
+  readonly reserve: Reserve;
 
   constructor(
     readonly root: string,
-    options: { smallCacheBytes?: number } = {},
+    options: { smallCacheBytes?: number; reserveBytes?: number } = {},
   ) {
-    this.smallCache = new SmallBlobCache(options.smallCacheBytes ?? SMALL_CACHE_DEFAULT_BYTES);
+    this.reader = new BlobReader((sha512) => this.pathOf(sha512), options);
     this.blobsDir = path.join(root, 'blobs');
     this.tmpDir = path.join(root, 'tmp');
     this.quarantineDir = path.join(root, 'quarantine');
+    this.reserve = new Reserve(root, this.tmpDir, options.reserveBytes);
   }
 
   /** Creates the layout and removes temp files left by processes that no longer run. Returns how many were removed. */
@@ -110,20 +112,25 @@ export class BlobStore {
 
   /** Streams `source` into the store. Nothing is visible under blobs/ unless every check passed. */
   async write(source: Readable | AsyncIterable<Buffer>, options: WriteOptions = {}): Promise<WriteResult> {
-    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting } = options;
+    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting, onProgress } = options;
+    // The reserve goes back in place before any blob byte may take space; while it cannot, the disk
+    // is full as far as uploads are concerned (only gc frees room for it).
+    if (!(await this.reserve.ensure())) {
+      throw new AppError('INSUFFICIENT_STORAGE', 'the disk is full: free space with fastpull gc');
+    }
     const tmp = path.join(this.tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
-    const hasher = new MultiHasher();
     let handle: FileHandle | undefined;
+    let writer: DigestingWriter | undefined;
     try {
       handle = await open(tmp, 'wx', 0o444);
+      writer = new DigestingWriter(handle);
       // A rejected body must not destroy its source: for an HTTP upload that would kill the
       // socket before the error response could be written.
       const chunks: AsyncIterable<Buffer> =
         source instanceof Readable ? source.iterator({ destroyOnReturn: false }) : source;
-      let batch: Buffer[] = [];
-      let batchBytes = 0;
+      let total = 0;
       for await (const chunk of chunks) {
-        const total = hasher.size + chunk.length;
+        total += chunk.length;
         if (total > maxBytes) {
           throw new AppError('PAYLOAD_TOO_LARGE', `body exceeds the upload limit of ${maxBytes} bytes`, {
             limit: maxBytes,
@@ -134,22 +141,15 @@ export class BlobStore {
             mismatches: [{ field: 'size', expected: expected.size, actual: `more than ${expected.size}` }],
           });
         }
-        hasher.update(chunk);
-        batch.push(chunk);
-        batchBytes += chunk.length;
-        // Batching small network chunks into one writev keeps syscalls (and thread-pool hops) few.
-        if (batchBytes >= WRITE_BATCH_BYTES) {
-          await writeAll(handle, batch, batchBytes);
-          batch = [];
-          batchBytes = 0;
-        }
+        onProgress?.(total);
+        await writer.push(chunk);
       }
-      if (batchBytes > 0) await writeAll(handle, batch, batchBytes);
+      const digests = await writer.finish();
+      writer = undefined;
       await handle.sync();
       await handle.close();
       handle = undefined;
 
-      const digests = hasher.digest();
       const mismatches = compareDigests(expected, digests);
       if (mismatches.length > 0) {
         throw new AppError('DIGEST_MISMATCH', 'the body does not match the declared digests', { mismatches });
@@ -159,6 +159,7 @@ export class BlobStore {
     } catch (err) {
       throw fromFsError(err);
     } finally {
+      await writer?.abort();
       if (handle) await handle.close().catch(() => undefined);
       await unlink(tmp).catch(() => undefined);
     }
@@ -269,66 +270,6 @@ export class BlobStore {
     }
   }
 
-  /**
-   * Reads a whole small blob that should be `size` bytes, synchronously. For small files the cost
-   * is not bytes but thread-pool round trips (a stream needs open, fstat, read, read-to-EOF, close,
-   * each a hop through libuv's pool); done inline they are three short syscalls. It blocks the event
-   * loop exactly as the SQLite lookup just before it does (better-sqlite3 is synchronous, its pages
-   * also come from disk), and as nginx does for every file. Asking for one byte more than expected
-   * makes a file of the wrong size show without an fstat.
-   */
-  readSmall(sha512: string, size: number): SmallRead {
-    const cached = this.smallCache.get(sha512);
-    if (cached && cached.length === size) return { bytes: cached };
-    let fd: number;
-    try {
-      fd = openSync(this.pathOf(sha512), fsConstants.O_RDONLY);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { onDisk: undefined };
-      throw err;
-    }
-    try {
-      const buffer = Buffer.allocUnsafe(size + 1);
-      let got = 0;
-      // A regular file may still return short reads; only 0 means end of file.
-      for (;;) {
-        const n = readSync(fd, buffer, got, buffer.length - got, got);
-        got += n;
-        if (n === 0 || got === buffer.length) break;
-      }
-      if (got === size) {
-        const bytes = buffer.subarray(0, size);
-        this.smallCache.set(sha512, bytes);
-        return { bytes };
-      }
-      // Wrong size on disk: the caller refuses it and logs the real size.
-      return { onDisk: fstatSync(fd).size };
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  /**
-   * Opens a blob for streaming and reports its size, inline (see readSmall): two syscalls that,
-   * through the thread pool, would be two round trips before the first byte. Undefined when missing;
-   * the caller owns the descriptor.
-   */
-  openForRead(sha512: string): { fd: number; size: number } | undefined {
-    let fd: number;
-    try {
-      fd = openSync(this.pathOf(sha512), fsConstants.O_RDONLY);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-    try {
-      return { fd, size: fstatSync(fd).size };
-    } catch (err) {
-      closeSync(fd);
-      throw err;
-    }
-  }
-
   /** Size on disk without reading bytes; undefined when missing. */
   async sizeOf(sha512: string): Promise<number | undefined> {
     try {
@@ -346,15 +287,37 @@ export class BlobStore {
 
   /** Moves a damaged blob out of the serving tree; returns where it went. */
   async quarantine(sha512: string): Promise<string> {
-    this.smallCache.delete(sha512);
+    this.reader.forget(sha512);
     await mkdir(this.quarantineDir, { recursive: true });
     const target = path.join(this.quarantineDir, `${sha512}.${Date.now()}`);
     await rename(this.pathOf(sha512), target);
     return target;
   }
 
+  /**
+   * Takes back a blob this process just placed when its index row could not be recorded, unless a
+   * concurrent upload of the same bytes recorded a row for it meanwhile (`claimed`). The file is
+   * first moved aside so that such an upload, linking now, places a copy of its own.
+   */
+  async unplace(sha512: string, claimed: () => boolean): Promise<void> {
+    this.reader.forget(sha512);
+    const final = this.pathOf(sha512);
+    const aside = path.join(this.tmpDir, `${process.pid}-unplace-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
+    try {
+      await rename(final, aside);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    try {
+      if (claimed()) await link(aside, final).catch((err: unknown) => ((err as NodeJS.ErrnoException).code === 'EEXIST' ? undefined : Promise.reject(err)));
+    } finally {
+      await unlink(aside);
+    }
+  }
+
   async remove(sha512: string): Promise<boolean> {
-    this.smallCache.delete(sha512);
+    this.reader.forget(sha512);
     try {
       await unlink(this.pathOf(sha512));
       return true;
@@ -382,25 +345,12 @@ export class BlobStore {
   }
 }
 
-async function readdirSafe(dir: string): Promise<string[]> {
+export async function readdirSafe(dir: string): Promise<string[]> {
   try {
     return (await readdir(dir)).sort();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
-  }
-}
-
-/** writev may write less than asked (e.g. near a full disk); keep going until all is written or it fails. */
-async function writeAll(handle: FileHandle, buffers: Buffer[], total: number): Promise<void> {
-  let { bytesWritten } = await handle.writev(buffers);
-  if (bytesWritten === total) return;
-  const rest = Buffer.concat(buffers).subarray(bytesWritten);
-  let offset = 0;
-  while (offset < rest.length) {
-    ({ bytesWritten } = await handle.write(rest, offset));
-    if (bytesWritten === 0) throw Object.assign(new Error('short write'), { code: 'ENOSPC' });
-    offset += bytesWritten;
   }
 }
 
@@ -413,7 +363,7 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-function processAlive(pid: number): boolean {
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -2,6 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request, type Dispatcher } from 'undici';
+import { ADDRESS_NOT_ALLOWED, AddressPolicy, guardedConnector } from './address-guard.js';
 import { abortReason, Limiter } from './limiter.js';
 import type { UpstreamStats } from './stats.js';
 
@@ -14,6 +15,8 @@ export type UpstreamFailure =
   | 'protocol'
   | 'changed'
   | 'aborted'
+  /** The address is not public and not in FASTPULL_FETCH_ALLOW_CIDRS: refused before connecting. */
+  | 'not-allowed'
   /** Gave up while waiting for a free connection slot: our congestion, not the upstream's fault. */
   | 'busy';
 
@@ -49,6 +52,8 @@ export interface FetcherOptions {
   stats?: UpstreamStats;
   /** Share one connection pool between fetchers with different limits. */
   dispatcher?: Dispatcher;
+  /** For a fetcher's own pool (no `dispatcher`): non-public ranges it may reach (FASTPULL_FETCH_ALLOW_CIDRS). */
+  allowCidrs?: readonly string[];
 }
 
 export interface OpenOptions {
@@ -83,9 +88,10 @@ const header = (headers: Dispatcher.ResponseData['headers'], name: string): stri
   return Array.isArray(v) ? v[0] : v;
 };
 
-export function createAgent(connectTimeoutMs: number, idleTimeoutMs: number): Agent {
+/** Every outbound connection goes through the address guard (see address-guard.ts). */
+export function createAgent(connectTimeoutMs: number, idleTimeoutMs: number, policy: AddressPolicy): Agent {
   return new Agent({
-    connect: { timeout: connectTimeoutMs },
+    connect: guardedConnector(policy, { timeout: connectTimeoutMs }),
     headersTimeout: idleTimeoutMs,
     bodyTimeout: idleTimeoutMs,
     keepAliveTimeout: 4_000,
@@ -106,7 +112,7 @@ export class Fetcher {
   constructor(readonly options: FetcherOptions) {
     this.limiter = new Limiter(options.concurrency, options.perHostConcurrency);
     this.ownsDispatcher = options.dispatcher === undefined;
-    this.dispatcher = options.dispatcher ?? createAgent(options.connectTimeoutMs, options.idleTimeoutMs);
+    this.dispatcher = options.dispatcher ?? createAgent(options.connectTimeoutMs, options.idleTimeoutMs, new AddressPolicy(options.allowCidrs));
     this.backoffBaseMs = options.backoffBaseMs ?? 250;
     this.backoffMaxMs = options.backoffMaxMs ?? 10_000;
   }
@@ -233,6 +239,8 @@ function statusError(status: number, url: string): UpstreamError {
 export function toUpstreamError(err: unknown, url: string): UpstreamError {
   if (err instanceof UpstreamError) return err;
   const e = err as { name?: string; code?: string; message?: string } | undefined;
+  // One wording for every refused address, whatever listens there: no port scanning through job reasons.
+  if (e?.code === ADDRESS_NOT_ALLOWED) return new UpstreamError('not-allowed', 'address not allowed', url);
   if (e?.name === 'AbortError' || e?.code === 'UND_ERR_ABORTED' || e?.name === 'TimeoutError') {
     return new UpstreamError('aborted', 'the transfer was aborted', url);
   }

@@ -1,73 +1,16 @@
 import type { UpstreamKind, UpstreamMirror } from '../config.js';
-import type { BlobTarget } from '../http/read-path.js';
-import { filenameHashDir } from '../store/paths.js';
-import { createHash } from 'node:crypto';
+import { layoutSegments, parseLayoutConf, shardedPath, type LayoutEntry } from '../domain/layout.js';
+import type { BlobTarget } from '../domain/target.js';
 import { UpstreamError, type Fetcher } from './fetcher.js';
 
-export type LayoutEntry =
-  | { kind: 'content-hash'; algorithm: string; cutoffs: number[] }
-  | { kind: 'filename-hash'; algorithm: string; cutoffs: number[] }
-  | { kind: 'flat' };
-
-/** GLEP 75 layout.conf `[structure]`, in priority order; entries we cannot use are dropped. */
-export function parseLayoutConf(text: string): LayoutEntry[] {
-  const entries: [number, LayoutEntry][] = [];
-  let inStructure = false;
-  for (const rawLine of text.split(/\r?\n/)) {
-    const line = rawLine.replace(/[#;].*$/, '').trim();
-    if (line === '') continue;
-    const section = /^\[(.+)\]$/.exec(line);
-    if (section) {
-      inStructure = section[1]!.trim() === 'structure';
-      continue;
-    }
-    if (!inStructure) continue;
-    const m = /^(\d+)\s*=\s*(.+)$/.exec(line);
-    if (!m) continue;
-    const [kind, algorithm, cutoffText] = m[2]!.trim().split(/\s+/);
-    const cutoffs = (cutoffText ?? '').split(':').filter(Boolean).map(Number);
-    const cutoffsOk = cutoffs.length > 0 && cutoffs.every((c) => Number.isInteger(c) && c > 0 && c % 4 === 0);
-    let entry: LayoutEntry | undefined;
-    if (kind === 'flat') entry = { kind: 'flat' };
-    else if (kind === 'content-hash' && algorithm === 'SHA512' && cutoffsOk) entry = { kind, algorithm, cutoffs };
-    else if (kind === 'filename-hash' && (algorithm === 'BLAKE2B' || algorithm === 'SHA512') && cutoffsOk) {
-      entry = { kind, algorithm, cutoffs };
-    }
-    if (entry) entries.push([Number(m[1]), entry]);
-  }
-  return entries.sort((a, b) => a[0] - b[0]).map(([, e]) => e);
-}
-
-function shards(hex: string, cutoffs: number[]): string {
-  const parts: string[] = [];
-  let at = 0;
-  for (const bits of cutoffs) {
-    parts.push(hex.slice(at, at + bits / 4));
-    at += bits / 4;
-  }
-  return parts.join('/');
-}
-
-function filenameHash(name: string, algorithm: string): string {
-  return createHash(algorithm === 'SHA512' ? 'sha512' : 'blake2b512').update(name, 'utf8').digest('hex');
-}
-
-/** The path (under `<base>/distfiles/`) a GLEP 75 mirror with `layout` uses for `target`, if any. */
-export function gentooPath(layout: LayoutEntry[], target: BlobTarget): string | undefined {
+/**
+ * The path (under `<base>/distfiles/`) a GLEP 75 mirror with `layout` uses for `target`, if any. A hash can
+ * only be asked for by content-hash; a name by the first name layout we can compute.
+ */
+export function gentooPath(layout: readonly LayoutEntry[], target: BlobTarget): string | undefined {
   for (const entry of layout) {
-    if (target.kind === 'hash') {
-      if (entry.kind === 'content-hash') return `${shards(target.sha512, entry.cutoffs)}/${target.sha512}`;
-      continue;
-    }
-    const name = encodeURIComponent(target.filename);
-    if (entry.kind === 'flat') return name;
-    if (entry.kind === 'filename-hash') {
-      const dir =
-        entry.algorithm === 'BLAKE2B' && entry.cutoffs.length === 1 && entry.cutoffs[0] === 8
-          ? filenameHashDir(target.filename)
-          : shards(filenameHash(target.filename, entry.algorithm), entry.cutoffs);
-      return `${dir}/${name}`;
-    }
+    const segments = layoutSegments(entry, target);
+    if (segments) return segments.map(encodeURIComponent).join('/');
   }
   return undefined;
 }
@@ -125,7 +68,7 @@ export class Mirror {
     switch (this.kind) {
       case 'fastpull':
         return target.kind === 'hash'
-          ? `${this.base}/distfiles/${shards(target.sha512, [8, 8, 8])}/${target.sha512}`
+          ? `${this.base}/distfiles/${shardedPath(target.sha512)}`
           : `${this.base}/distfiles/${encodeURIComponent(target.filename)}`;
       case 'flat':
         return target.kind === 'name' ? `${this.base}/${encodeURIComponent(target.filename)}` : undefined;
@@ -156,7 +99,7 @@ export class Mirror {
         }
         chunks.push(chunk);
       }
-      entries = parseLayoutConf(Buffer.concat(chunks).toString('utf8'));
+      entries = parseLayoutConf(Buffer.concat(chunks).toString('utf8')).entries;
     } catch (err) {
       // Like Portage: no layout.conf (a 404) means flat. A mirror we cannot reach is a failure, not a layout.
       if (!(err instanceof UpstreamError) || err.failure !== 'not-found') throw err;

@@ -34,6 +34,11 @@ export class UpstreamStats extends EventEmitter {
     if (this.listenerCount('count') > 0) this.emit('count', name, delta);
   }
 
+  /** A finished upstream download, for the duration histogram: 'fetch' fires with (seconds, result). */
+  fetched(seconds: number, result: string): void {
+    if (this.listenerCount('fetch') > 0) this.emit('fetch', seconds, result);
+  }
+
   snapshot(): Record<string, number> {
     return { ...this.counters };
   }

@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import type { Logger } from 'pino';
 import { request } from 'undici';
 import { loadConfig, type Config } from '../../src/config.js';
 import { startServer, type Server } from '../../src/server.js';
@@ -21,13 +22,13 @@ export async function makeDataDir(): Promise<string> {
 }
 
 /** A real server on 127.0.0.1:<random port> over a fresh data directory (or the one given). */
-export async function startTestServer(overrides: Partial<Config> = {}): Promise<TestServer> {
+export async function startTestServer(overrides: Partial<Config> = {}, options: { logger?: Logger } = {}): Promise<TestServer> {
   const dataDir = overrides.dataDir ?? (await makeDataDir());
   const config = loadConfig(
     { host: '127.0.0.1', port: 0, adminToken: ADMIN_TOKEN, logLevel: 'silent', ...overrides, dataDir },
     {},
   );
-  const server = await startServer(config);
+  const server = await startServer(config, options);
   const baseUrl = server.url;
   return {
     ...server,

@@ -22,7 +22,13 @@ export interface Upstream {
   close(): Promise<void>;
 }
 
-export async function startUpstream(routes: Record<string, Handler> = {}): Promise<Upstream> {
+/**
+ * Upstreams here are local servers, and the origin refuses non-public addresses by default (SSRF
+ * guard): every test that fetches from one sets this allow-list (FASTPULL_FETCH_ALLOW_CIDRS).
+ */
+export const LOOPBACK_CIDRS = ['127.0.0.0/8', '::1/128'];
+
+export async function startUpstream(routes: Record<string, Handler> = {}, host = '127.0.0.1'): Promise<Upstream> {
   const table = new Map(Object.entries(routes));
   const hits = new Map<string, number>();
   const box: { server?: Server } = {};
@@ -54,8 +60,8 @@ export async function startUpstream(routes: Record<string, Handler> = {}): Promi
     }
     Promise.resolve(handler(req, res, hit)).catch(() => res.destroy());
   }));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  up.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  up.url = `http://${host}:${(server.address() as AddressInfo).port}`;
   return up;
 }
 

@@ -5,7 +5,8 @@ import type { DistfileIndex, NameRow } from '../../db/index.js';
 import { AppError } from '../../errors.js';
 import { assertFilename, assertSha512, type Ingest } from '../../ingest/ingest.js';
 import type { Digests, ExpectedDigests } from '../../store/digests.js';
-import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../store/paths.js';
+import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../domain/hashes.js';
+import type { UploadLease } from '../../maintenance/watermark.js';
 import { requireScope } from '../auth.js';
 import { installAdminRateLimit } from '../rate-limit.js';
 import { downloadPaths } from '../urls.js';
@@ -16,8 +17,13 @@ export interface AdminRouteDeps {
   index: DistfileIndex;
   ingest: Ingest;
   auth: Authenticator;
-  /** Refuses uploads above the storage high watermark (507) before any body byte is read. */
-  storage?: { assertAccepting(log?: FastifyRequest['log']): void } | undefined;
+  /** Holds each upload's size against the storage high watermark (507 when it does not fit). */
+  storage?:
+    | {
+        assertAccepting(log?: FastifyRequest['log']): void;
+        admit(declared: number | undefined, log?: FastifyRequest['log']): UploadLease;
+      }
+    | undefined;
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -46,14 +52,13 @@ export function ingestView(digests: Digests, filename?: string) {
 }
 
 const DECLARABLE_HASHES = { sha512: isSha512Hex, blake2b: isBlake2bHex, sha256: isSha256Hex } as const;
+/** The upload routes' whole query vocabulary (strictQueryOnWrites refuses anything else). */
+const UPLOAD_QUERY = { query: ['size', ...Object.keys(DECLARABLE_HASHES)] };
 
 /** Reads `size`, `sha512`, `blake2b`, `sha256` from the query string, as written in a Manifest DIST line. */
 function declaredDigests(query: Record<string, string | string[] | undefined>): ExpectedDigests {
+  // strictQueryOnWrites has already refused unknown and repeated parameters, so each value is one string.
   const expected: ExpectedDigests = {};
-  for (const key of ['size', ...Object.keys(DECLARABLE_HASHES)] as const) {
-    // `?sha512=a&sha512=b` parses to an array: two claims about one body cannot both be checked.
-    if (Array.isArray(query[key])) throw new AppError('BAD_REQUEST', `${key} may be given only once`);
-  }
   const size = query.size as string | undefined;
   if (size !== undefined) {
     if (!/^\d{1,16}$/.test(size)) throw new AppError('BAD_REQUEST', 'size must be a non-negative integer');
@@ -89,6 +94,12 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
   const canRead = requireScope(auth, 'read-api');
   const canUpload = requireScope(auth, 'upload');
   const canAdmin = requireScope(auth, 'admin');
+  /** Holds the declared size (?size=, else Content-Length) before a byte is read; an undeclared body is held as it arrives. */
+  const admit = (request: FastifyRequest, expected: ExpectedDigests): UploadLease | undefined => {
+    const header = request.headers['content-length'];
+    const length = header !== undefined && /^\d+$/.test(header) ? Number(header) : undefined;
+    return storage?.admit(expected.size ?? length, request.log);
+  };
 
   app.addHook('onRequest', async (request) => {
     request.routeKind = 'api';
@@ -102,39 +113,49 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
 
     uploads.put<{ Params: { filename: string }; Querystring: Record<string, string | string[] | undefined> }>(
       '/distfiles/:filename',
-      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByName },
+      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByName, config: UPLOAD_QUERY },
       async (request, reply) => {
         const { filename } = request.params;
         assertFilename(filename);
         const expected = declaredDigests(request.query);
-        storage?.assertAccepting(request.log);
-        precheckLength(request, config.maxUploadBytes, expected);
-        const result = await ingest.ingest(request.raw, {
-          filename,
-          expected,
-          maxBytes: config.maxUploadBytes,
-          by: request.principal?.name ?? null,
-        });
-        return reply.code(result.created ? 201 : 200).send(ingestView(result.digests, filename));
+        const lease = admit(request, expected);
+        try {
+          precheckLength(request, config.maxUploadBytes, expected);
+          const result = await ingest.ingest(request.raw, {
+            filename,
+            expected,
+            maxBytes: config.maxUploadBytes,
+            by: request.principal?.name ?? null,
+            ...(lease ? { lease } : {}),
+          });
+          return await reply.code(result.created ? 201 : 200).send(ingestView(result.digests, filename));
+        } finally {
+          lease?.release();
+        }
       },
     );
 
     uploads.put<{ Params: { sha512: string }; Querystring: Record<string, string | string[] | undefined> }>(
       '/blobs/:sha512',
-      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByHash },
+      { onRequest: canUpload, schema: ADMIN_SCHEMAS.uploadByHash, config: UPLOAD_QUERY },
       async (request, reply) => {
         const sha512 = request.params.sha512;
         assertSha512(sha512);
         const expected = { ...declaredDigests(request.query), sha512 };
-        storage?.assertAccepting(request.log);
-        precheckLength(request, config.maxUploadBytes, expected);
-        const result = await ingest.ingest(request.raw, {
-          expected,
-          maxBytes: config.maxUploadBytes,
-          by: request.principal?.name ?? null,
-          pinned: true,
-        });
-        return reply.code(result.created ? 201 : 200).send(ingestView(result.digests));
+        const lease = admit(request, expected);
+        try {
+          precheckLength(request, config.maxUploadBytes, expected);
+          const result = await ingest.ingest(request.raw, {
+            expected,
+            maxBytes: config.maxUploadBytes,
+            by: request.principal?.name ?? null,
+            pinned: true,
+            ...(lease ? { lease } : {}),
+          });
+          return await reply.code(result.created ? 201 : 200).send(ingestView(result.digests));
+        } finally {
+          lease?.release();
+        }
       },
     );
   });
@@ -183,7 +204,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
 
   app.delete<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canAdmin, schema: ADMIN_SCHEMAS.deleteName }, async (request) => {
     const { filename } = request.params;
-    const detached = ingest.detach(filename, request.principal?.name ?? null);
+    const detached = await ingest.detach(filename, request.principal?.name ?? null);
     return { filename, detached };
   });
 

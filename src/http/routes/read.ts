@@ -1,8 +1,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../../config.js';
-import type { DistfileIndex, ServableBlob } from '../../db/index.js';
+import type { DistfileIndex } from '../../db/index.js';
 import { AppError } from '../../errors.js';
 import type { BlobStore } from '../../store/blob-store.js';
+import { HOT_LOOKUP, lookup, type HandedOver } from '../hot-path.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from '../read-path.js';
 import { IMMUTABLE, sendBlob } from '../send.js';
 
@@ -25,10 +26,7 @@ declare module 'fastify' {
   }
 }
 
-export function lookup(index: DistfileIndex, target: BlobTarget): ServableBlob | undefined {
-  const blob = target.kind === 'hash' ? index.servableByHash(target.sha512) : index.servableByName(target.filename);
-  return blob && blob.quarantined_at === null ? blob : undefined;
-}
+export { lookup };
 
 /** GET/HEAD for every path form Portage, Funtoo ebuilds and CDN pulls use. */
 export async function readRoutes(app: FastifyInstance, deps: ReadRouteDeps): Promise<void> {
@@ -37,7 +35,9 @@ export async function readRoutes(app: FastifyInstance, deps: ReadRouteDeps): Pro
   const layoutCacheControl = `public, max-age=${config.layoutMaxAge}`;
 
   async function handler(request: FastifyRequest, reply: FastifyReply) {
-    const target = parseReadPath(request.url);
+    // The lean path (hot-path.ts) may already have resolved this request before handing it over.
+    const handed = (request.raw as HandedOver)[HOT_LOOKUP];
+    const target = handed?.target ?? parseReadPath(request.url);
     switch (target.kind) {
       case 'layout':
         request.routeKind = 'layout';
@@ -52,7 +52,7 @@ export async function readRoutes(app: FastifyInstance, deps: ReadRouteDeps): Pro
         throw new AppError('NOT_FOUND', 'no such distfile');
       default: {
         request.routeKind = target.kind;
-        const blob = lookup(index, target);
+        const blob = handed ? handed.blob : lookup(index, target);
         if (!blob) {
           if (missHandler && (await missHandler.handle(target, request, reply))) return reply;
           throw new AppError('NOT_FOUND', 'no such distfile');

@@ -1,0 +1,45 @@
+import type { FetchItemRow } from './fetch-jobs.js';
+import type { Sql } from './postgres-index.js';
+
+/**
+ * Work that must run once across replicas sharing one PostgreSQL database (draft, not wired yet):
+ * cluster-wide locks for singleton jobs (gc, scrub), and claiming queued fetch items without two
+ * replicas taking the same one.
+ */
+
+/**
+ * Runs `fn` while holding the advisory lock `name`; `{ ran: false }` at once when another replica holds it.
+ * The lock is session-level on one reserved connection: if the process dies, the server drops the
+ * connection and with it the lock, so a crashed gc never blocks the next.
+ */
+export async function withClusterLock<T>(sql: Sql, name: string, fn: () => Promise<T>): Promise<{ ran: true; value: T } | { ran: false }> {
+  const key = `fastpull:${name}`;
+  const conn = await sql.reserve();
+  try {
+    const [row] = await conn<{ locked: boolean }[]>`SELECT pg_try_advisory_lock(hashtext(${key})) AS locked`;
+    if (!row?.locked) return { ran: false };
+    try {
+      return { ran: true, value: await fn() };
+    } finally {
+      await conn`SELECT pg_advisory_unlock(hashtext(${key}))`;
+    }
+  } finally {
+    conn.release();
+  }
+}
+
+/**
+ * Claims up to `limit` queued fetch items, oldest first, marking them downloading: rows another replica is
+ * claiming at the same moment are skipped (FOR UPDATE SKIP LOCKED), never waited for nor taken twice.
+ */
+export async function claimFetchItems(sql: Sql, limit: number, now = Date.now()): Promise<FetchItemRow[]> {
+  const rows = await sql<FetchItemRow[]>`
+    UPDATE fetch_items SET state = 'downloading', started_at = ${now}, attempts = attempts + 1
+    WHERE (job_id, idx) IN (
+      SELECT job_id, idx FROM fetch_items WHERE state = 'queued'
+      ORDER BY queued_at, job_id, idx LIMIT ${limit}
+      FOR UPDATE SKIP LOCKED)
+    RETURNING *`;
+  // RETURNING follows no ORDER BY: restore the queue's order.
+  return [...rows].sort((a, b) => a.queued_at - b.queued_at || (a.job_id < b.job_id ? -1 : a.job_id > b.job_id ? 1 : a.idx - b.idx));
+}

@@ -1,0 +1,242 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DistfileIndex } from '../src/db/index.js';
+import { SqliteIndexDriver, type IndexDriver } from '../src/db/index-driver.js';
+import { openDatabase } from '../src/db/open.js';
+import { connectPostgres, migratePostgres, PostgresIndexDriver, type Sql } from '../src/db/postgres-index.js';
+import { listMigrations, MIGRATIONS_DIR } from '../src/db/migrate.js';
+import { claimFetchItems, withClusterLock } from '../src/db/postgres-work.js';
+import { blake2b, sha256, sha512 } from './helpers/core.js';
+import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
+import { skipWithoutService } from './helpers/services.js';
+
+/** One body of index tests for both drivers: same answers from SQLite and PostgreSQL. */
+interface Flavour {
+  open(): Promise<{ driver: IndexDriver; quarantine(sha512: string): Promise<void> }>;
+}
+
+const opened: IndexDriver[] = [];
+const dirs: string[] = [];
+let pg: Postgres | undefined;
+let databases = 0;
+const skipPg = skipWithoutService('PostgreSQL', postgresMissing());
+
+const sqlite: Flavour = {
+  async open() {
+    const dir = await mkdtemp(path.join(tmpdir(), 'fp-index-'));
+    dirs.push(dir);
+    const db = openDatabase(path.join(dir, 'index.sqlite'));
+    const driver = new SqliteIndexDriver(new DistfileIndex(db));
+    opened.push(driver);
+    return { driver, quarantine: async (h) => void db.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h) };
+  },
+};
+
+const postgresFlavour: Flavour = {
+  async open() {
+    const sql = connectPostgres(await pg!.createDatabase(`index_${++databases}`));
+    await migratePostgres(sql);
+    const driver = new PostgresIndexDriver(sql);
+    opened.push(driver);
+    return { driver, quarantine: async (h) => void (await sql`UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ${h}`) };
+  },
+};
+
+afterAll(async () => {
+  for (const d of opened) await d.close();
+  await pg?.stop();
+  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+});
+
+const digests = (text: string) => {
+  const b = Buffer.from(text);
+  return { size: b.length, sha512: sha512(b), blake2b: blake2b(b), sha256: sha256(b) };
+};
+
+describe.each([
+  { name: 'sqlite', flavour: sqlite, skip: false },
+  { name: 'postgres', flavour: postgresFlavour, skip: skipPg },
+])('index driver: $name', ({ name, flavour, skip }) => {
+  beforeAll(async () => {
+    if (!skip && name === 'postgres') pg ??= await startPostgres();
+  }, 60_000);
+
+  it.skipIf(skip)('records blobs and names; a name serves its latest attachment, a hash is exact', async () => {
+    const { driver } = await flavour.open();
+    const v1 = digests('kubectl 1\n');
+    const v2 = digests('kubectl 2\n');
+    await driver.recordBlob(v1, { filename: 'kubectl.tar.gz', by: 'spider', at: 1000 });
+    expect(await driver.servableByName('kubectl.tar.gz')).toEqual({
+      sha512: v1.sha512, blake2b: v1.blake2b, size: v1.size, filename: 'kubectl.tar.gz', modified_at: 1000, quarantined_at: null,
+    });
+    await driver.recordBlob(v2, { filename: 'kubectl.tar.gz', by: 'spider', at: 2000 });
+    expect((await driver.servableByName('kubectl.tar.gz'))?.sha512).toBe(v2.sha512);
+    expect(await driver.servableByHash(v1.sha512)).toEqual({
+      sha512: v1.sha512, blake2b: v1.blake2b, size: v1.size, filename: 'kubectl.tar.gz', modified_at: 1000, quarantined_at: null,
+    });
+    expect((await driver.history('kubectl.tar.gz')).map((r) => [r.sha512, r.attached_by, r.detached_at])).toEqual([
+      [v2.sha512, 'spider', null],
+      [v1.sha512, 'spider', null],
+    ]);
+    // Re-pointing back to the older hash makes it current again, keeping its first attachment time.
+    expect(await driver.attach('kubectl.tar.gz', v1.sha512, 'admin')).toBe(true);
+    const back = await driver.history('kubectl.tar.gz');
+    expect(back[0]).toMatchObject({ sha512: v1.sha512, attached_by: 'admin', first_attached_at: 1000 });
+    expect((await driver.servableByName('kubectl.tar.gz'))?.sha512).toBe(v1.sha512);
+
+    expect(await driver.detach('kubectl.tar.gz', 'admin')).toBe(2);
+    expect(await driver.servableByName('kubectl.tar.gz')).toBeUndefined();
+    expect((await driver.servableByHash(v1.sha512))?.filename).toBeNull();
+    expect((await driver.namesOfBlob(v1.sha512)).map((r) => r.detached_by)).toEqual(['admin']);
+    expect(await driver.detach('kubectl.tar.gz', 'admin')).toBe(0);
+  });
+
+  it.skipIf(skip)('refuses to attach a name to an unknown blob, and records nothing', async () => {
+    const { driver } = await flavour.open();
+    expect(await driver.attach('ghost.tar.gz', sha512('never stored'), 'spider')).toBe(false);
+    expect(await driver.history('ghost.tar.gz')).toEqual([]);
+    expect(await driver.servableByHash(sha512('never stored'))).toBeUndefined();
+    expect(await driver.blob(sha512('never stored'))).toBeUndefined();
+  });
+
+  it.skipIf(skip)('recording again is idempotent, keeps a pin, and lifts a quarantine', async () => {
+    const { driver, quarantine } = await flavour.open();
+    const d = digests('dynamic archive\n');
+    await driver.recordBlob(d, { pinned: true, at: 5 });
+    await driver.recordBlob(d, { at: 9 });
+    expect(await driver.blob(d.sha512)).toEqual({ ...d, ingested_at: 5, verified_at: null, quarantined_at: null, pinned: 1 });
+    await quarantine(d.sha512);
+    expect((await driver.servableByHash(d.sha512))?.quarantined_at).toBe(1);
+    await driver.recordBlob(d);
+    expect((await driver.servableByHash(d.sha512))?.quarantined_at).toBeNull();
+    // Sizes beyond 32 bits survive the round trip as numbers.
+    const big = { ...digests('big'), size: 4_450_000_000 };
+    await driver.recordBlob(big, { at: 1_764_500_000_000 });
+    expect(await driver.blob(big.sha512)).toMatchObject({ size: 4_450_000_000, ingested_at: 1_764_500_000_000 });
+  });
+});
+
+describe.skipIf(skipPg)('PostgreSQL specifics', () => {
+  let sql: Sql;
+  let url: string;
+  beforeAll(async () => {
+    pg ??= await startPostgres();
+    url = await pg.createDatabase('specifics');
+    sql = connectPostgres(url, { max: 3 });
+  }, 60_000);
+  afterAll(async () => {
+    await sql?.end({ timeout: 5 });
+  });
+
+  it('mirrors every SQLite migration, and replicas starting together apply each once', async () => {
+    const sqliteVersions = listMigrations(MIGRATIONS_DIR).map((m) => m.version);
+    const others = [connectPostgres(url, { max: 1 }), connectPostgres(url, { max: 1 })];
+    try {
+      const results = await Promise.all([sql, ...others].map((s) => migratePostgres(s)));
+      expect(results.flatMap((r) => r.applied).sort()).toEqual(['001_initial.sql', '002_fetch_jobs.sql', '003_tokens.sql']);
+      expect(results.map((r) => r.version)).toEqual([3, 3, 3]);
+      expect(await migratePostgres(sql)).toEqual({ applied: [], version: 3 });
+    } finally {
+      for (const s of others) await s.end({ timeout: 5 });
+    }
+    // This round's PostgreSQL schema covers SQLite's 001-003; later SQLite migrations need their twin.
+    expect(sqliteVersions.filter((v) => v <= 3)).toEqual([1, 2, 3]);
+    const tables = (await sql<{ table_name: string }[]>`
+      SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name`).map((r) => r.table_name);
+    expect(tables).toEqual(['audit_log', 'blobs', 'fetch_items', 'fetch_jobs', 'fetched_urls', 'names', 'schema_migrations', 'tokens']);
+  });
+
+  it('keeps to its bounded pool under a burst, and orders concurrent re-points by one sequence', async () => {
+    const driver = new PostgresIndexDriver(sql);
+    const blobs = Array.from({ length: 20 }, () => digests(randomBytes(16).toString('hex')));
+    for (const d of blobs) await driver.recordBlob(d);
+    await Promise.all(blobs.map((d) => driver.attach('contended.tar.gz', d.sha512, 'spider')));
+    const lookups = await Promise.all(Array.from({ length: 200 }, (_, i) => driver.servableByHash(blobs[i % 20]!.sha512)));
+    expect(lookups.every((b) => b !== undefined)).toBe(true);
+    const [{ n } = { n: -1 }] = await sql<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'`;
+    expect(n).toBeLessThanOrEqual(3);
+    const history = await driver.history('contended.tar.gz');
+    expect(history).toHaveLength(20);
+    expect(new Set(history.map((r) => r.seq)).size).toBe(20);
+    expect((await driver.servableByName('contended.tar.gz'))?.sha512).toBe(history[0]!.sha512);
+  });
+
+  it('two replicas claiming fetch items at once take each item exactly once, oldest first', async () => {
+    await migratePostgres(sql);
+    await sql`INSERT INTO fetch_jobs (id, created_at) VALUES ('job-a', 1), ('job-b', 2)`;
+    for (let i = 0; i < 60; i++) {
+      const job = i % 2 === 0 ? 'job-a' : 'job-b';
+      await sql`INSERT INTO fetch_items (job_id, idx, url, filename, state, queued_at)
+                VALUES (${job}, ${i}, ${`http://upstream.invalid/${i}`}, ${`f${i}.tgz`}, 'queued', ${1000 + i})`;
+    }
+    const replicas = [connectPostgres(url, { max: 2 }), connectPostgres(url, { max: 2 })];
+    try {
+      const claimed = await Promise.all(
+        replicas.map(async (replica) => {
+          const mine: number[] = [];
+          for (;;) {
+            const batch = await claimFetchItems(replica, 7);
+            if (batch.length === 0) return mine;
+            // Each batch comes back in queue order.
+            expect(batch.map((r) => r.queued_at)).toEqual([...batch.map((r) => r.queued_at)].sort((a, b) => a - b));
+            mine.push(...batch.map((r) => r.idx));
+          }
+        }),
+      );
+      expect(claimed.flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 60 }, (_, i) => i));
+      const [row] = await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM fetch_items WHERE state = 'downloading' AND attempts = 1`;
+      expect(row?.n).toBe(60);
+    } finally {
+      for (const r of replicas) await r.end({ timeout: 5 });
+    }
+  });
+
+  it('a cluster lock runs a singleton job on one replica at a time, and a dead holder releases it', async () => {
+    const a = connectPostgres(url, { max: 2 });
+    const b = connectPostgres(url, { max: 2 });
+    try {
+      let release!: () => void;
+      const holding = new Promise<void>((resolve) => (release = resolve));
+      let entered!: () => void;
+      const inside = new Promise<void>((resolve) => (entered = resolve));
+      const gcOnA = withClusterLock(a, 'gc', async () => {
+        entered();
+        await holding;
+        return 'a';
+      });
+      await inside;
+      expect(await withClusterLock(b, 'gc', async () => 'b')).toEqual({ ran: false });
+      // Another job's lock is independent.
+      expect(await withClusterLock(b, 'scrub', async () => 'scrub')).toEqual({ ran: true, value: 'scrub' });
+      release();
+      expect(await gcOnA).toEqual({ ran: true, value: 'a' });
+      expect(await withClusterLock(b, 'gc', async () => 'b')).toEqual({ ran: true, value: 'b' });
+
+      // The holder's connections die (as when its process is killed): the server releases the lock.
+      let enteredAgain!: () => void;
+      const insideAgain = new Promise<void>((resolve) => (enteredAgain = resolve));
+      // A job that never finishes: only its connection going away can free the lock.
+      void withClusterLock(a, 'gc', () => {
+        enteredAgain();
+        return new Promise<never>(() => undefined);
+      }).catch(() => undefined);
+      await insideAgain;
+      expect(await withClusterLock(b, 'gc', async () => 'b')).toEqual({ ran: false });
+      await a.end({ timeout: 0 });
+      // The server notices the closed socket on its own schedule: ask until it has (bounded).
+      let after: { ran: boolean } = { ran: false };
+      for (let i = 0; i < 100 && !after.ran; i++) {
+        if (i > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+        after = await withClusterLock(b, 'gc', async () => 'b');
+      }
+      expect(after).toEqual({ ran: true, value: 'b' });
+    } finally {
+      await a.end({ timeout: 0 });
+      await b.end({ timeout: 5 });
+    }
+  });
+});

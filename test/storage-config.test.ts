@@ -1,0 +1,47 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
+import { LocalBlobStorage } from '../src/store/local-storage.js';
+import { localBlobStore, openStorage } from '../src/store/open-storage.js';
+import { S3BlobStorage } from '../src/store/s3-store.js';
+
+describe('FASTPULL_STORAGE', () => {
+  it('unset keeps blobs under the data dir', () => {
+    const config = loadConfig({ dataDir: '/srv/fp' }, {});
+    expect(config.storage).toEqual({ kind: 'local' });
+    const storage = openStorage(config);
+    expect(storage).toBeInstanceOf(LocalBlobStorage);
+    expect(storage.location).toBe(path.join('/srv/fp', 'blobs'));
+  });
+
+  it('s3://BUCKET[/PREFIX] selects the s3 driver with keys under the prefix', () => {
+    const env = { FASTPULL_STORAGE: 's3://distfiles/origin/a/', FASTPULL_S3_FORCE_PATH_STYLE: 'true', AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9' };
+    const config = loadConfig({ dataDir: '/srv/fp' }, env);
+    expect(config.storage).toEqual({ kind: 's3', bucket: 'distfiles', prefix: 'origin/a' });
+    expect(config).toMatchObject({ s3ForcePathStyle: true, s3Region: 'us-east-1', s3Endpoint: 'http://127.0.0.1:9' });
+    const storage = openStorage(config) as S3BlobStorage;
+    expect(storage).toBeInstanceOf(S3BlobStorage);
+    expect(storage.location).toBe('s3://distfiles/origin/a');
+    expect(storage.key('ab'.repeat(64))).toBe(`origin/a/ab/ab/ab/${'ab'.repeat(64)}`);
+    expect((openStorage(loadConfig({}, { FASTPULL_STORAGE: 's3://distfiles' })) as S3BlobStorage).key('ab'.repeat(64))).toBe(`ab/ab/ab/${'ab'.repeat(64)}`);
+  });
+
+  it('refuses what is not a bucket URL, with the setting named', () => {
+    for (const bad of ['/srv/blobs', 'https://bucket', 's3://', 's3://Bad_Bucket', 's3://b/x//y', 's3://bkt/../up']) {
+      expect(() => loadConfig({}, { FASTPULL_STORAGE: bad }), bad).toThrow(/FASTPULL_STORAGE/);
+    }
+    expect(() => loadConfig({}, { AWS_ENDPOINT_URL_S3: 'localhost:9000' })).toThrow(/AWS_ENDPOINT_URL_S3/);
+  });
+
+  it('the server and maintenance commands refuse s3 until they are wired to the driver', async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'fp-storage-'));
+    try {
+      expect(() => localBlobStore(loadConfig({ dataDir }, { FASTPULL_STORAGE: 's3://distfiles' }))).toThrow(/not wired/);
+      expect(localBlobStore(loadConfig({ dataDir }, {})).blobsDir).toBe(path.join(dataDir, 'blobs'));
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
