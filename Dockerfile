@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
 # fastpull origin. Build: docker build -t fastpull-origin .   Run: see docker-compose.yml.
 
-# Node 24, the active LTS line (Node 20 reached end of life on 2026-04-30; 22 works too: NODE_IMAGE=node:22-bookworm-slim).
-ARG NODE_IMAGE=node:24-bookworm-slim
+# Node 22 LTS (Node 20 reached end of life on 2026-04-30). Not 24 yet: better-sqlite3 12 wraps its objects
+# in node::ObjectWrap, whose Node 24 destructor aborts the process ("Assertion failed: (env) != nullptr")
+# when a statement is collected at exit or outside a JS scope; better-sqlite3 13 fixes it but needs Node 22+.
+ARG NODE_IMAGE=node:22-bookworm-slim
 
 # Toolchain for better-sqlite3's native addon (used when no prebuilt binary matches).
 FROM ${NODE_IMAGE} AS toolchain

@@ -95,6 +95,8 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   if (link) {
     metrics.aggregateWith(link.metricsText);
     link.serveMetrics(() => metrics.collect());
+    metrics.aggregateTrafficWith(link.trafficLastHour);
+    link.serveTraffic(() => metrics.traffic.lastHour());
     if (runsBackgroundWork) link.onJobsQueued(() => spider.fetchJobs.wake());
   }
   bridgeSpiderMetrics(spider, metrics);

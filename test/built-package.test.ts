@@ -1,13 +1,10 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildPackage, ROOT } from './helpers/built.js';
 import { get } from './helpers/server.js';
-
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 /**
  * The Docker image's final stage holds dist/, bin/, migrations/, public/, package.json and node_modules, and
@@ -20,20 +17,7 @@ describe('the built package, laid out like the Docker image', () => {
   let baseUrl: string;
 
   beforeAll(async () => {
-    dir = await mkdtemp(path.join(tmpdir(), 'fastpull-image-'));
-    for (const entry of ['node_modules', 'public', 'migrations']) {
-      await symlink(path.join(ROOT, entry), path.join(dir, entry));
-    }
-    await copyFile(path.join(ROOT, 'package.json'), path.join(dir, 'package.json'));
-    // Copied, not linked: Node resolves imports from a module's real path, and bin/ must reach this dist/.
-    await mkdir(path.join(dir, 'bin'));
-    await copyFile(path.join(ROOT, 'bin', 'fastpull.js'), path.join(dir, 'bin', 'fastpull.js'));
-    const tsc = spawnSync(
-      process.execPath,
-      [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(ROOT, 'tsconfig.build.json'), '--outDir', path.join(dir, 'dist')],
-      { encoding: 'utf8', timeout: 120_000 },
-    );
-    expect(tsc.status, tsc.stdout + tsc.stderr).toBe(0);
+    dir = await buildPackage();
 
     child = spawn(process.execPath, [path.join(dir, 'bin', 'fastpull.js'), 'serve', '--host', '127.0.0.1', '--port', '0'], {
       cwd: dir,

@@ -27,8 +27,7 @@ const BAD_VALUE: Record<string, { args: string[]; says: RegExp }> = {
   reindex: { args: ['extra'], says: /unexpected argument extra/ },
   gc: { args: ['--grace', '1e3'], says: /--grace: expected an integer/ },
   stats: { args: ['--top', '0'], says: /--top: expected an integer >= 1/ },
-  // Missing on main when the contract last changed; added with migrate-index/migrate-storage so the table is complete.
-  purge: { args: ['--retries', 'x', 'a.tgz'], says: /--retries: expected an integer/ },
+  purge: { args: ['--retries', 'x', 'foo-1.0.tar.gz'], says: /--retries: expected an integer >= 0, got "x"/ },
   'sync-repo': { args: ['--jobs', '0', '.'], says: /--jobs: expected an integer from 1 to 1024, got "0"/ },
 };
 

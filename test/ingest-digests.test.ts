@@ -15,12 +15,21 @@ async function* pieces(bytes: Buffer): AsyncGenerator<Buffer> {
   }
 }
 
+/** A real store over a fresh data directory (no reserve: these tests are about the write path alone). */
+async function withStore(body: (store: BlobStore) => Promise<void>): Promise<void> {
+  const dataDir = await makeDataDir();
+  try {
+    const store = new BlobStore(dataDir, { reserveBytes: 0 });
+    await store.init();
+    await body(store);
+  } finally {
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
 describe('upload ingest: digests computed on other threads', () => {
   it('stores exactly the bytes and all three digests at and around the slot size and across many slots', async () => {
-    const dataDir = await makeDataDir();
-    try {
-      const store = new BlobStore(dataDir, { reserveBytes: 0 });
-      await store.init();
+    await withStore(async (store) => {
       for (const size of [0, 1, SLOT_BYTES - 1, SLOT_BYTES, SLOT_BYTES + 1, 9 * SLOT_BYTES + 12_345]) {
         const bytes = pseudoRandomBytes(size, size + 1);
         const { digests, created } = await store.write(pieces(bytes), { expected: { size } });
@@ -28,36 +37,24 @@ describe('upload ingest: digests computed on other threads', () => {
         expect(digests).toEqual({ size, sha512: sha512(bytes), blake2b: blake2b(bytes), sha256: sha256(bytes) });
         expect((await readFile(store.pathOf(digests.sha512))).equals(bytes)).toBe(true);
       }
-    } finally {
-      await rm(dataDir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('keeps several large uploads apart when they run at once', async () => {
-    const dataDir = await makeDataDir();
-    try {
-      const store = new BlobStore(dataDir, { reserveBytes: 0 });
-      await store.init();
+    await withStore(async (store) => {
       const bodies = Array.from({ length: 6 }, (_, i) => pseudoRandomBytes(3 * SLOT_BYTES + i * 1000, 100 + i));
       const results = await Promise.all(bodies.map((b) => store.write(pieces(b))));
       results.forEach((r, i) => expect(r.digests.sha512).toBe(sha512(bodies[i]!)));
-    } finally {
-      await rm(dataDir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('leaves nothing behind when the body is refused midway, and the threads go on serving other uploads', async () => {
-    const dataDir = await makeDataDir();
-    try {
-      const store = new BlobStore(dataDir, { reserveBytes: 0 });
-      await store.init();
+    await withStore(async (store) => {
       const big = pseudoRandomBytes(5 * SLOT_BYTES, 7);
       await expect(store.write(pieces(big), { maxBytes: 3 * SLOT_BYTES })).rejects.toMatchObject({ code: 'PAYLOAD_TOO_LARGE' });
       expect(await store.temps()).toEqual([]);
       const { digests } = await store.write(pieces(big));
       expect(digests.blake2b).toBe(blake2b(big));
-    } finally {
-      await rm(dataDir, { recursive: true, force: true });
-    }
+    });
   });
 });

@@ -136,6 +136,10 @@ function provocations(s: Servers, reader: Record<string, string>): Record<string
     'GET /api/v1/search 200': () => send(s.main, 'GET', '/api/v1/search?prefix=stored'),
     'GET /api/v1/search 4XX': () => send(s.main, 'GET', '/api/v1/search'),
     'GET /api/v1/openapi.json 200': () => send(s.main, 'GET', '/api/v1/openapi.json'),
+    'GET /api/v1/events 200': () => send(s.main, 'GET', '/api/v1/events?after=0', A),
+    'GET /api/v1/events 400': () => send(s.main, 'GET', '/api/v1/events?limit=0', A),
+    'GET /api/v1/events 401': () => send(s.main, 'GET', '/api/v1/events'),
+    'GET /api/v1/events 403': () => send(s.main, 'GET', '/api/v1/events', WRONG),
   };
 }
 

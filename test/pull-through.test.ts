@@ -142,22 +142,20 @@ describe('pull-through', () => {
 
   it('serves a request that joins once bytes flow from the store after the commit', async () => {
     const data = bytes(200_000, 56);
-    let sent = 0;
-    const slow = serve(data, { chunkSize: 10_000, delayMs: 25 });
-    const up = await upstream({
-      '/late.tgz': (req, res, hit) => {
-        const write = res.write.bind(res);
-        res.write = ((chunk: Buffer) => ((sent += chunk.length), write(chunk))) as typeof res.write;
-        return slow(req, res, hit);
-      },
-    });
+    const up = await upstream({ '/late.tgz': serve(data, { chunkSize: 10_000, delayMs: 25 }) });
     const s = await origin([{ kind: 'flat', url: up.url }]);
-    const early = get(`${s.baseUrl}/distfiles/late.tgz`);
-    while (sent < 50_000) await new Promise((r) => setTimeout(r, 10));
+    // Bytes reaching the early client prove the origin's download is flowing (not merely that the
+    // upstream wrote them, which a busy machine may not have read yet): only now is a request late.
+    const early = await request(`${s.baseUrl}/distfiles/late.tgz`);
+    const chunks: Buffer[] = [];
+    const body = early.body as AsyncIterable<Buffer>;
+    const iterator = body[Symbol.asyncIterator]();
+    const firstChunk = await iterator.next();
+    chunks.push(firstChunk.value as Buffer);
     const late = await get(`${s.baseUrl}/distfiles/late.tgz`);
-    const first = await early;
-    expect(first.headers['x-fastpull-pull']).toBe('stream');
-    expect(first.body.equals(data)).toBe(true);
+    for (let next = await iterator.next(); !next.done; next = await iterator.next()) chunks.push(next.value);
+    expect(early.headers['x-fastpull-pull']).toBe('stream');
+    expect(Buffer.concat(chunks).equals(data)).toBe(true);
     expect(late.status).toBe(200);
     expect(late.headers['x-fastpull-pull']).toBeUndefined();
     expect(late.body.equals(data)).toBe(true);

@@ -214,11 +214,12 @@ describe('fastpull sync-repo', () => {
     ];
     await writeRepo(main, mainEbuilds, `# test mirrors\ntpm ${tpmA.url}/ ${tpmB.url}\n`);
 
-    // An overlay: mirror:// comes from the main repository (--mirrors-from), one name clashes with it.
+    // An overlay: mirror:// comes from the main repository (--mirrors-from), one name clashes with it,
+    // one entry has only SHA512 and one only BLAKE2B.
     overlay = await tempDir('repo-overlay');
     await writeRepo(overlay, [
       { cpv: 'app-misc/shared-1.0', srcUri: `${S}/overlay/shared-1.0.tar.gz`, dist: [{ name: 'shared-1.0.tar.gz', body: overlayShared }] },
-      { cpv: 'app-misc/kit-1.0', srcUri: `mirror://tpm/kits/kit-1.0.tgz`, dist: [{ name: 'kit-1.0.tgz', body: body['kit-1.0.tgz']! }] },
+      { cpv: 'app-misc/kit-1.0', srcUri: `mirror://tpm/kits/kit-1.0.tgz`, dist: [{ name: 'kit-1.0.tgz', body: body['kit-1.0.tgz']!, digests: 'sha512' }] },
       { cpv: 'app-misc/b2only-1', srcUri: `${S}/dl/b2only-1.tgz`, dist: [{ name: 'b2only-1.tgz', body: body['b2only-1.tgz']!, digests: 'blake2b' }] },
     ]);
     body['overlay:shared-1.0.tar.gz'] = overlayShared;
@@ -540,6 +541,21 @@ describe('fastpull sync-repo: on a terminal', () => {
       expect(out).toContain('\r\x1b[K[################] 100% 3/3 files 768.0 KiB/768.0 KiB ');
       for (const f of files) expect(out).toContain(`FETCHED ${f.name}`);
       expect(out).toMatch(/fetched:\s+3/);
+    });
+  });
+});
+
+describe('fastpull sync-repo: the fetcher\'s address rules', () => {
+  it('downloads nothing from an address the guard refuses (loopback without FASTPULL_FETCH_ALLOW_CIDRS)', async () => {
+    const file = { name: 'inside-1.tgz', body: bytes(2000, 850) };
+    await withSmallRepo('guarded', [file], {}, async ({ repo, dataDir }) => {
+      wire.length = 0;
+      const res = await runCli(['sync-repo', '--json', repo], { FASTPULL_DATA_DIR: dataDir, FASTPULL_FETCH_RETRIES: '0' });
+      expect(res.code).toBe(1);
+      const line = parseLines(res.stdout).get(file.name)![0]!;
+      expect(line.status).toBe('failed');
+      expect(line.reason).toMatch(/address not allowed/);
+      expect(wire.filter((w) => w.startsWith('guarded '))).toEqual([]);
     });
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { TrafficHistory } from '../src/http/traffic.js';
+import { sumTraffic, TrafficHistory } from '../src/http/traffic.js';
 
 describe('the last hour of traffic (ring buffer)', () => {
   const T0 = Date.parse('2026-11-30T12:00:00Z');
@@ -34,5 +34,21 @@ describe('the last hour of traffic (ring buffer)', () => {
     // Read after a long silence: nothing from an hour ago leaks back in.
     now += 3 * 60 * 60_000;
     expect(h.lastHour().every((m) => m.requests === 0)).toBe(true);
+  });
+});
+
+describe('the last hours of several processes, added up', () => {
+  it('sums minute by minute and keeps the newest hour', () => {
+    const T0 = Date.parse('2026-11-30T12:00:00Z');
+    const minute = (i: number, requests: number) => ({ at: T0 + i * 60_000, requests, bytes: requests * 10, s2xx: requests, s3xx: 0, s4xx: 0, s5xx: 0 });
+    // One process a minute ahead of the other (a collection straddling a minute boundary).
+    const a = Array.from({ length: 60 }, (_, i) => minute(i, 1));
+    const b = Array.from({ length: 60 }, (_, i) => minute(i + 1, 2));
+    const sum = sumTraffic([a, b]);
+    expect(sum).toHaveLength(60);
+    expect(sum[0]).toEqual(minute(1, 3));
+    expect(sum[58]).toEqual(minute(59, 3));
+    expect(sum[59]).toEqual(minute(60, 2));
+    expect(sumTraffic([])).toEqual([]);
   });
 });

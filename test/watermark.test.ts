@@ -52,11 +52,20 @@ async function expectHeld(server: TestServer, results: { status: number; json: {
 }
 
 describe('high watermark under concurrency', () => {
-  it('holds for 20 parallel 2 MiB uploads that declare their size (Content-Length)', async () => {
+  /** Runs 20 parallel 2 MiB uploads against a fresh server with a 10 MiB mark; `send` shapes each body. */
+  async function burst(prefix: string, send: (server: TestServer, name: string, body: Buffer) => ReturnType<typeof put>) {
     const server = await startTestServer({ highWatermarkBytes: MARK });
+    const bodies = Array.from({ length: 20 }, (_, i) => content(`${prefix}-${i}`, 2 * MiB));
+    const results = await Promise.all(bodies.map((b, i) => send(server, `${prefix}-${i}.bin`, b))).catch(async (err: unknown) => {
+      await server.stop();
+      throw err;
+    });
+    return { server, results };
+  }
+
+  it('holds for 20 parallel 2 MiB uploads that declare their size (Content-Length)', async () => {
+    const { server, results } = await burst('par', (s, name, b) => put(s, name, b));
     try {
-      const bodies = Array.from({ length: 20 }, (_, i) => content(`par-${i}`, 2 * MiB));
-      const results = await Promise.all(bodies.map((b, i) => put(server, `par-${i}.bin`, b)));
       await expectHeld(server, results);
       // Exactly what fits was accepted: five 2 MiB blobs fill 10 MiB.
       expect(results.filter((r) => r.status === 201)).toHaveLength(5);
@@ -66,10 +75,8 @@ describe('high watermark under concurrency', () => {
   });
 
   it('holds for 20 parallel chunked uploads of unknown size, counting the bytes as they arrive', async () => {
-    const server = await startTestServer({ highWatermarkBytes: MARK });
+    const { server, results } = await burst('chunked', (s, name, b) => put(s, name, Readable.from(trickle(b))));
     try {
-      const bodies = Array.from({ length: 20 }, (_, i) => content(`chunked-${i}`, 2 * MiB));
-      const results = await Promise.all(bodies.map((b, i) => put(server, `chunked-${i}.bin`, Readable.from(trickle(b)))));
       await expectHeld(server, results);
       // Which ones win is a race (at the mark, every upload that asks for more is refused), but not all fit.
       expect(results.some((r) => r.status !== 201)).toBe(true);
@@ -82,10 +89,8 @@ describe('high watermark under concurrency', () => {
   });
 
   it('holds for uploads that declare ?size= on a chunked body', async () => {
-    const server = await startTestServer({ highWatermarkBytes: MARK });
+    const { server, results } = await burst('sized', (s, name, b) => put(s, name, Readable.from(trickle(b)), `?size=${b.length}`));
     try {
-      const bodies = Array.from({ length: 20 }, (_, i) => content(`sized-${i}`, 2 * MiB));
-      const results = await Promise.all(bodies.map((b, i) => put(server, `sized-${i}.bin`, Readable.from(trickle(b)), `?size=${b.length}`)));
       await expectHeld(server, results);
       expect(results.filter((r) => r.status === 201)).toHaveLength(5);
     } finally {

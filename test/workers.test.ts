@@ -135,6 +135,16 @@ describe('FASTPULL_WORKERS: several serving processes on one port', () => {
     }
   });
 
+  it("shows the whole cluster's last hour on the status page, whichever worker answers", async () => {
+    // The test above sent an upload and 40 downloads spread over both workers.
+    for (let i = 0; i < 3; i++) {
+      const status = JSON.parse((await fresh(`${server.baseUrl}/api/v1/status`)).body.toString());
+      const minutes = status.traffic.minutes as { requests: number; s2xx: number }[];
+      expect(minutes).toHaveLength(60);
+      expect(minutes.reduce((n, m) => n + m.s2xx, 0)).toBeGreaterThanOrEqual(41);
+    }
+  });
+
   it('100 concurrent misses spread over the workers cause one upstream fetch', async () => {
     const results = await Promise.all(Array.from({ length: 100 }, () => fresh(`${server.baseUrl}/distfiles/pulled-1.0.tar.gz`)));
     const statuses = results.map((r) => r.status);

@@ -137,6 +137,8 @@ async function usableMirrors(config: Config, warn: (m: string) => void): Promise
     retries: 0,
     concurrency: 4,
     perHostConcurrency: 1,
+    // The same address rules as the fetch jobs that will download from these mirrors.
+    allowCidrs: config.fetchAllowCidrs,
   });
   const mirrors: Mirror[] = [];
   for (const m of config.upstreams) {
@@ -152,6 +154,7 @@ async function usableMirrors(config: Config, warn: (m: string) => void): Promise
 }
 
 async function mirrorUrls(mirrors: Mirror[], fetcher: Fetcher, d: RepoDistfile): Promise<string[]> {
+  if (mirrors.length === 0) return [];
   const urls: string[] = [];
   const signal = AbortSignal.timeout(60_000);
   for (const mirror of mirrors) {
@@ -237,6 +240,7 @@ export async function syncRepoCommand(args: string[]): Promise<number> {
       if (!opts.dryRun) release = await takeLock(config.dataDir);
     }
   } catch (err) {
+    await local?.close();
     console.error(`fastpull sync-repo: ${(err as Error).message}`);
     return 2;
   }

@@ -131,11 +131,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   installOps(app, { config, metrics: deps.metrics, readiness, tokens: deps.tokens });
 
   const pullThrough = deps.spider?.pullThrough;
+  const metrics = deps.metrics;
   await app.register(statusRoutes, {
     db: deps.index.db,
     config,
     readiness,
-    ...(deps.metrics ? { traffic: deps.metrics.traffic } : {}),
+    ...(metrics ? { traffic: () => metrics.lastHour() } : {}),
     ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
     events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
   });

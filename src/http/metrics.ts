@@ -9,7 +9,7 @@ import type { DistfileIndex } from '../db/index.js';
 import { isAppError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
 import { toAppError } from './errors.js';
-import { TrafficHistory } from './traffic.js';
+import { TrafficHistory, type TrafficMinute } from './traffic.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -380,6 +380,18 @@ export class Metrics {
     this.aggregate = aggregate;
   }
 
+  private aggregateTraffic: (() => Promise<TrafficMinute[]>) | undefined;
+
+  /** In a cluster, the status page's last hour covers every serving process, through `aggregate`. */
+  aggregateTrafficWith(aggregate: () => Promise<TrafficMinute[]>): void {
+    this.aggregateTraffic = aggregate;
+  }
+
+  /** The last hour of traffic, per minute: this process's, or the cluster's. */
+  async lastHour(): Promise<TrafficMinute[]> {
+    return this.aggregateTraffic ? this.aggregateTraffic() : this.traffic.lastHour();
+  }
+
   /** This process's metrics as JSON, for the cluster primary to add up. */
   collect() {
     this.counts = this.counters?.read();
@@ -491,10 +503,14 @@ export function meterIngest(ingest: Ingest, metrics: Metrics): void {
       metrics.ingestDuration.labels(label).observe((performance.now() - started) / 1000);
       return result;
     } catch (err) {
-      const code = toAppError(err).code;
+      const appError = toAppError(err);
+      const code = appError.code;
       metrics.ingests.labels(code).inc();
       metrics.ingestDuration.labels(code).observe((performance.now() - started) / 1000);
-      if (code === 'INSUFFICIENT_STORAGE') metrics.storageRefusals.labels('enospc').inc();
+      // A watermark refusal in mid-body is already counted as reason="watermark" by the storage guard.
+      if (code === 'INSUFFICIENT_STORAGE' && appError.details?.highWatermarkBytes === undefined) {
+        metrics.storageRefusals.labels('enospc').inc();
+      }
       throw err;
     }
   };

@@ -55,3 +55,27 @@ export class TrafficHistory {
     return out;
   }
 }
+
+/**
+ * Several processes' last hours added up minute by minute (a cluster's workers each keep their
+ * own ring): the newest `minutes` minutes any of them reported, oldest first.
+ */
+export function sumTraffic(lists: TrafficMinute[][], minutes = 60): TrafficMinute[] {
+  const byMinute = new Map<number, TrafficMinute>();
+  for (const list of lists) {
+    for (const m of list) {
+      const sum = byMinute.get(m.at);
+      if (!sum) {
+        byMinute.set(m.at, { ...m });
+        continue;
+      }
+      sum.requests += m.requests;
+      sum.bytes += m.bytes;
+      sum.s2xx += m.s2xx;
+      sum.s3xx += m.s3xx;
+      sum.s4xx += m.s4xx;
+      sum.s5xx += m.s5xx;
+    }
+  }
+  return [...byMinute.values()].sort((a, b) => a.at - b.at).slice(-minutes);
+}

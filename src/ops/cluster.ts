@@ -5,6 +5,7 @@ import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } fro
 import type { Config } from '../config.js';
 import { databaseFile, openDatabase } from '../db/open.js';
 import type { FlightGrant, FlightLock } from '../ingest/flight-lock.js';
+import { sumTraffic, type TrafficMinute } from '../http/traffic.js';
 
 /**
  * FASTPULL_WORKERS=N: N serving processes share one port through node:cluster. The primary
@@ -23,15 +24,21 @@ type ToPrimary =
   | { tag: typeof TAG; t: 'flight-acquire'; id: number; key: string }
   | { tag: typeof TAG; t: 'flight-release'; key: string; stored: boolean }
   | { tag: typeof TAG; t: 'jobs-queued' }
-  | { tag: typeof TAG; t: 'metrics-request'; id: number }
-  | { tag: typeof TAG; t: 'metrics-collected'; id: number; metrics: MetricObjectWithValues<MetricValue<string>>[] };
+  | { tag: typeof TAG; t: 'metrics-request'; id: number; want?: 'traffic' }
+  | {
+      tag: typeof TAG;
+      t: 'metrics-collected';
+      id: number;
+      metrics: MetricObjectWithValues<MetricValue<string>>[];
+      traffic?: TrafficMinute[] | undefined;
+    };
 
 type ToWorker =
   | { tag: typeof TAG; t: 'flight-grant'; id: number; owner: boolean }
   | { tag: typeof TAG; t: 'flight-done'; key: string; stored: boolean }
   | { tag: typeof TAG; t: 'jobs-queued' }
-  | { tag: typeof TAG; t: 'metrics-collect'; id: number }
-  | { tag: typeof TAG; t: 'metrics-text'; id: number; text: string };
+  | { tag: typeof TAG; t: 'metrics-collect'; id: number; want?: 'traffic' }
+  | { tag: typeof TAG; t: 'metrics-text'; id: number; text: string; traffic?: TrafficMinute[] };
 
 const isOurs = (m: unknown): m is { tag: typeof TAG; t: string } =>
   typeof m === 'object' && m !== null && (m as { tag?: unknown }).tag === TAG;
@@ -53,6 +60,10 @@ export interface ClusterLink {
   metricsText(): Promise<string>;
   /** How this worker answers the primary's collection rounds. */
   serveMetrics(collect: () => Promise<MetricObjectWithValues<MetricValue<string>>[]>): void;
+  /** The status page's last hour for the whole cluster: every worker's minutes, added up by the primary. */
+  trafficLastHour(): Promise<TrafficMinute[]>;
+  /** How this worker reports its own last hour in those rounds. */
+  serveTraffic(lastHour: () => TrafficMinute[]): void;
 }
 
 /** The worker side: call once, in a process the primary forked. */
@@ -61,9 +72,10 @@ export function joinCluster(role: Role): ClusterLink {
   let nextId = 1;
   const grants = new Map<number, (owner: boolean) => void>();
   const outcomes = new Map<string, (stored: boolean) => void>();
-  const texts = new Map<number, (text: string) => void>();
+  const texts = new Map<number, (answer: { text: string; traffic?: TrafficMinute[] | undefined }) => void>();
   let jobsHandler: (() => void) | undefined;
   let collect: (() => Promise<MetricObjectWithValues<MetricValue<string>>[]>) | undefined;
+  let traffic: (() => TrafficMinute[]) | undefined;
 
   process.on('message', (message: unknown) => {
     if (!isOurs(message)) return;
@@ -81,13 +93,17 @@ export function joinCluster(role: Role): ClusterLink {
         jobsHandler?.();
         break;
       case 'metrics-collect':
+        if (m.want === 'traffic') {
+          send({ tag: TAG, t: 'metrics-collected', id: m.id, metrics: [], traffic: traffic?.() ?? [] });
+          break;
+        }
         void (collect?.() ?? Promise.resolve([])).then(
           (metrics) => send({ tag: TAG, t: 'metrics-collected', id: m.id, metrics }),
           () => send({ tag: TAG, t: 'metrics-collected', id: m.id, metrics: [] }),
         );
         break;
       case 'metrics-text':
-        texts.get(m.id)?.(m.text);
+        texts.get(m.id)?.(m);
         texts.delete(m.id);
         break;
     }
@@ -118,11 +134,19 @@ export function joinCluster(role: Role): ClusterLink {
     metricsText() {
       const id = nextId++;
       return new Promise<string>((resolve) => {
-        texts.set(id, resolve);
+        texts.set(id, (answer) => resolve(answer.text));
         send({ tag: TAG, t: 'metrics-request', id });
       });
     },
     serveMetrics: (fn) => void (collect = fn),
+    trafficLastHour() {
+      const id = nextId++;
+      return new Promise<TrafficMinute[]>((resolve) => {
+        texts.set(id, (answer) => resolve(answer.traffic ?? []));
+        send({ tag: TAG, t: 'metrics-request', id, want: 'traffic' });
+      });
+    },
+    serveTraffic: (fn) => void (traffic = fn),
   };
 }
 
@@ -135,7 +159,14 @@ export async function runPrimary(config: Config, logger: Logger): Promise<number
   const locks = new Map<string, { holder: number; waiters: Set<number> }>();
   const collections = new Map<
     number,
-    { requester: Worker; requestId: number; pending: Set<number>; results: MetricObjectWithValues<MetricValue<string>>[][] }
+    {
+      requester: Worker;
+      requestId: number;
+      want: 'traffic' | undefined;
+      pending: Set<number>;
+      results: MetricObjectWithValues<MetricValue<string>>[][];
+      traffic: TrafficMinute[][];
+    }
   >();
   let nextCollection = 1;
   let stopping = false;
@@ -168,6 +199,10 @@ export async function runPrimary(config: Config, logger: Logger): Promise<number
     const c = collections.get(id);
     if (!c) return;
     collections.delete(id);
+    if (c.want === 'traffic') {
+      sendTo(c.requester, { tag: TAG, t: 'metrics-text', id: c.requestId, text: '', traffic: sumTraffic(c.traffic) });
+      return;
+    }
     void (async () => {
       let text = '';
       try {
@@ -197,15 +232,23 @@ export async function runPrimary(config: Config, logger: Logger): Promise<number
       case 'metrics-request': {
         const id = nextCollection++;
         const members = liveWorkers();
-        collections.set(id, { requester: worker, requestId: m.id, pending: new Set(members.map((w) => w.id)), results: [] });
+        collections.set(id, {
+          requester: worker,
+          requestId: m.id,
+          want: m.want,
+          pending: new Set(members.map((w) => w.id)),
+          results: [],
+          traffic: [],
+        });
         setTimeout(() => finishCollection(id), COLLECT_TIMEOUT_MS).unref();
-        for (const w of members) sendTo(w, { tag: TAG, t: 'metrics-collect', id });
+        for (const w of members) sendTo(w, { tag: TAG, t: 'metrics-collect', id, ...(m.want ? { want: m.want } : {}) });
         break;
       }
       case 'metrics-collected': {
         const c = collections.get(m.id);
         if (!c) break;
         c.results.push(m.metrics);
+        if (m.traffic) c.traffic.push(m.traffic);
         c.pending.delete(worker.id);
         if (c.pending.size === 0) finishCollection(m.id);
         break;

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Authenticator } from '../../auth/tokens.js';
 import { eventView, EVENT_TYPES, type EventOutbox } from '../../db/events.js';
 import { requireScope } from '../auth.js';
+import { AUTH_ERRORS, errorResponses } from '../schemas.js';
 
 export interface EventRouteDeps {
   auth: Authenticator;
@@ -56,6 +57,7 @@ export async function eventRoutes(app: FastifyInstance, deps: EventRouteDeps): P
             },
             required: ['events', 'lastId'],
           },
+          ...errorResponses('BAD_REQUEST', ...AUTH_ERRORS),
         },
       },
     },

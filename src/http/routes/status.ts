@@ -7,7 +7,7 @@ import { StatusQueries, type AttachedName } from '../../db/status-queries.js';
 import { AppError } from '../../errors.js';
 import type { Readiness, ReadinessReport } from '../../ops/readiness.js';
 import type { MirrorState } from '../metrics.js';
-import type { TrafficHistory } from '../traffic.js';
+import type { TrafficMinute } from '../traffic.js';
 import { downloadPaths } from '../urls.js';
 import { urls } from './admin-schemas.js';
 
@@ -15,8 +15,8 @@ export interface StatusRouteDeps {
   db: DB;
   config?: Pick<Config, 'dataDir' | 'minFreeBytes' | 'highWatermarkBytes' | 'readOnly' | 'pullThrough'>;
   readiness?: Readiness;
-  /** The last hour of requests (metrics.traffic); absent when the app runs without metrics. */
-  traffic?: TrafficHistory;
+  /** The last hour of requests (metrics.lastHour(): the whole cluster's when there is one); absent without metrics. */
+  traffic?: () => Promise<TrafficMinute[]>;
   /** Pull-through mirrors and their breakers. */
   mirrors?: () => MirrorState[];
   /** Outbox delivery state per target, shown on the status page. */
@@ -269,7 +269,7 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
     async (request, reply) => {
       request.routeKind = 'api';
       reply.header('cache-control', API_CACHE_CONTROL);
-      const [report, space] = await Promise.all([readinessReport(), disk()]);
+      const [report, space, minutes] = await Promise.all([readinessReport(), disk(), traffic?.() ?? []]);
       const uptime = process.uptime();
       return {
         totals: queries.totals(),
@@ -286,7 +286,7 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
           pullThrough: config?.pullThrough ?? false,
           mirrors: (mirrors?.() ?? []).map((m) => ({ kind: m.kind, host: mirrorHost(m.url), breakerOpen: m.open, failures: m.failures })),
         },
-        traffic: { minutes: (traffic?.lastHour() ?? []).map((m) => ({ ...m, at: iso(m.at) })) },
+        traffic: { minutes: minutes.map((m) => ({ ...m, at: iso(m.at) })) },
         generatedAt: new Date().toISOString(),
         ...(deps.events ? { events: deps.events() } : {}),
       };
