@@ -114,15 +114,18 @@ describe('high watermark across serving processes (FASTPULL_WORKERS=2)', () => {
       const results = await Promise.all(bodies.map((b, i) => put(server, `cluster-${i}.bin`, b)));
       for (const r of results) expect([0, 201, 507]).toContain(r.status);
       expect(results.filter((r) => r.status === 201)).toHaveLength(5);
-      // Both processes took uploads: the mark held across them, not just within one.
-      const pids = new Set(
-        server
-          .output()
-          .split('\n')
-          .filter((l) => l.includes('/api/v1/distfiles/cluster-'))
-          .map((l) => (JSON.parse(l) as { pid: number }).pid),
-      );
-      expect(pids.size).toBe(2);
+      // Both processes took uploads: the mark held across them, not just within one. Request lines are
+      // flushed in batches (every 250 ms), so give the second process's lines a moment to arrive.
+      const servingPids = () =>
+        new Set(
+          server
+            .output()
+            .split('\n')
+            .filter((l) => l.includes('/api/v1/distfiles/cluster-'))
+            .map((l) => (JSON.parse(l) as { pid: number }).pid),
+        );
+      for (let waited = 0; servingPids().size < 2 && waited < 5_000; waited += 50) await new Promise((r) => setTimeout(r, 50));
+      expect(servingPids().size).toBe(2);
       const db = openIndex(dataDir);
       try {
         expect((db.prepare('SELECT coalesce(sum(size), 0) AS n FROM blobs').get() as { n: number }).n).toBe(MARK);
