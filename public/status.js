@@ -205,6 +205,26 @@ function renderUpstreams(upstreams) {
   );
 }
 
+/** Webhook and CDN delivery: a target whose purges do not go through leaves edges serving stale bytes. */
+function renderEvents(events) {
+  const targets = events ? events.targets : [];
+  document.getElementById('events-empty').hidden = targets.length > 0;
+  document.getElementById('events-table').hidden = targets.length === 0;
+  document.getElementById('events-body').replaceChildren(
+    ...targets.map((t) =>
+      el(
+        'tr',
+        {},
+        el('td', { class: 'hash', text: t.target }),
+        el('td', { class: 'num', text: numberFormat.format(t.pending) }),
+        el('td', { class: t.failed > 0 ? 'num breaker-open' : 'num', text: numberFormat.format(t.failed) }),
+        el('td', { text: t.lastSuccessAt ? formatTime(t.lastSuccessAt) : 'never' }),
+        el('td', { class: t.lastError ? 'breaker-open' : 'muted', text: t.lastError ?? '' }),
+      ),
+    ),
+  );
+}
+
 function renderRecent(recent) {
   const body = document.getElementById('recent-body');
   body.replaceChildren(
@@ -280,6 +300,7 @@ async function loadStatus() {
     renderHealth(data);
     renderTraffic(data.traffic.minutes);
     renderUpstreams(data.upstreams);
+    renderEvents(data.events);
     renderRecent(data.recent);
     document.getElementById('generated-at').textContent = `as of ${formatTime(data.generatedAt)}`;
   } catch (err) {

@@ -49,6 +49,10 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
       fetchRetries: 0,
       fetchAllowCidrs: LOOPBACK_CIDRS,
       highWatermarkBytes: 10 * 1024 ** 3,
+      // A webhook nobody answers: its pending events and last error are what the page must show.
+      webhooks: [`http://127.0.0.1:${mirrorPort}/hook`],
+      eventRetryBaseMs: 50,
+      eventPollMs: 50,
     });
     shotDir = await mkdtemp(path.join(tmpdir(), 'fastpull-status-shots-'));
     expect((await server.upload(name, file)).status).toBe(201);
@@ -173,6 +177,15 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
     expect(await page.locator('#upstreams-body tr td').allTextContents()).toEqual(['gentoo', `127.0.0.1:${mirrorPort}`, 'open (skipped)', '0']);
     expect(await page.isVisible('#upstreams-empty')).toBe(false);
 
+    // Event delivery: the three uploads are waiting for the dead webhook, which has never succeeded.
+    await expect.poll(() => page.locator('#events-body tr').count(), POLL).toBe(1);
+    const eventCells = await page.locator('#events-body tr td').allTextContents();
+    expect(eventCells[0]).toMatch(new RegExp(`^webhook:127\\.0\\.0\\.1:${mirrorPort}#[0-9a-f]{8}$`));
+    expect(Number(eventCells[1])).toBeGreaterThanOrEqual(3);
+    expect(eventCells.slice(2, 4)).toEqual(['0', 'never']);
+    expect(eventCells[4]).not.toBe('');
+    expect(await page.isVisible('#events-empty')).toBe(false);
+
     const elements = [
       '#health',
       '#readiness',
@@ -186,6 +199,7 @@ describe.skipIf(!HAVE_CHROMIUM)(TITLE, () => {
       '#chart-bytes',
       '#traffic-summary',
       '#upstreams-table',
+      '#events-table',
     ];
     for (const selector of elements) {
       const locator = page.locator(selector);
