@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 
 const CHUNK = 1024 * 1024;
@@ -26,22 +26,4 @@ export function* chunks(size: number, seed: Buffer, block: Buffer = randomBytes(
 
 export function dataStream(size: number, seed: Buffer, block?: Buffer): Readable {
   return Readable.from(chunks(size, seed, block), { objectMode: false });
-}
-
-/** sha512 + blake2b512 + sha256 over the bytes in this process: what an upload cannot beat. */
-export function hashingSpeed(size: number, seed: Buffer, block: Buffer): { mbps: number; sha512: string } {
-  const sha512 = createHash('sha512');
-  const blake2b = createHash('blake2b512');
-  const sha256 = createHash('sha256');
-  const t0 = process.hrtime.bigint();
-  for (const chunk of chunks(size, seed, block)) {
-    sha512.update(chunk);
-    blake2b.update(chunk);
-    sha256.update(chunk);
-  }
-  const hex = sha512.digest('hex');
-  blake2b.digest();
-  sha256.digest();
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  return { mbps: size / 1e6 / seconds, sha512: hex };
 }
