@@ -24,7 +24,7 @@ import { createEventAgent } from './events/http.js';
 import { meterEvents } from './events/metrics.js';
 import { eventsReadinessDetail } from './events/status.js';
 import { buildTargets } from './events/targets.js';
-import { createServeVerifier } from './maintenance/verify-on-serve.js';
+import { createServeVerifier, serveVerifyCounters } from './maintenance/verify-on-serve.js';
 
 export interface Server {
   app: FastifyInstance;
@@ -262,10 +262,14 @@ function bridgeSpiderMetrics(spider: Spider, metrics: Metrics): void {
  */
 function bridgeMaintenanceMetrics(metrics: Metrics, scrubEnabled: boolean): void {
   let refused = storageState.uploadsRefused;
+  let servedVerified = serveVerifyCounters.bytesVerified;
   metrics.onScrape(() => {
     const now = storageState.uploadsRefused;
     if (now > refused) metrics.storageRefusals.inc({ reason: 'watermark' }, now - refused);
     refused = now;
+    const verified = serveVerifyCounters.bytesVerified;
+    if (verified > servedVerified) metrics.servedBytesVerified.inc(verified - servedVerified);
+    servedVerified = verified;
   });
   metrics.watchScrub(() => ({
     enabled: scrubEnabled,

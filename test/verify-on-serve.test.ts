@@ -34,6 +34,10 @@ describe('FASTPULL_VERIFY_ON_SERVE (issue 7, item 2)', () => {
       expect(res.status, p).toBe(200);
       expect(res.body.equals(data), p).toBe(true);
     }
+    // Both full bodies were hashed on their way out, and /metrics says so.
+    const metrics = (await get(`${server.baseUrl}/metrics`)).body.toString();
+    const verified = Number(/^fastpull_served_verified_bytes_total (\d+)/m.exec(metrics)?.[1]);
+    expect(verified).toBeGreaterThanOrEqual(2 * data.length);
   });
 
   it('cuts the connection before the last byte of a damaged body, then quarantines the blob (404)', async () => {

@@ -158,6 +158,11 @@ export class Metrics {
     'Ingests (upload, fetch job or pull-through body streamed, hashed, fsynced, linked and indexed) by result: created, existing or the error code',
     ['result'],
   );
+  readonly servedBytesVerified = new Counter({
+    name: 'fastpull_served_verified_bytes_total',
+    help: 'Body bytes hashed and checked as they were sent (FASTPULL_VERIFY_ON_SERVE); a mismatch quarantines the blob and counts in fastpull_quarantines_total',
+    registers: [this.registry],
+  });
   readonly storageRefusals = new Counter({
     name: 'fastpull_storage_refusals_total',
     help: 'Writes refused for lack of space, by reason (watermark, enospc)',
