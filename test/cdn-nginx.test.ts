@@ -1,8 +1,5 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
@@ -12,104 +9,26 @@ import { clientAddress, trustFunction } from '../src/http/client-address.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { captureLogs } from './helpers/log-capture.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
-import { haveTool } from './helpers/tools.js';
+import { nginxMissing, startTemplate, type RunningNginx } from './helpers/nginx.js';
 
-const NGINX = '/usr/sbin/nginx';
 const CONFIG = new URL('../config/nginx-cdn.conf', import.meta.url);
 const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
 
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
-  const { port } = probe.address() as { port: number };
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
-}
-
 /**
- * What the nginx image's envsubst step does to /etc/nginx/templates/*.template: replace ${NAME} for the
- * variables that are set, leave every other dollar sign (nginx's own $variables) alone.
+ * The edge as the nginx image runs it (master + worker): the shipped template, filled as envsubst would,
+ * with its cache under the helper's temp dir.
  */
-function renderTemplate(template: string, vars: Record<string, string>): string {
-  return template.replace(/\$\{(\w+)\}/g, (whole, name: string) => vars[name] ?? whole);
-}
-
-interface Edge {
-  url: string;
-  dir: string;
-  process: ChildProcess;
-  stop(): Promise<void>;
-}
-
-/** Debian's nginx as a child process, with every path it writes under `dir`. */
-async function startEdge(originHostPort: string, api: 'on' | 'off' = 'off'): Promise<Edge> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'fastpull-edge-'));
-  // Workers drop root privileges (to nobody) and must still reach the cache and temp dirs nginx creates here.
-  await chmod(dir, 0o755);
-  await mkdir(path.join(dir, 'conf.d'));
-  await mkdir(path.join(dir, 'logs'));
-  const port = await freePort();
-  const vars = {
-    FASTPULL_CDN_LISTEN: `127.0.0.1:${port}`,
-    FASTPULL_CDN_UPSTREAM: originHostPort,
-    FASTPULL_CDN_CACHE_DIR: path.join(dir, 'cache'),
-    FASTPULL_CDN_API: api,
-  };
-  const rendered = renderTemplate(await readFile(CONFIG, 'utf8'), vars);
-  expect(rendered).not.toMatch(/\$\{/);
-  await writeFile(path.join(dir, 'conf.d', 'default.conf'), rendered);
-  // Stands in for the image's /etc/nginx/nginx.conf, which includes conf.d/*.conf inside http{}.
-  const temp = (name: string) => path.join(dir, 'temp', name);
-  await writeFile(
-    path.join(dir, 'nginx.conf'),
-    `worker_processes 1;
-pid ${path.join(dir, 'nginx.pid')};
-error_log ${path.join(dir, 'logs', 'error.log')} info;
-events { worker_connections 128; }
-http {
-  access_log ${path.join(dir, 'logs', 'access.log')};
-  client_body_temp_path ${temp('client_body')};
-  proxy_temp_path ${temp('proxy')};
-  fastcgi_temp_path ${temp('fastcgi')};
-  uwsgi_temp_path ${temp('uwsgi')};
-  scgi_temp_path ${temp('scgi')};
-  include ${path.join(dir, 'conf.d', '*.conf')};
-}
-`,
+function startEdge(originHostPort: string, api: 'on' | 'off' = 'off'): Promise<RunningNginx> {
+  return startTemplate(
+    CONFIG,
+    (port, dir) => ({
+      FASTPULL_CDN_LISTEN: `127.0.0.1:${port}`,
+      FASTPULL_CDN_UPSTREAM: originHostPort,
+      FASTPULL_CDN_CACHE_DIR: path.join(dir, 'cache'),
+      FASTPULL_CDN_API: api,
+    }),
+    { worker: true },
   );
-  await mkdir(path.join(dir, 'temp'));
-  const args = ['-p', dir, '-e', path.join(dir, 'logs', 'error.log'), '-c', path.join(dir, 'nginx.conf')];
-  const check = spawnSync(NGINX, [...args, '-t'], { encoding: 'utf8' });
-  if (check.status !== 0) throw new Error(`nginx -t rejected the config:\n${check.stderr}`);
-
-  const child = spawn(NGINX, [...args, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const url = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; ; attempt++) {
-    if (child.exitCode !== null) throw new Error(`nginx exited (${child.exitCode}): ${stderr}`);
-    try {
-      await (await request(`${url}/distfiles/layout.conf`)).body.dump();
-      break;
-    } catch (err) {
-      if (attempt > 100) throw err;
-      await sleep(100);
-    }
-  }
-  return {
-    url,
-    dir,
-    process: child,
-    async stop() {
-      if (child.exitCode === null) {
-        // SIGTERM is nginx's fast shutdown; the master waits for its worker, so 'exit' means all are gone.
-        child.kill('SIGTERM');
-        await exited;
-      }
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
 }
 
 /** A client connecting from another loopback address, so the edge sees (and must report) that one. */
@@ -117,11 +36,11 @@ function clientFrom(localAddress: string): Agent {
   return new Agent({ localAddress });
 }
 
-describe.skipIf(!haveTool(NGINX, 'nginx'))('CDN edge (config/nginx-cdn.conf under Debian nginx)', () => {
+describe.skipIf(nginxMissing)('CDN edge (config/nginx-cdn.conf under Debian nginx)', () => {
   let origin: TestServer;
-  let edge: Edge;
+  let edge: RunningNginx;
   /** The same file with FASTPULL_CDN_API=on. */
-  let apiEdge: Edge;
+  let apiEdge: RunningNginx;
   /** Every request that reached the origin, as "METHOD url range". */
   const originRequests: string[] = [];
   /** The X-Forwarded-For each origin request carried, by URL. */

@@ -1,16 +1,15 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
+import { haveTool } from './tools.js';
 
 export const NGINX = '/usr/sbin/nginx';
-/** Outside CI a missing nginx skips (saying why); under CI=true it must fail. */
-export const nginxMissing = !existsSync(NGINX) && process.env.CI !== 'true';
-if (!existsSync(NGINX)) process.stderr.write(`${NGINX} not found: nginx tests ${process.env.CI === 'true' ? 'fail' : 'skip'}\n`);
+/** Outside CI a missing nginx skips (saying why); under CI=true it fails (tools.ts). */
+export const nginxMissing = !haveTool(NGINX, 'nginx');
 
 export async function freePort(): Promise<number> {
   const probe = createServer();
@@ -25,22 +24,36 @@ export interface RunningNginx {
   stop(): Promise<void>;
 }
 
+export interface TemplateOptions {
+  /**
+   * A master and one worker, as the nginx image runs (the worker drops root privileges, so the temp dir is
+   * made world-readable), instead of one process that reads a test's data directory as the test does.
+   */
+  worker?: boolean;
+}
+
 /**
- * Debian's nginx running one of the shipped http{}-level templates, ${NAME}s replaced as envsubst would
- * (nginx's own $variables untouched), everything it writes under a temp dir. One process, no privilege
- * drop, so it reads a test's data directory as the test does.
+ * Debian's nginx running one of the shipped http{}-level templates, ${NAME}s replaced as the nginx image's
+ * envsubst step would (only names that are given; nginx's own $variables untouched), everything it writes
+ * under a temp dir, which `vars` receives for paths of its own (e.g. a cache).
  */
-export async function startTemplate(template: URL, vars: (port: number) => Record<string, string>): Promise<RunningNginx> {
+export async function startTemplate(
+  template: URL,
+  vars: (port: number, dir: string) => Record<string, string>,
+  options: TemplateOptions = {},
+): Promise<RunningNginx> {
   const dir = await mkdtemp(path.join(tmpdir(), 'fastpull-nginx-'));
+  if (options.worker) await chmod(dir, 0o755);
   const port = await freePort();
-  const rendered = (await readFile(template, 'utf8')).replace(/\$\{(\w+)\}/g, (whole, name: string) => vars(port)[name] ?? whole);
+  const values = vars(port, dir);
+  const rendered = (await readFile(template, 'utf8')).replace(/\$\{(\w+)\}/g, (whole, name: string) => values[name] ?? whole);
   if (/\$\{/.test(rendered)) throw new Error('template variables left unreplaced');
   await writeFile(path.join(dir, 'site.conf'), rendered);
   await mkdir(path.join(dir, 'temp'));
   const temp = (name: string) => path.join(dir, 'temp', name);
   await writeFile(
     path.join(dir, 'nginx.conf'),
-    `master_process off;
+    `${options.worker ? 'worker_processes 1;' : 'master_process off;'}
 pid ${path.join(dir, 'nginx.pid')};
 error_log ${path.join(dir, 'error.log')} warn;
 events { worker_connections 256; }
