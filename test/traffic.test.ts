@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { sumTraffic, TrafficHistory } from '../src/http/traffic.js';
+import { sumTraffic, TrafficHistory } from '../src/ops/traffic.js';
 
 describe('the last hour of traffic (ring buffer)', () => {
   const T0 = Date.parse('2026-11-30T12:00:00Z');

@@ -9,7 +9,7 @@ import type { DistfileIndex } from '../db/index.js';
 import { isAppError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
 import { toAppError } from './errors.js';
-import { TrafficHistory, type TrafficMinute } from './traffic.js';
+import { TrafficHistory, type TrafficMinute } from '../ops/traffic.js';
 
 declare module 'fastify' {
   interface FastifyRequest {

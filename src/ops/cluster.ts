@@ -5,7 +5,7 @@ import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } fro
 import type { Config } from '../config.js';
 import { databaseFile, openDatabase } from '../db/open.js';
 import type { FlightGrant, FlightLock } from '../ingest/flight-lock.js';
-import { sumTraffic, type TrafficMinute } from '../http/traffic.js';
+import { sumTraffic, type TrafficMinute } from './traffic.js';
 
 /**
  * FASTPULL_WORKERS=N: N serving processes share one port through node:cluster. The primary

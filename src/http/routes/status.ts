@@ -7,7 +7,7 @@ import { StatusQueries, type AttachedName } from '../../db/status-queries.js';
 import { AppError } from '../../errors.js';
 import type { Readiness, ReadinessReport } from '../../ops/readiness.js';
 import type { MirrorState } from '../metrics.js';
-import type { TrafficMinute } from '../traffic.js';
+import type { TrafficMinute } from '../../ops/traffic.js';
 import { downloadPaths } from '../urls.js';
 import { urls } from './admin-schemas.js';
 
