@@ -299,29 +299,28 @@ export class Metrics {
         this.set((s.running && s.resting ? Date.now() : s.lastProgressAt) / 1000);
       },
     });
+    // Per pull-through mirror, by its credential-free label; each process has its own breakers, so a cluster reports the worst.
     const mirrors = () => this.mirrorStates();
-    new Gauge({
-      name: 'fastpull_upstream_breaker_open',
-      aggregator: 'max',
-      help: 'Pull-through mirrors: 1 while the circuit breaker is open (the mirror is skipped), else 0',
-      labelNames: ['mirror', 'kind'] as const,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const m of mirrors()) this.labels(mirrorLabel(m.url), m.kind).set(m.open ? 1 : 0);
-      },
-    });
-    new Gauge({
-      name: 'fastpull_upstream_consecutive_failures',
-      aggregator: 'max',
-      help: 'Pull-through mirrors: failures in a row (the breaker opens at FASTPULL_UPSTREAM_FAILURE_THRESHOLD)',
-      labelNames: ['mirror', 'kind'] as const,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const m of mirrors()) this.labels(mirrorLabel(m.url), m.kind).set(m.failures);
-      },
-    });
+    const perMirror = (name: string, help: string, value: (m: MirrorState) => number) =>
+      new Gauge({
+        name,
+        help,
+        aggregator: 'max',
+        labelNames: ['mirror', 'kind'] as const,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const m of mirrors()) this.labels(mirrorLabel(m.url), m.kind).set(value(m));
+        },
+      });
+    perMirror('fastpull_upstream_breaker_open', 'Pull-through mirrors: 1 while the circuit breaker is open (the mirror is skipped), else 0', (m) =>
+      m.open ? 1 : 0,
+    );
+    perMirror(
+      'fastpull_upstream_consecutive_failures',
+      'Pull-through mirrors: failures in a row (the breaker opens at FASTPULL_UPSTREAM_FAILURE_THRESHOLD)',
+      (m) => m.failures,
+    );
   }
 
   /** Where the scrub gauges read the background scrubber's state (it runs in the server process). */
