@@ -177,6 +177,15 @@ export function parseStorageLocation(raw: string, source: string): StorageLocati
   return storageLocation(raw, source);
 }
 
+/** `postgres://…` or `postgresql://…` selects the PostgreSQL index; unset keeps `<dataDir>/index.sqlite`. */
+const databaseUrl: Parser<string | undefined> = (raw, source) => {
+  const text = optionalStr(raw, source);
+  if (text !== undefined && !/^postgres(ql)?:\/\/./.test(text)) {
+    fail(source, 'expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (unset keeps the index in <dataDir>/index.sqlite)');
+  }
+  return text;
+};
+
 const httpUrl: Parser<string | undefined> = (raw, source) => {
   const text = optionalStr(raw, source);
   if (text !== undefined && !/^https?:\/\/[^/]/.test(text)) fail(source, 'expected an http(s) URL');
@@ -280,6 +289,13 @@ const SETTINGS = {
   s3ForcePathStyle: { env: 'FASTPULL_S3_FORCE_PATH_STYLE', default: false, parse: bool },
   s3Endpoint: { env: 'AWS_ENDPOINT_URL_S3', default: undefined as string | undefined, parse: httpUrl },
   s3Region: { env: 'AWS_REGION', default: undefined as string | undefined, parse: optionalStr },
+  // Local read cache in front of an S3 store: verified when filled, least recently used evicted first.
+  cacheDir: { env: 'FASTPULL_CACHE_DIR', default: undefined as string | undefined, parse: optionalStr },
+  cacheMaxBytes: { env: 'FASTPULL_CACHE_MAX_BYTES', default: 10 * 1024 ** 3, parse: int(0) },
+
+  // The index (issue 9): PostgreSQL for several replicas; unset = SQLite in the data directory.
+  databaseUrl: { env: 'FASTPULL_DATABASE_URL', default: undefined as string | undefined, parse: databaseUrl },
+  databasePoolSize: { env: 'FASTPULL_DATABASE_POOL_SIZE', default: 10, parse: int(1, 1000) },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = typeof SETTINGS;

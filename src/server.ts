@@ -4,7 +4,8 @@ import { BootstrapAuthenticator } from './auth/tokens.js';
 import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
-import { databaseFile, openDatabase, type DB } from './db/open.js';
+import type { DB } from './db/open.js';
+import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
 import { buildApp } from './http/app.js';
 import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
@@ -28,6 +29,8 @@ import { createServeVerifier, serveVerifyCounters } from './maintenance/verify-o
 
 export interface Server {
   app: FastifyInstance;
+  /** The index, whichever engine holds it. */
+  originIndex: OriginIndex;
   db: DB;
   store: BlobStore;
   index: DistfileIndex;
@@ -60,7 +63,8 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
   }
 
-  const db = openDatabase(databaseFile(config.dataDir));
+  const originIndex = await openOriginIndex(config);
+  const db = sqliteHandle(originIndex);
   const index = new DistfileIndex(db);
   const ingest = new Ingest(store, index, logger);
   const metrics = new Metrics({
@@ -138,7 +142,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     await app.close().catch(() => undefined);
     await spider.close();
     await events.close();
-    db.close();
+    await originIndex.close();
     throw err;
   }
   if (runsBackgroundWork) {
@@ -184,11 +188,12 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
         server.closeAllConnections();
         await new Promise<void>((resolve) => server.close(() => resolve()));
       }
-      db.close();
+      await originIndex.close();
       logger.info('fastpull origin stopped');
     })());
   return {
     app,
+    originIndex,
     db,
     store,
     index,
@@ -277,4 +282,16 @@ function bridgeMaintenanceMetrics(metrics: Metrics, scrubEnabled: boolean): void
     resting: scrubCounters.resting,
     lastProgressAt: scrubCounters.lastProgressAt,
   }));
+}
+
+/**
+ * The SQLite handle for the areas not yet behind the index interface; each area moves to `originIndex.<area>`
+ * and this goes when the last one has. Until then a PostgreSQL index is refused with a clear message.
+ */
+function sqliteHandle(originIndex: OriginIndex): DB {
+  if (originIndex.sqlite === undefined) {
+    void originIndex.close();
+    throw new Error(`FASTPULL_DATABASE_URL (${originIndex.location}): serving from PostgreSQL is not wired yet`);
+  }
+  return originIndex.sqlite;
 }

@@ -1,0 +1,70 @@
+import type { Config } from '../config.js';
+import { databaseFile, openDatabase, type DB } from './open.js';
+import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
+
+/**
+ * A value or a promise of it. The index areas answer with this type: SQLite answers synchronously (better-sqlite3
+ * is in-process, ~10 µs a lookup) and PostgreSQL asynchronously; callers `await` either, so the embedded default
+ * keeps its speed while a network database fits the same interface. Code on the download path may test for a
+ * plain value and skip the await.
+ */
+export type Awaitable<T> = T | Promise<T>;
+
+export function isPromise<T>(value: Awaitable<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
+}
+
+/**
+ * The whole index, whichever engine holds it: one area per concept (blobs and names, fetch jobs, tokens, …),
+ * each an interface with a SQLite and a PostgreSQL implementation. All SQL lives under src/db/.
+ */
+export interface OriginIndex {
+  readonly kind: 'sqlite' | 'postgres';
+  /** The SQLite handle (embedded default); undefined on PostgreSQL. For SQLite-only tools (migrate-index's source). */
+  readonly sqlite: DB | undefined;
+  /** The PostgreSQL pool; undefined on SQLite. */
+  readonly postgres: Sql | undefined;
+  /** Where the index is, for logs and status (a file, or the URL without its password). */
+  readonly location: string;
+  close(): Promise<void>;
+}
+
+export type IndexConfig = Pick<Config, 'dataDir' | 'databaseUrl' | 'databasePoolSize'>;
+
+/** Opens the index FASTPULL_DATABASE_URL names (or SQLite in the data directory) and applies pending migrations. */
+export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex> {
+  if (config.databaseUrl === undefined) {
+    const file = databaseFile(config.dataDir);
+    const db = openDatabase(file);
+    return {
+      kind: 'sqlite',
+      sqlite: db,
+      postgres: undefined,
+      location: file,
+      async close() {
+        db.close();
+      },
+    };
+  }
+  const sql = connectPostgres(config.databaseUrl, { max: config.databasePoolSize });
+  try {
+    await migratePostgres(sql);
+  } catch (err) {
+    await sql.end({ timeout: 1 }).catch(() => undefined);
+    throw err;
+  }
+  return {
+    kind: 'postgres',
+    sqlite: undefined,
+    postgres: sql,
+    location: redactPassword(config.databaseUrl),
+    async close() {
+      await sql.end({ timeout: 5 });
+    },
+  };
+}
+
+/** postgres://user:secret@host/db → postgres://user:***@host/db, for logs. */
+export function redactPassword(url: string): string {
+  return url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*:)[^@]*@/, '$1***@');
+}
