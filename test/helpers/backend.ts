@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { inject } from 'vitest';
 import { filesUnder } from './core.js';
@@ -211,6 +211,11 @@ export function withBackendEnv(env: Record<string, string>): Record<string, stri
   return target ? { ...backendEnv(target), ...env } : env;
 }
 
+/** The store and index of the server over `dataDir` (its target when the run is s3+postgres). */
+export function backendOf(dataDir: string): BackendOf {
+  return { dataDir, backend: targetOf(dataDir) };
+}
+
 /** Where a server keeps its blobs: what the assertion helpers need (TestServer and ServeProcess both fit). */
 export interface BackendOf {
   dataDir: string;
@@ -245,14 +250,47 @@ export async function blobStored(server: BackendOf, sha512: string): Promise<boo
   return (await blobSize(server, sha512)) !== undefined;
 }
 
+/** The stored bytes themselves (file or object), or undefined when absent: for "the store keeps the same shape" checks. */
+export async function storedBytes(server: BackendOf, sha512: string): Promise<Buffer | undefined> {
+  const target = server.backend;
+  if (!target) return readFile(blobKey(server, sha512)).catch(() => undefined);
+  const { GetObjectCommand } = await import('@aws-sdk/client-s3');
+  const client = await s3Client(target.services);
+  try {
+    const res = await client.send(new GetObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512) }));
+    return Buffer.from(await res.Body!.transformToByteArray());
+  } catch (err) {
+    if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return undefined;
+    throw err;
+  } finally {
+    client.destroy();
+  }
+}
+
 /** Replaces the stored bytes behind the store's back (bit rot, a truncated copy): for damage tests. */
 export async function damageBlob(server: BackendOf, sha512: string, bytes: Buffer | string): Promise<void> {
   const target = server.backend;
-  if (!target) return writeFile(blobKey(server, sha512), bytes);
+  if (!target) {
+    await mkdir(path.dirname(blobKey(server, sha512)), { recursive: true });
+    return writeFile(blobKey(server, sha512), bytes);
+  }
   const { PutObjectCommand } = await import('@aws-sdk/client-s3');
   const client = await s3Client(target.services);
   try {
     await client.send(new PutObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512), Body: bytes }));
+  } finally {
+    client.destroy();
+  }
+}
+
+/** Removes the stored bytes behind the store's back (a lost file, a deleted object), leaving the index row. */
+export async function deleteBlob(server: BackendOf, sha512: string): Promise<void> {
+  const target = server.backend;
+  if (!target) return unlink(blobKey(server, sha512));
+  const { DeleteObjectCommand } = await import('@aws-sdk/client-s3');
+  const client = await s3Client(target.services);
+  try {
+    await client.send(new DeleteObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512) }));
   } finally {
     client.destroy();
   }
@@ -306,18 +344,7 @@ export interface IndexOf extends BackendOf {
  */
 export async function indexRows<T = Record<string, unknown>>(server: IndexOf, text: string, params: unknown[] = []): Promise<T[]> {
   const target = server.backend;
-  if (!target) {
-    const db = server.originIndex?.sqlite;
-    if (db) return db.prepare(text).all(...params) as T[];
-    // A child process's index: read beside it (WAL lets a second reader in).
-    const { default: Database } = await import('better-sqlite3');
-    const file = new Database(path.join(server.dataDir, 'index.sqlite'), { readonly: true, fileMustExist: true });
-    try {
-      return file.prepare(text).all(...params) as T[];
-    } finally {
-      file.close();
-    }
-  }
+  if (!target) return sqliteAt(server, (db) => db.prepare(text).all(...params) as T[]);
   const { default: postgres } = await import('postgres');
   let n = 0;
   const numbered = text.replace(/\?/g, () => `$${++n}`);
@@ -333,14 +360,24 @@ export async function indexRows<T = Record<string, unknown>>(server: IndexOf, te
 
 /** A write on the server's index (e.g. to stage damage the API cannot cause), `?` placeholders, on either engine. */
 export async function indexExec(server: IndexOf, text: string, params: unknown[] = []): Promise<void> {
-  const target = server.backend;
-  if (!target) {
-    const db = server.originIndex?.sqlite as unknown as { prepare(sql: string): { run(...p: unknown[]): unknown } } | undefined;
-    if (!db) throw new Error('indexExec: no open SQLite handle on this server');
-    db.prepare(text).run(...params);
-    return;
-  }
+  if (!server.backend) return sqliteAt(server, (db) => void db.prepare(text).run(...params));
   await indexRows(server, text, params);
+}
+
+type SqliteHandle = import('better-sqlite3').Database;
+
+/** The server's own SQLite handle when it runs in this process, else a second connection to its file (WAL lets both in). */
+async function sqliteAt<T>(server: IndexOf, fn: (db: SqliteHandle) => T): Promise<T> {
+  const own = server.originIndex?.sqlite as SqliteHandle | undefined;
+  if (own) return fn(own);
+  const { default: Database } = await import('better-sqlite3');
+  const db = new Database(path.join(server.dataDir, 'index.sqlite'), { fileMustExist: true });
+  try {
+    db.pragma('busy_timeout = 5000');
+    return fn(db);
+  } finally {
+    db.close();
+  }
 }
 
 /** `SELECT count(*) AS n FROM <table> [WHERE …]` on either engine. */
