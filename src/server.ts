@@ -4,6 +4,7 @@ import { BootstrapAuthenticator } from './auth/tokens.js';
 import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
+import type { Outbox } from './db/events.js';
 import type { DB } from './db/open.js';
 import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
 import { buildApp } from './http/app.js';
@@ -83,7 +84,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
-  const events = startEvents(config, db, metrics, readiness, logger);
+  const events = startEvents(config, originIndex.events, metrics, readiness, logger);
   const storage = new StorageGuard(db, config.highWatermarkBytes);
   const link = options.cluster;
   // Background work runs in one process: alone, or the cluster's leader.
@@ -212,14 +213,14 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
 }
 
 /** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
-function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readiness, logger: Logger) {
+function startEvents(config: Config, outbox: Outbox, metrics: Metrics, readiness: Readiness, logger: Logger) {
   const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
   const targets = buildTargets(config, agent);
   if (config.webhooks.length > 0 && config.webhookSecret === undefined) {
     logger.warn('FASTPULL_WEBHOOKS without FASTPULL_WEBHOOK_SECRET: webhook POSTs are not signed');
   }
   const dispatcher = new EventDispatcher({
-    db,
+    outbox,
     targets,
     log: logger,
     pollMs: config.eventPollMs,
@@ -230,7 +231,7 @@ function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readin
     retentionDays: config.eventRetentionDays,
   });
   dispatcher.observe = meterEvents(metrics.registry, dispatcher);
-  readiness.inform('events', () => eventsReadinessDetail(dispatcher.status()));
+  readiness.inform('events', async () => eventsReadinessDetail(await dispatcher.status()));
   if (targets.length > 0) logger.info({ targets: targets.map((t) => t.id) }, 'event delivery targets');
   return {
     dispatcher,

@@ -1,5 +1,7 @@
 import type { Config } from '../config.js';
+import { EventOutbox, type Outbox } from './events.js';
 import { databaseFile, openDatabase, type DB } from './open.js';
+import { PostgresEventOutbox } from './postgres/events.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
 
 /**
@@ -26,6 +28,8 @@ export interface OriginIndex {
   readonly postgres: Sql | undefined;
   /** Where the index is, for logs and status (a file, or the URL without its password). */
   readonly location: string;
+  /** The outbox: events to deliver, and delivery bookkeeping per target. */
+  readonly events: Outbox;
   close(): Promise<void>;
 }
 
@@ -41,6 +45,7 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       sqlite: db,
       postgres: undefined,
       location: file,
+      events: new EventOutbox(db),
       async close() {
         db.close();
       },
@@ -58,6 +63,7 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     sqlite: undefined,
     postgres: sql,
     location: redactPassword(config.databaseUrl),
+    events: new PostgresEventOutbox(sql),
     async close() {
       await sql.end({ timeout: 5 });
     },
