@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DbAuthenticator, TokenStore } from '../src/auth/token-store.js';
 import { BootstrapAuthenticator } from '../src/auth/tokens.js';
 import { openOriginIndex, type OriginIndex } from '../src/db/origin-index.js';
-import { PostgresStatus } from '../src/db/postgres/status.js';
+import { PG_NAMES_AFTER_SQL, PG_NAMES_WITH_PREFIX_NOCASE_SQL, PG_NAMES_WITH_PREFIX_SQL, PostgresStatus } from '../src/db/postgres/status.js';
 import { connectPostgres } from '../src/db/postgres-index.js';
 import { Readiness } from '../src/ops/readiness.js';
 import { blake2b, sha256, sha512 } from './helpers/core.js';
@@ -231,7 +231,7 @@ describe.each([
     const h1 = await seed.blob('one');
     const h2 = await seed.blob('two');
     let seq = 0;
-    for (const name of ['Foo-1.tar.gz', 'foo-2.tar.gz', 'foo-3.tar.gz', 'FOO-4.tar.gz', 'foobar.zip', 'fo%o.txt', 'fop.txt', 'föo.txt']) {
+    for (const name of ['Foo-1.tar.gz', 'foo-2.tar.gz', 'foo-3.tar.gz', 'FOO-4.tar.gz', 'foobar.zip', 'fo%o.txt', 'fop.txt', 'föo.txt', 'bÄr.txt']) {
       await seed.attach(name, h1, ++seq);
     }
     await seed.attach('foo-2.tar.gz', h2, ++seq);
@@ -255,6 +255,9 @@ describe.each([
     // Case-sensitive paging continues strictly after the cursor.
     expect((await index.status.searchPrefix('foo', 5, { after: 'foo-2.tar.gz' })).results.map((r) => r.filename)).toEqual(['foo-3.tar.gz', 'foobar.zip']);
     expect(await index.status.searchPrefix('nothing', 5)).toEqual({ results: [], truncated: false });
+    // Only ASCII letters fold, as in SQLite's NOCASE, whatever the database's locale.
+    expect((await index.status.searchPrefix('BÄ', 5, { ignoreCase: true })).results.map((r) => r.filename)).toEqual(['bÄr.txt']);
+    expect((await index.status.searchPrefix('bä', 5, { ignoreCase: true })).results).toEqual([]);
   });
 
   it.skipIf(skip)('readiness probes the index', async () => {
@@ -284,6 +287,31 @@ describe.each([
       ['token.create', 'from-cli: upload'],
       ['token.revoke', 'from-cli'],
     ]);
+  }, 60_000);
+});
+
+describe('PostgreSQL search plans', () => {
+  it.skipIf(skipPg)('searches by a range on the "C" collation indexes, in index order, never filtering every name', async () => {
+    pg ??= await startPostgres();
+    const index = await track(openOriginIndex({ dataDir: tmpdir(), databaseUrl: await pg.createDatabase('plans'), databasePoolSize: 1 }));
+    const plan = (text: string, params: (string | number)[]) =>
+      index.postgres!.begin(async (tx) => {
+        // A near-empty table would be read whole whatever the indexes: ask whether an index can serve the range.
+        await tx`SET LOCAL enable_seqscan = off`;
+        await tx`SET LOCAL enable_bitmapscan = off`;
+        const rows = (await tx.unsafe(`EXPLAIN ${text}`, params)) as unknown as { 'QUERY PLAN': string }[];
+        return rows.map((r) => r['QUERY PLAN']).join('\n');
+      }) as Promise<string>;
+    const exact = await plan(PG_NAMES_WITH_PREFIX_SQL, ['foo', 'foo\u{10ffff}', 21]);
+    expect(exact).toMatch(/Index Only Scan using names_current_c on names/);
+    expect(exact).toMatch(/Index Cond: .*filename.* >= 'foo'::text\) AND .*filename.* < /);
+    expect(exact).not.toMatch(/Sort/);
+    const after = await plan(PG_NAMES_AFTER_SQL, ['foo-1', 'foo\u{10ffff}', 21]);
+    expect(after).toMatch(/Index Only Scan using names_current_c on names/);
+    const nocase = await plan(PG_NAMES_WITH_PREFIX_NOCASE_SQL, ['foo', 'foo\u{10ffff}', '', 21]);
+    expect(nocase).toMatch(/Index (Only )?Scan using names_current_nocase_c on names/);
+    expect(nocase).toMatch(/Index Cond: .*lower.* >= 'foo'::text COLLATE "C"\) AND /);
+    expect(nocase).not.toMatch(/Sort/);
   }, 60_000);
 });
 
