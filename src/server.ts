@@ -84,12 +84,12 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
   const events = startEvents(config, db, metrics, readiness, logger);
-  const storage = new StorageGuard(db, config.highWatermarkBytes);
+  const storage = new StorageGuard(originIndex.holds, config.highWatermarkBytes, logger);
   const link = options.cluster;
   // Background work runs in one process: alone, or the cluster's leader.
   const runsBackgroundWork = link === undefined || link.role === 'leader';
   const spider = createSpider(config, {
-    db,
+    jobs: originIndex.jobs,
     store,
     ingest,
     logger,

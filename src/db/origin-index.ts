@@ -1,6 +1,10 @@
 import type { Config } from '../config.js';
+import { FetchJobStore, type FetchJobQueue } from './fetch-jobs.js';
 import { databaseFile, openDatabase, type DB } from './open.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
+import { PgUploadHolds } from './postgres/holds.js';
+import { PgFetchJobs } from './postgres/jobs.js';
+import { UploadHolds, type UploadHoldArea } from './upload-holds.js';
 
 /**
  * A value or a promise of it. The index areas answer with this type: SQLite answers synchronously (better-sqlite3
@@ -26,6 +30,10 @@ export interface OriginIndex {
   readonly postgres: Sql | undefined;
   /** Where the index is, for logs and status (a file, or the URL without its password). */
   readonly location: string;
+  /** Fetch jobs and the URL → sha512 pairs learned by fetching; claims are exclusive across processes and replicas. */
+  readonly jobs: FetchJobQueue;
+  /** Space uploads in flight hold against the high watermark, in every process and replica. */
+  readonly holds: UploadHoldArea;
   close(): Promise<void>;
 }
 
@@ -41,6 +49,8 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       sqlite: db,
       postgres: undefined,
       location: file,
+      jobs: new FetchJobStore(db),
+      holds: new UploadHolds(db),
       async close() {
         db.close();
       },
@@ -58,6 +68,8 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     sqlite: undefined,
     postgres: sql,
     location: redactPassword(config.databaseUrl),
+    jobs: new PgFetchJobs(sql),
+    holds: new PgUploadHolds(sql),
     async close() {
       await sql.end({ timeout: 5 });
     },
