@@ -6,6 +6,7 @@ import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
 import type { DB } from './db/open.js';
 import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
+import { PgFlightLock } from './db/postgres/flights.js';
 import { buildApp } from './http/app.js';
 import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
@@ -88,12 +89,15 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const link = options.cluster;
   // Background work runs in one process: alone, or the cluster's leader.
   const runsBackgroundWork = link === undefined || link.role === 'leader';
+  // Replicas sharing PostgreSQL share its flight rows (which also covers this machine's workers).
+  const pgFlights = originIndex.postgres ? new PgFlightLock(originIndex.postgres) : undefined;
+  const flightLock = pgFlights ?? link?.flightLock;
   const spider = createSpider(config, {
     jobs: originIndex.jobs,
     store,
     ingest,
     logger,
-    ...(link ? { flightLock: link.flightLock } : {}),
+    ...(flightLock ? { flightLock } : {}),
     ...(link && !runsBackgroundWork ? { onJobQueued: link.jobsQueued } : {}),
   });
   if (link) {
@@ -141,6 +145,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   } catch (err) {
     await app.close().catch(() => undefined);
     await spider.close();
+    await pgFlights?.close();
     await events.close();
     await originIndex.close();
     throw err;
@@ -182,6 +187,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
       await spider.close();
+      await pgFlights?.close();
       await events.close();
       if (metricsListener) {
         const server = metricsListener.server;
