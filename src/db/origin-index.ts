@@ -1,10 +1,18 @@
 import type { Config } from '../config.js';
 import { FetchJobStore, type FetchJobQueue } from './fetch-jobs.js';
+import { AuditLog, type AuditArea } from './audit.js';
+import { IndexCounters, type CounterArea } from './counters.js';
 import { databaseFile, openDatabase, type DB } from './open.js';
+import { PostgresAuditLog } from './postgres/audit.js';
+import { PostgresCounters } from './postgres/counters.js';
+import { PostgresStatus } from './postgres/status.js';
+import { PostgresTokens } from './postgres/tokens.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
 import { PgUploadHolds } from './postgres/holds.js';
 import { PgFetchJobs } from './postgres/jobs.js';
 import { UploadHolds, type UploadHoldArea } from './upload-holds.js';
+import { StatusQueries, type StatusArea } from './status-queries.js';
+import { SqliteTokens, type TokenArea } from './tokens.js';
 
 /**
  * A value or a promise of it. The index areas answer with this type: SQLite answers synchronously (better-sqlite3
@@ -34,6 +42,14 @@ export interface OriginIndex {
   readonly jobs: FetchJobQueue;
   /** Space uploads in flight hold against the high watermark, in every process and replica. */
   readonly holds: UploadHoldArea;
+  /** API tokens (no per-process cache: a revocation holds on every replica at the next request). */
+  readonly tokens: TokenArea;
+  /** Who changed what. */
+  readonly audit: AuditArea;
+  /** The status page's totals, recent names and search; readiness's probe. */
+  readonly status: StatusArea;
+  /** The index counters kept by triggers (metrics, totals). */
+  readonly counters: CounterArea;
   close(): Promise<void>;
 }
 
@@ -51,6 +67,10 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       location: file,
       jobs: new FetchJobStore(db),
       holds: new UploadHolds(db),
+      tokens: new SqliteTokens(db),
+      audit: new AuditLog(db),
+      status: new StatusQueries(db),
+      counters: new IndexCounters(db),
       async close() {
         db.close();
       },
@@ -70,6 +90,10 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     location: redactPassword(config.databaseUrl),
     jobs: new PgFetchJobs(sql),
     holds: new PgUploadHolds(sql),
+    tokens: new PostgresTokens(sql),
+    audit: new PostgresAuditLog(sql),
+    status: new PostgresStatus(sql),
+    counters: new PostgresCounters(sql),
     async close() {
       await sql.end({ timeout: 5 });
     },
