@@ -4,8 +4,10 @@ import { BootstrapAuthenticator } from './auth/tokens.js';
 import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
+import type { Outbox } from './db/events.js';
 import type { DB } from './db/open.js';
 import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
+import { PgFlightLock } from './db/postgres/flights.js';
 import { buildApp } from './http/app.js';
 import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
@@ -68,32 +70,35 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const index = new DistfileIndex(db);
   const ingest = new Ingest(store, index, logger);
   const metrics = new Metrics({
-    db,
+    counters: originIndex.counters,
     dataDir: config.dataDir,
     highWatermarkBytes: config.highWatermarkBytes,
     minFreeBytes: config.minFreeBytes,
   });
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
-  const readiness = new Readiness(config, db, logger);
-  const tokens = new TokenStore(db);
+  const readiness = new Readiness(config, originIndex.status, logger);
+  const tokens = new TokenStore(originIndex.tokens, originIndex.audit);
   const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
-  if (!auth.enabled()) {
+  if (!(await auth.enabled())) {
     logger.warn('no FASTPULL_ADMIN_TOKEN and no API tokens: the write API is disabled until one exists (downloads still work)');
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
-  const events = startEvents(config, db, metrics, readiness, logger);
-  const storage = new StorageGuard(db, config.highWatermarkBytes);
+  const events = startEvents(config, originIndex.events, metrics, readiness, logger);
+  const storage = new StorageGuard(originIndex.holds, config.highWatermarkBytes, logger);
   const link = options.cluster;
   // Background work runs in one process: alone, or the cluster's leader.
   const runsBackgroundWork = link === undefined || link.role === 'leader';
+  // Replicas sharing PostgreSQL share its flight rows (which also covers this machine's workers).
+  const pgFlights = originIndex.postgres ? new PgFlightLock(originIndex.postgres) : undefined;
+  const flightLock = pgFlights ?? link?.flightLock;
   const spider = createSpider(config, {
-    db,
+    jobs: originIndex.jobs,
     store,
     ingest,
     logger,
-    ...(link ? { flightLock: link.flightLock } : {}),
+    ...(flightLock ? { flightLock } : {}),
     ...(link && !runsBackgroundWork ? { onJobQueued: link.jobsQueued } : {}),
   });
   if (link) {
@@ -116,7 +121,8 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     auth,
     metrics,
     readiness,
-    tokens,
+    audit: originIndex.audit,
+    status: originIndex.status,
     spider,
     storage,
     events: events.dispatcher,
@@ -141,6 +147,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   } catch (err) {
     await app.close().catch(() => undefined);
     await spider.close();
+    await pgFlights?.close();
     await events.close();
     await originIndex.close();
     throw err;
@@ -182,6 +189,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
       await spider.close();
+      await pgFlights?.close();
       await events.close();
       if (metricsListener) {
         const server = metricsListener.server;
@@ -212,14 +220,14 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
 }
 
 /** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
-function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readiness, logger: Logger) {
+function startEvents(config: Config, outbox: Outbox, metrics: Metrics, readiness: Readiness, logger: Logger) {
   const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
   const targets = buildTargets(config, agent);
   if (config.webhooks.length > 0 && config.webhookSecret === undefined) {
     logger.warn('FASTPULL_WEBHOOKS without FASTPULL_WEBHOOK_SECRET: webhook POSTs are not signed');
   }
   const dispatcher = new EventDispatcher({
-    db,
+    outbox,
     targets,
     log: logger,
     pollMs: config.eventPollMs,
@@ -230,7 +238,7 @@ function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readin
     retentionDays: config.eventRetentionDays,
   });
   dispatcher.observe = meterEvents(metrics.registry, dispatcher);
-  readiness.inform('events', () => eventsReadinessDetail(dispatcher.status()));
+  readiness.inform('events', async () => eventsReadinessDetail(await dispatcher.status()));
   if (targets.length > 0) logger.info({ targets: targets.map((t) => t.id) }, 'event delivery targets');
   return {
     dispatcher,
