@@ -18,6 +18,8 @@ import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
 import type { BlobStore } from './store/blob-store.js';
 import { localBlobStore } from './store/open-storage.js';
+import { LocalBlobStorage } from './store/local-storage.js';
+import { AuditLog } from './db/audit.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
 import { EventDispatcher } from './events/dispatcher.js';
@@ -121,7 +123,9 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
-    ...(config.verifyOnServe ? { watch: createServeVerifier({ store, db, logger }) } : {}),
+    ...(config.verifyOnServe
+      ? { watch: createServeVerifier({ storage: new LocalBlobStorage(store), maintenance: originIndex.maintenance, logger }) }
+      : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -168,7 +172,15 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   }
   const scrubber =
     runsBackgroundWork && config.scrubBytesPerSecond > 0
-      ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
+      ? new Scrubber({
+          storage: new LocalBlobStorage(store),
+          maintenance: originIndex.maintenance,
+          audit: new AuditLog(db),
+          locks: originIndex.locks,
+          bytesPerSecond: config.scrubBytesPerSecond,
+          pauseMs: config.scrubPauseSeconds * 1000,
+          log: logger,
+        })
       : undefined;
   scrubber?.start();
 

@@ -16,11 +16,11 @@ export async function gcCommand(args: string[]): Promise<number> {
   } as const;
   return runCommand(spec, args, async (values) => {
     const grace = values.grace !== undefined ? intOption(values.grace, 'grace', 0) : undefined;
-    const ctx = openDataDir(values['data-dir']);
+    const ctx = await openDataDir(values['data-dir']);
     try {
       const graceSeconds = grace ?? ctx.config.gcGraceSeconds;
       const cutoff = Date.now() - graceSeconds * 1000;
-      const candidates = [...gcCandidates(ctx.queries, cutoff), ...(await orphanCandidates(ctx.store, ctx.queries, cutoff))];
+      const candidates = [...(await gcCandidates(ctx.queries, cutoff)), ...(await orphanCandidates(ctx.storage, ctx.queries, cutoff))];
       const total = candidates.reduce((s, c) => s + c.size, 0);
       const describe = (c: (typeof candidates)[number]) =>
         `${c.sha512} ${c.size} bytes (${formatBytes(c.size)}), ${c.orphan ? 'written' : 'ingested'} ${new Date(c.ingestedAt).toISOString()}${c.quarantined ? ', quarantined' : ''}${c.orphan ? ', no index row' : ''}`;
@@ -32,13 +32,13 @@ export async function gcCommand(args: string[]): Promise<number> {
       if (candidates.length > 0) {
         console.error(`removing ${candidates.length} blobs; waiting ${GC_SETTLE_MS / 1000}s for uploads in flight to settle`);
       }
-      const result = await collect(ctx.store, ctx.db, ctx.queries, candidates, cutoff);
+      const result = await collect(ctx.storage, ctx.queries, candidates, cutoff);
       const actor = cliActor();
       for (const c of result.removed) {
         console.log(`removed ${describe(c)}`);
         // A blob re-uploaded while being removed is back under the same hash: nothing changed for it.
         if (!result.restored.includes(c.sha512)) {
-          ctx.audit.record({ actor, action: 'gc.remove', sha512: c.sha512, detail: `${c.size} bytes, unreferenced for over ${graceSeconds}s` });
+          await ctx.audit.record({ actor, action: 'gc.remove', sha512: c.sha512, detail: `${c.size} bytes, unreferenced for over ${graceSeconds}s` });
         }
       }
       for (const c of result.kept) console.log(`kept ${c.sha512}: referenced again since selection`);
@@ -47,7 +47,7 @@ export async function gcCommand(args: string[]): Promise<number> {
       console.log(`removed ${result.removed.length} blobs, ${bytes} bytes (${formatBytes(bytes)}) (grace ${graceSeconds}s)`);
       return 0;
     } finally {
-      ctx.close();
+      await ctx.close();
     }
   });
 }

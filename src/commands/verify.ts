@@ -26,9 +26,9 @@ export async function verifyCommand(args: string[]): Promise<number> {
       ...(values.sample !== undefined ? { sample: intOption(values.sample, 'sample', 1) } : {}),
       ...(values.since !== undefined ? { since: parseSince(values.since) } : {}),
     };
-    const ctx = openDataDir(values['data-dir']);
+    const ctx = await openDataDir(values['data-dir']);
     try {
-      const { total, refs } = selectForVerify(ctx.queries, selection);
+      const { total, refs } = await selectForVerify(ctx.queries, selection);
       const progress = new Progress({ label: 'verify', totalFiles: total.blobs, totalBytes: total.bytes });
       const started = Date.now();
       const counts = { ok: 0, corrupt: 0, missing: 0, skipped: 0, bytes: 0 };
@@ -43,14 +43,14 @@ export async function verifyCommand(args: string[]): Promise<number> {
             yield chunk;
           }
         })();
-      for (const ref of refs) {
+      for await (const ref of refs) {
         readBytes = 0;
-        const outcome = await verifyBlob(ctx.store, ctx.queries, ref, { wrap: counting });
+        const outcome = await verifyBlob(ctx.storage, ctx.queries, ref, { wrap: counting });
         counts[outcome.status]++;
         if (outcome.status !== 'skipped') counts.bytes += ref.size;
         if (outcome.status === 'corrupt') {
           problems.push(outcome);
-          ctx.audit.record({ actor, action: 'verify.quarantine', sha512: ref.sha512, detail: `now hashes to ${outcome.actualSha512}` });
+          await ctx.audit.record({ actor, action: 'verify.quarantine', sha512: ref.sha512, detail: `now hashes to ${outcome.actualSha512}` });
           progress.log(`CORRUPT ${ref.sha512} (${describeNames(outcome.names)}): quarantined`);
         } else if (outcome.status === 'missing') {
           problems.push(outcome);
@@ -79,7 +79,7 @@ export async function verifyCommand(args: string[]): Promise<number> {
       }
       return counts.corrupt + counts.missing > 0 ? 1 : 0;
     } finally {
-      ctx.close();
+      await ctx.close();
     }
   });
 }

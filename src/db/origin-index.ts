@@ -1,5 +1,9 @@
 import type { Config } from '../config.js';
+import { localLocks, type ClusterLocks } from './locks.js';
+import { MaintenanceQueries, type MaintenanceIndex } from './maintenance.js';
 import { databaseFile, openDatabase, type DB } from './open.js';
+import { PostgresLocks } from './postgres/locks.js';
+import { PostgresMaintenance } from './postgres/maintenance.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
 
 /**
@@ -26,6 +30,10 @@ export interface OriginIndex {
   readonly postgres: Sql | undefined;
   /** Where the index is, for logs and status (a file, or the URL without its password). */
   readonly location: string;
+  /** Whole-table scans and repairs of verify, scrub, fsck, reindex, gc, stats (announced with no actor; see `as`). */
+  readonly maintenance: MaintenanceIndex;
+  /** Singleton work (gc, scrub) across processes sharing this index. */
+  readonly locks: ClusterLocks;
   close(): Promise<void>;
 }
 
@@ -41,6 +49,8 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       sqlite: db,
       postgres: undefined,
       location: file,
+      maintenance: new MaintenanceQueries(db),
+      locks: localLocks,
       async close() {
         db.close();
       },
@@ -58,6 +68,8 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     sqlite: undefined,
     postgres: sql,
     location: redactPassword(config.databaseUrl),
+    maintenance: new PostgresMaintenance(sql),
+    locks: new PostgresLocks(sql),
     async close() {
       await sql.end({ timeout: 5 });
     },
