@@ -1,12 +1,14 @@
 import type { Readable } from 'node:stream';
+import { TokenBucket, throttled } from '../maintenance/throttle.js';
 import { selectForVerify, verifyBlob, type VerifyOutcome } from '../maintenance/verify.js';
 import { intOption, runCommand, UsageError } from './args.js';
 import { cliActor, formatBytes, openDataDir, parseSince } from './context.js';
 import { Progress } from './progress.js';
 
 export const VERIFY_USAGE = `usage: fastpull verify [--sample N | --since DATE|AGE] [--data-dir DIR]
-  re-hashes blobs; a damaged one is moved to <data>/quarantine/, marked (recorded in the audit log, actor
-  cli:<user>) and 404s until re-uploaded. Exit 0 all good, 1 damage or missing files (for cron).
+  re-hashes blobs; a damaged one is moved to <data>/quarantine/ (s3: PREFIX/trash/quarantine/), marked
+  (recorded in the audit log, actor cli:<user>) and 404s until re-uploaded. Exit 0 all good, 1 damage or
+  missing files (for cron). On s3 objects are re-read at FASTPULL_SCRUB_BYTES_PER_SECOND when it is set.
   (no option)       every blob
   --sample N        N blobs chosen at random
   --since AGE|DATE  only blobs NOT verified since then: never verified, or last verified before it.
@@ -35,9 +37,12 @@ export async function verifyCommand(args: string[]): Promise<number> {
       const problems: VerifyOutcome[] = [];
       const actor = cliActor();
       let readBytes = 0;
+      // A bucket is re-read over the network and billed per byte: at the scrub's rate when one is set.
+      const pace =
+        ctx.storage.kind === 's3' && ctx.config.scrubBytesPerSecond > 0 ? throttled(new TokenBucket(ctx.config.scrubBytesPerSecond)) : undefined;
       const counting = (stream: Readable) =>
         (async function* () {
-          for await (const chunk of stream as AsyncIterable<Buffer>) {
+          for await (const chunk of pace ? pace(stream) : (stream as AsyncIterable<Buffer>)) {
             readBytes += chunk.length;
             progress.read(chunk.length);
             yield chunk;
