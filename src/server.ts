@@ -19,7 +19,6 @@ import { createSpider, type Spider } from './ingest/spider.js';
 import type { BlobStore } from './store/blob-store.js';
 import { localBlobStore } from './store/open-storage.js';
 import { LocalBlobStorage } from './store/local-storage.js';
-import { AuditLog } from './db/audit.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
 import { EventDispatcher } from './events/dispatcher.js';
@@ -70,17 +69,17 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const index = new DistfileIndex(db);
   const ingest = new Ingest(store, index, logger);
   const metrics = new Metrics({
-    db,
+    counters: originIndex.counters,
     dataDir: config.dataDir,
     highWatermarkBytes: config.highWatermarkBytes,
     minFreeBytes: config.minFreeBytes,
   });
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
-  const readiness = new Readiness(config, db, logger);
-  const tokens = new TokenStore(db);
+  const readiness = new Readiness(config, originIndex.status, logger);
+  const tokens = new TokenStore(originIndex.tokens, originIndex.audit);
   const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
-  if (!auth.enabled()) {
+  if (!(await auth.enabled())) {
     logger.warn('no FASTPULL_ADMIN_TOKEN and no API tokens: the write API is disabled until one exists (downloads still work)');
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
@@ -118,7 +117,8 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     auth,
     metrics,
     readiness,
-    tokens,
+    audit: originIndex.audit,
+    status: originIndex.status,
     spider,
     storage,
     events: events.dispatcher,
@@ -175,7 +175,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       ? new Scrubber({
           storage: new LocalBlobStorage(store),
           maintenance: originIndex.maintenance,
-          audit: new AuditLog(db),
+          audit: originIndex.audit,
           locks: originIndex.locks,
           bytesPerSecond: config.scrubBytesPerSecond,
           pauseMs: config.scrubPauseSeconds * 1000,

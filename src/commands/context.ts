@@ -1,11 +1,10 @@
 import { existsSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { loadConfig, type Config } from '../config.js';
-import { AuditLog, type AuditEntry } from '../db/audit.js';
+import type { AuditArea } from '../db/audit.js';
 import type { MaintenanceIndex } from '../db/maintenance.js';
 import { databaseFile } from '../db/open.js';
-import { openOriginIndex, type Awaitable, type OriginIndex } from '../db/origin-index.js';
-import { PostgresAudit } from '../db/postgres/maintenance.js';
+import { openOriginIndex, type OriginIndex } from '../db/origin-index.js';
 import { LocalBlobStorage } from '../store/local-storage.js';
 import { localBlobStore, openStorage } from '../store/open-storage.js';
 import type { BlobStorage } from '../store/storage.js';
@@ -19,7 +18,7 @@ export interface MaintenanceContext {
   /** Wherever FASTPULL_STORAGE says the blobs are (local disk or a bucket). */
   storage: BlobStorage;
   /** Every change a command makes is recorded here with actor cliActor(). */
-  audit: { record(entry: AuditEntry): Awaitable<void> };
+  audit: AuditArea;
   close(): Promise<void>;
 }
 
@@ -53,13 +52,12 @@ export async function openDataDir(dataDirOverride: string | undefined, options: 
   const storage = config.storage.kind === 'local' ? new LocalBlobStorage(localBlobStore(config)) : openStorage(config);
   if (storage.kind === 's3') await storage.init();
   const originIndex = await openOriginIndex(config);
-  const sqlite = originIndex.sqlite;
   return {
     config,
     originIndex,
     queries: originIndex.maintenance.as(cliActor()),
     storage,
-    audit: sqlite ? new AuditLog(sqlite) : new PostgresAudit(originIndex.postgres!),
+    audit: originIndex.audit,
     close: () => originIndex.close(),
   };
 }

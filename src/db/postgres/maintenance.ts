@@ -1,33 +1,11 @@
-import type { AuditEntry } from '../audit.js';
 import type { Digests } from '../../store/digests.js';
-import type { NewEvent } from '../events.js';
 import type { BlobRef, BlobState, GcRow, MaintenanceIndex, RowRef, ScrubCursor, Stats } from '../maintenance.js';
 import type { Awaitable } from '../origin-index.js';
 import type { Sql } from '../postgres-index.js';
+import { recordEvent } from './events.js';
 
 /** A transaction handle of postgres.js (`sql.begin`'s argument), typed as the pool it behaves like. */
 type Tx = Sql;
-
-/**
- * The outbox write of the SQLite side (src/db/events.ts recordEvent), for a PostgreSQL transaction: size and
- * (unless given) names are read in the same transaction, so call it before a delete. A local twin until the
- * `events` area provides src/db/postgres/events.ts; same signature, so the swap is an import.
- */
-export async function recordEvent(tx: Tx, event: NewEvent): Promise<number> {
-  const names =
-    event.names ??
-    (event.type === 'blob.deleted'
-      ? await tx<{ filename: string }[]>`SELECT DISTINCT filename FROM names WHERE sha512 = ${event.sha512} ORDER BY filename`
-      : await tx<{ filename: string }[]>`SELECT filename FROM names WHERE sha512 = ${event.sha512} AND detached_at IS NULL ORDER BY seq DESC`
-    ).map((r) => r.filename);
-  const [row] = await tx<{ id: number }[]>`
-    INSERT INTO events (at, type, sha512, size, names, previous_sha512, actor)
-    VALUES (${event.at ?? Date.now()}, ${event.type}, ${event.sha512},
-            (SELECT size FROM blobs WHERE sha512 = ${event.sha512}), ${JSON.stringify(names)},
-            ${event.previousSha512 ?? null}, ${event.actor ?? null})
-    RETURNING id`;
-  return row!.id;
-}
 
 /** The PostgreSQL twin of MaintenanceQueries: the same statements, sums cast back to bigint (numbers). */
 export class PostgresMaintenance implements MaintenanceIndex {
@@ -218,17 +196,3 @@ export class PostgresMaintenance implements MaintenanceIndex {
   }
 }
 
-/**
- * The audit log's insert for maintenance commands on PostgreSQL (src/db/audit.ts's twin). A stand-in until the
- * `access` area provides `originIndex.audit`; the same `record(entry)` shape, so the swap is one line.
- */
-export class PostgresAudit {
-  constructor(private readonly sql: Sql) {}
-
-  async record(entry: AuditEntry): Promise<void> {
-    await this.sql`
-      INSERT INTO audit_log (at, actor, action, status, filename, sha512, detail)
-      VALUES (${Date.now()}, ${entry.actor}, ${entry.action}, ${entry.status ?? null}, ${entry.filename ?? null},
-              ${entry.sha512 ?? null}, ${entry.detail ?? null})`;
-  }
-}
