@@ -20,6 +20,7 @@ import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
 import type { BlobStore } from './store/blob-store.js';
 import { localBlobStore } from './store/open-storage.js';
+import { LocalBlobStorage } from './store/local-storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
 import { EventDispatcher } from './events/dispatcher.js';
@@ -127,7 +128,9 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
-    ...(config.verifyOnServe ? { watch: createServeVerifier({ store, db, logger }) } : {}),
+    ...(config.verifyOnServe
+      ? { watch: createServeVerifier({ storage: new LocalBlobStorage(store), maintenance: originIndex.maintenance, logger }) }
+      : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -175,7 +178,15 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   }
   const scrubber =
     runsBackgroundWork && config.scrubBytesPerSecond > 0
-      ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
+      ? new Scrubber({
+          storage: new LocalBlobStorage(store),
+          maintenance: originIndex.maintenance,
+          audit: originIndex.audit,
+          locks: originIndex.locks,
+          bytesPerSecond: config.scrubBytesPerSecond,
+          pauseMs: config.scrubPauseSeconds * 1000,
+          log: logger,
+        })
       : undefined;
   scrubber?.start();
 
