@@ -21,7 +21,6 @@ export const BACKEND_SUITE: readonly string[] = [
   'uploads',
   'write-query',
   'tokens',
-  'audit-trail',
   'push',
   // Upstream fetching.
   'pull-through',
@@ -29,12 +28,10 @@ export const BACKEND_SUITE: readonly string[] = [
   'ssrf',
   'status-upstreams',
   // CLI against a server's store and index.
-  'cli-contract',
   'verify',
   'verify-on-serve',
-  'fsck-gc',
+  'audit-trail',
   'stats',
-  'import',
   'events',
   // Several servers on one bucket and one database.
   'replicas',
@@ -46,6 +43,9 @@ export const BACKEND_SUITE: readonly string[] = [
  * - small-blob-cache, durability: the local store's fd cache and fsync/rename order (strace).
  * - nginx-offload, cdn-nginx: X-Accel-Redirect hands nginx a file under <dataDir>/blobs.
  * - orphans, shutdown, workers: temp files of dead processes, the reserve file, the SQLite cluster IPC on one data dir.
- * - storage-conformance, index-drivers, migrate-storage, migrate-index: already run both engines themselves.
+ * - fsck-gc: temp files, the SQLite file deleted under reindex, BlobStore races in-process; both engines: maintenance-drivers.
+ * - import: rows read through DistfileIndex on the SQLite file, --link hard links into <dataDir>/blobs.
+ * - cli-contract: builds the package (minutes) to test argument parsing and process handling, not the engines.
+ * - storage-conformance, index-drivers, migrate-*, maintenance-drivers, replica-work, access-areas, events-outbox: run both engines themselves.
  * - the rest (domain, config, openapi, logging, packaging, …) start no server with a store or an index.
  */
