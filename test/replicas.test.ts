@@ -53,7 +53,7 @@ async function replica(target: BackendTarget, env: Record<string, string> = {}):
   const dataDir = await mkdtemp(path.join(tmpdir(), 'fp-replica-'));
   dirs.push(dataDir);
   const proc = await startServeProcess(
-    { FASTPULL_DATA_DIR: dataDir, FASTPULL_ADMIN_TOKEN: ADMIN_TOKEN, FASTPULL_LOG_LEVEL: 'warn', ...env },
+    { FASTPULL_DATA_DIR: dataDir, FASTPULL_ADMIN_TOKEN: ADMIN_TOKEN, ...env },
     [],
     { backend: target },
   );

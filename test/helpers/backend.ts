@@ -47,7 +47,7 @@ export function sharedServices(): BackendServices | undefined {
 export async function startServices(): Promise<{ services: BackendServices; stop(): Promise<void> }> {
   // Loaded on demand: a local run never pays for the S3 SDK in every test file.
   const [{ startSwift }, { startPostgres }] = await Promise.all([import('./swift.js'), import('./postgres.js')]);
-  const [swift, pg] = await Promise.all([startSwift(), startPostgres('fastpull_admin')]);
+  const [swift, pg] = await Promise.all([startSwift(), startPostgres('fastpull_admin', { maxConnections: 500 })]);
   return {
     services: {
       s3: { endpoint: swift.endpoint, region: swift.region, ...swift.credentials },
