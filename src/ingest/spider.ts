@@ -2,7 +2,6 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { FetchJobStore } from '../db/fetch-jobs.js';
 import type { DB } from '../db/open.js';
-import type { BlobStore } from '../store/blob-store.js';
 import { AddressPolicy } from '../upstream/address-guard.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
 import { timeFetches } from '../upstream/fetch-timing.js';
@@ -29,7 +28,7 @@ export interface Spider {
 export function createSpider(
   config: Config,
   /** `jobs`: the queue to run (default: every job in the database; sync-repo passes a scoped one). */
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void; jobs?: FetchJobStore },
+  deps: { db: DB; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void; jobs?: FetchJobStore },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
@@ -48,7 +47,6 @@ export function createSpider(
   const fetchJobs = new FetchJobs({
     ingest: deps.ingest,
     jobs: deps.jobs ?? new FetchJobStore(deps.db),
-    store: deps.store,
     fetcher: timeFetches(new Fetcher(common), stats),
     stats,
     concurrency: config.fetchConcurrency,

@@ -15,6 +15,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { randomBytes } from 'node:crypto';
+import type { Agent } from 'node:http';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
@@ -57,6 +58,8 @@ export interface S3StorageOptions {
   /** Server-side copies (trash, restore) above this go part by part, in parts of `copyPartSize`. */
   maxSingleCopy?: number;
   copyPartSize?: number;
+  /** The client's connection pool, when the caller made it: only observed (sockets in use, for tests and status). */
+  agent?: Agent;
 }
 
 const MIN_PART_SIZE = 5 * 1024 * 1024;
@@ -99,6 +102,7 @@ export class S3BlobStorage implements BlobStorage {
   private readonly queueSize: number;
   private readonly maxSingleCopy: number;
   private readonly copyPartSize: number;
+  private readonly agent: Agent | undefined;
 
   constructor(options: S3StorageOptions) {
     this.client = options.client;
@@ -113,6 +117,13 @@ export class S3BlobStorage implements BlobStorage {
     this.queueSize = options.queueSize ?? 4;
     this.maxSingleCopy = options.maxSingleCopy ?? MAX_SINGLE_COPY;
     this.copyPartSize = options.copyPartSize ?? COPY_PART_SIZE;
+    this.agent = options.agent;
+  }
+
+  /** Sockets to the endpoint carrying a request or a body right now (undefined when the pool is not ours to see). */
+  get socketsInUse(): number | undefined {
+    if (!this.agent) return undefined;
+    return Object.values(this.agent.sockets).reduce((n, list) => n + (list?.length ?? 0), 0);
   }
 
   key(sha512: string): string {
@@ -131,20 +142,20 @@ export class S3BlobStorage implements BlobStorage {
   }
 
   async write(source: Readable | AsyncIterable<Buffer>, options: StorageWriteOptions = {}): Promise<StorageWriteResult> {
-    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting } = options;
+    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting, onProgress } = options;
     const chunks: AsyncIterable<Buffer> = source instanceof Readable ? source.iterator({ destroyOnReturn: false }) : source;
     const declared = expected.sha512 !== undefined && isSha512Hex(expected.sha512) ? expected.sha512 : undefined;
-    if (declared === undefined) return this.spoolAndUpload(chunks, expected, maxBytes, replaceExisting);
+    if (declared === undefined) return this.spoolAndUpload(chunks, expected, maxBytes, replaceExisting, onProgress);
 
     const existing = await this.stat(declared);
     const trusted = existing !== undefined && (expected.size === undefined || existing.size === expected.size) && !replaceExisting?.(declared);
     if (trusted) {
       // Already stored: the client's bytes must still be what it declared, but need not travel again.
-      const verifier = verifying(chunks, expected, maxBytes);
+      const verifier = verifying(chunks, expected, maxBytes, onProgress);
       await drain(verifier);
       return { digests: verifier.digests(), created: false };
     }
-    const verifier = verifying(chunks, expected, maxBytes);
+    const verifier = verifying(chunks, expected, maxBytes, onProgress);
     await this.upload(declared, Readable.from(verifier), expected.size ?? maxBytes);
     return { digests: verifier.digests(), created: true };
   }
@@ -223,6 +234,14 @@ export class S3BlobStorage implements BlobStorage {
     return true;
   }
 
+  async unplace(sha512: string, claimed: () => boolean | Promise<boolean>): Promise<void> {
+    // S3 has no rename to hold the object aside while asking (as the local store does): a writer of the same
+    // bytes that deduplicated against it and records its row between the question and the delete leaves a
+    // row without bytes, which fsck reports. The window is one request long.
+    if (await claimed()) return;
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(sha512) }));
+  }
+
   /** In-progress multipart uploads under the prefix (for the sweep, and for tests proving none is left). */
   async *multipartUploads(): AsyncGenerator<{ key: string; uploadId: string; initiated: Date | undefined }> {
     let keyMarker: string | undefined;
@@ -293,12 +312,13 @@ export class S3BlobStorage implements BlobStorage {
     expected: ExpectedDigests,
     maxBytes: number,
     replaceExisting: ((sha512: string) => boolean) | undefined,
+    onProgress: ((received: number) => void) | undefined,
   ): Promise<StorageWriteResult> {
     const spool = path.join(this.spoolDir, `${process.pid}-${randomBytes(8).toString('hex')}${SPOOL_SUFFIX}`);
     let handle: FileHandle | undefined;
     try {
       handle = await open(spool, 'wx', 0o600);
-      const verifier = verifying(chunks, expected, maxBytes);
+      const verifier = verifying(chunks, expected, maxBytes, onProgress);
       for await (const chunk of verifier) await handle.write(chunk);
       await handle.close();
       handle = undefined;
@@ -403,6 +423,7 @@ function verifying(
   source: AsyncIterable<Buffer>,
   expected: ExpectedDigests,
   maxBytes: number,
+  onProgress?: (received: number) => void,
 ): AsyncGenerator<Buffer> & { digests(): Digests } {
   let result: Digests | undefined;
   async function* run(): AsyncGenerator<Buffer> {
@@ -417,6 +438,7 @@ function verifying(
           mismatches: [{ field: 'size', expected: expected.size, actual: `more than ${expected.size}` }],
         });
       }
+      onProgress?.(total);
       hasher.update(chunk);
       yield chunk;
     }
