@@ -17,7 +17,11 @@ import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
 import type { BlobStore } from './store/blob-store.js';
-import { localBlobStore } from './store/open-storage.js';
+import { LocalBlobStorage } from './store/local-storage.js';
+import { openStorage } from './store/open-storage.js';
+import { ReadCache } from './store/read-cache.js';
+import { localSource, RemoteReader } from './store/remote-reader.js';
+import type { BlobStorage } from './store/storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
 import { EventDispatcher } from './events/dispatcher.js';
@@ -32,7 +36,12 @@ export interface Server {
   /** The index, whichever engine holds it. */
   originIndex: OriginIndex;
   db: DB;
-  store: BlobStore;
+  /** Where blobs live (FASTPULL_STORAGE): local disk or an S3 bucket. */
+  blobStorage: BlobStorage;
+  /** The local driver's store (fast read path, reserve, maintenance); undefined with s3 storage. */
+  store: BlobStore | undefined;
+  /** FASTPULL_CACHE_DIR in front of s3 storage. */
+  readCache: ReadCache | undefined;
   index: DistfileIndex;
   ingest: Ingest;
   logger: Logger;
@@ -56,17 +65,13 @@ export interface Server {
 export async function startServer(config: Config, options: { logger?: Logger; cluster?: ClusterLink } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
   await assertDataDirWritable(config.dataDir);
-  const store = localBlobStore(config);
-  const removedTemps = await store.init();
-  if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
-  if (!(await store.reserve.ensure())) {
-    logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
-  }
+  const { blobStorage, store, readCache, source } = await openBlobs(config, logger);
+  if (config.verifyOnServe && !store) logger.warn('FASTPULL_VERIFY_ON_SERVE: judging damage needs local storage; with s3, whole bodies are still checked as they stream');
 
   const originIndex = await openOriginIndex(config);
   const db = sqliteHandle(originIndex);
   const index = new DistfileIndex(db);
-  const ingest = new Ingest(store, index, logger);
+  const ingest = new Ingest(blobStorage, index, logger);
   const metrics = new Metrics({
     db,
     dataDir: config.dataDir,
@@ -90,7 +95,6 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const runsBackgroundWork = link === undefined || link.role === 'leader';
   const spider = createSpider(config, {
     db,
-    store,
     ingest,
     logger,
     ...(link ? { flightLock: link.flightLock } : {}),
@@ -105,12 +109,12 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   }
   bridgeSpiderMetrics(spider, metrics);
   // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
-  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, store });
+  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, source });
   bridgeMaintenanceMetrics(metrics, config.scrubBytesPerSecond > 0);
   const app = await buildApp({
     config,
     logger,
-    store,
+    source,
     index,
     ingest,
     auth,
@@ -121,7 +125,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
-    ...(config.verifyOnServe ? { watch: createServeVerifier({ store, db, logger }) } : {}),
+    ...(config.verifyOnServe && store ? { watch: createServeVerifier({ store, db, logger }) } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -167,10 +171,11 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     );
   }
   const scrubber =
-    runsBackgroundWork && config.scrubBytesPerSecond > 0
+    runsBackgroundWork && config.scrubBytesPerSecond > 0 && store
       ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
       : undefined;
   scrubber?.start();
+  if (runsBackgroundWork && config.scrubBytesPerSecond > 0 && !store) logger.warn('FASTPULL_SCRUB_BYTES_PER_SECOND: the scrub does not read s3 storage yet; not started');
 
   let closing: Promise<void> | undefined;
   const close = () =>
@@ -189,13 +194,16 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
         await new Promise<void>((resolve) => server.close(() => resolve()));
       }
       await originIndex.close();
+      readCache?.close();
       logger.info('fastpull origin stopped');
     })());
   return {
     app,
     originIndex,
     db,
+    blobStorage,
     store,
+    readCache,
     index,
     ingest,
     logger,
@@ -209,6 +217,37 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     url: address,
     close,
   };
+}
+
+/**
+ * The blob storage FASTPULL_STORAGE names, swept of what crashed writers left (temp files, multipart
+ * uploads), and where downloads read: the local store's files, or the bucket behind the read cache.
+ */
+async function openBlobs(config: Config, logger: Logger) {
+  if (config.storage.kind === 's3' && config.accelRedirect !== undefined) {
+    throw new Error(
+      'FASTPULL_ACCEL_REDIRECT: nginx can only send blobs from local disk, and FASTPULL_STORAGE is s3; unset one of them ' +
+        '(with s3, FASTPULL_CACHE_DIR keeps hot blobs on local disk)',
+    );
+  }
+  const blobStorage = openStorage(config, { reserveBytes: config.reserveBytes });
+  const removed = await blobStorage.init();
+  if (removed > 0) logger.warn({ removed, storage: blobStorage.location }, 'removed unfinished writes left by an earlier crash');
+  if (blobStorage instanceof LocalBlobStorage) {
+    const store = blobStorage.store;
+    if (config.cacheDir !== undefined) logger.warn({ cacheDir: config.cacheDir }, 'FASTPULL_CACHE_DIR is only used with s3 storage: ignored');
+    if (!(await store.reserve.ensure())) {
+      logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
+    }
+    return { blobStorage, store, readCache: undefined, source: localSource(store) };
+  }
+  let readCache: ReadCache | undefined;
+  if (config.cacheDir !== undefined && config.cacheMaxBytes > 0) {
+    readCache = new ReadCache({ dir: config.cacheDir, maxBytes: config.cacheMaxBytes, storage: blobStorage, log: logger });
+    await readCache.init();
+  }
+  logger.info({ storage: blobStorage.location, cacheDir: readCache?.blobsDir, cacheMaxBytes: readCache?.maxBytes }, 'blobs in a bucket');
+  return { blobStorage, store: undefined, readCache, source: new RemoteReader(blobStorage, readCache).source() };
 }
 
 /** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
