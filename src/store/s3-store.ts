@@ -17,7 +17,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { randomBytes } from 'node:crypto';
 import type { Agent } from 'node:http';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { isSha512Hex } from '../domain/hashes.js';
@@ -71,6 +71,8 @@ const MAX_SINGLE_COPY = 5 * 1024 ** 3;
 const COPY_PART_SIZE = 512 * 1024 ** 2;
 const STALE_AFTER_MS = 24 * 3600 * 1000;
 const SPOOL_SUFFIX = '.spool';
+/** A marker in the spool directory naming an upload this process has under way (see `sweep`). */
+const UPLOAD_SUFFIX = '.upload';
 const BLOB_KEY = /^([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{128})$/;
 /** Every blob key sorts at or before this one (relative to the prefix); trash/ sorts after it. */
 const LAST_BLOB_KEY = `ff/ff/ff/${'f'.repeat(128)}`;
@@ -285,6 +287,16 @@ export class S3BlobStorage implements BlobStorage {
 
   /** Uploads a body to the final key; the multipart upload is aborted on any failure, never left behind. */
   private async upload(sha512: string, body: Readable, sizeHint: number): Promise<void> {
+    const marker = path.join(this.spoolDir, `${process.pid}-${randomBytes(8).toString('hex')}${UPLOAD_SUFFIX}`);
+    await writeFile(marker, JSON.stringify({ key: this.key(sha512), startedAt: Date.now() }), { mode: 0o600 });
+    try {
+      await this.uploadNow(sha512, body, sizeHint);
+    } finally {
+      await unlink(marker).catch(() => undefined);
+    }
+  }
+
+  private async uploadNow(sha512: string, body: Readable, sizeHint: number): Promise<void> {
     const upload = new Upload({
       client: this.client,
       params: { Bucket: this.bucket, Key: this.key(sha512), Body: body, ContentType: 'application/octet-stream' },
@@ -371,22 +383,34 @@ export class S3BlobStorage implements BlobStorage {
 
   /**
    * Removes abandoned work: spool files of dead processes (ours too at start-up), multipart uploads and gc
-   * trash older than `staleAfterMs`. Younger uploads may belong to another replica that is still writing.
+   * trash older than `staleAfterMs`. Younger uploads may belong to another replica that is still writing,
+   * except those a dead process of this host left a marker for: they are aborted at once.
    */
   private async sweep(atStart: boolean): Promise<number> {
     let removed = 0;
     const now = Date.now();
+    /** Keys a crashed local writer was uploading, and when it started. */
+    const crashed = new Map<string, number>();
     for (const name of await readdir(this.spoolDir).catch(() => [] as string[])) {
       const pid = Number(name.split('-', 1)[0]);
+      const file = path.join(this.spoolDir, name);
       let stale = !Number.isInteger(pid) || (pid === process.pid ? atStart : !processAlive(pid));
-      if (!stale) stale = ((await stat(path.join(this.spoolDir, name)).catch(() => undefined))?.mtimeMs ?? now) < now - this.staleAfterMs;
-      if (stale && (await unlink(path.join(this.spoolDir, name)).then(() => true, () => false))) removed++;
+      if (!stale) stale = ((await stat(file).catch(() => undefined))?.mtimeMs ?? now) < now - this.staleAfterMs;
+      if (!stale) continue;
+      if (name.endsWith(UPLOAD_SUFFIX)) {
+        const marker = await readFile(file, 'utf8').then((text) => JSON.parse(text) as { key?: unknown; startedAt?: unknown }, () => undefined);
+        if (typeof marker?.key === 'string' && typeof marker.startedAt === 'number') crashed.set(marker.key, Math.min(crashed.get(marker.key) ?? Infinity, marker.startedAt));
+      }
+      if (await unlink(file).then(() => true, () => false)) removed++;
     }
     // Listings give whole seconds, and Swift rounds them up: a time may be up to 1 s later than the event.
     const bar = now - this.staleAfterMs + 1000;
     const stale: { key: string; uploadId: string }[] = [];
     for await (const u of this.multipartUploads()) {
-      if ((u.initiated?.getTime() ?? 0) <= bar) stale.push(u);
+      const initiated = u.initiated?.getTime() ?? 0;
+      const crashedAt = crashed.get(u.key);
+      // Initiated after the marker was written (give or take the listing's whole second): that writer's.
+      if (initiated <= bar || (crashedAt !== undefined && initiated >= crashedAt - 2000)) stale.push(u);
     }
     for (const u of stale) {
       await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.key, UploadId: u.uploadId })).catch((err: unknown) => {
