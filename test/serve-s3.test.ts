@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -178,6 +179,35 @@ describe.skipIf(skip)('serve with s3 storage', () => {
     expect(await multipartUploads(storage)).toEqual([]);
     expect((await get(`${server.baseUrl}/distfiles/bad-1.0.tar.gz`)).status).toBe(404);
     expect(await readdir(storage.spoolDir)).toEqual([]);
+  }, 60_000);
+
+  it('refuses a chunked upload that grows past the high watermark mid-body, leaving nothing in the bucket', async () => {
+    const server = await serve({ highWatermarkBytes: 4 * MiB });
+    const storage = s3Of(server);
+    for (const declared of [true, false]) {
+      const bytes = randomBytes(12 * MiB);
+      const body = Readable.from(
+        (function* () {
+          for (let at = 0; at < bytes.length; at += 256 * KiB) yield bytes.subarray(at, at + 256 * KiB);
+        })(),
+      );
+      const status = await request(`${server.baseUrl}/api/v1/distfiles/big-1.0.tar.gz${declared ? `?sha512=${sha512(bytes)}` : ''}`, {
+        method: 'PUT',
+        body,
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      }).then(
+        async (res) => {
+          await res.body.dump();
+          return res.statusCode;
+        },
+        // Refused while the body is still on its way: the connection closes under the sender.
+        () => 0,
+      );
+      expect([0, 507], `declared ${declared}`).toContain(status);
+      expect((await storage.listPage()).hashes).toEqual([]);
+      expect(await multipartUploads(storage)).toEqual([]);
+      expect(await readdir(storage.spoolDir)).toEqual([]);
+    }
   }, 60_000);
 
   it('aborts at start the multipart upload a crashed writer of this host left behind', async () => {
