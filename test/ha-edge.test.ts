@@ -29,7 +29,9 @@ interface Answer {
 }
 
 async function get(url: string, headers: Record<string, string> = {}, method: 'GET' | 'HEAD' = 'GET'): Promise<Answer> {
-  const res = await request(url, { method, headers });
+  // A fresh connection each time: a reload closes the old workers' idle keep-alive connections, and a request
+  // sent on one at that moment fails in the client (curl and wget retry it; undici does not).
+  const res = await request(url, { method, headers, reset: true });
   const body = Buffer.from(await res.body.arrayBuffer());
   return { status: res.statusCode, body, upstream: String(res.headers['x-fastpull-upstream'] ?? '') };
 }
@@ -178,6 +180,34 @@ describe.skipIf(nginxMissing || curlMissing)('HA edge (config/nginx-ha.conf + ng
     for (const o of origins) expect((await runCli(['drain', '--off', '--data-dir', o.dataDir])).code).toBe(0);
     await until('both ready', async () => !(await servers()).includes('=down'));
     // The file is written before nginx reloads it: wait until the running configuration uses both again.
+    await until('both answer again', async () => (await spread(6)).size === 2);
+  });
+
+  it('loses no request while a replica shuts down gracefully (SIGTERM) under load, and takes it back after a restart', async () => {
+    const b = origins[1]!;
+    let stop = false;
+    const answers: Answer[] = [];
+    // Four clients in a loop, so requests are in flight on both origins when B stops accepting.
+    const clients = Array.from({ length: 4 }, async () => {
+      while (!stop) answers.push(await get(hashUrl()));
+    });
+    await until('requests flowing to B', async () => answers.some((a) => a.upstream === b.hostPort));
+    const before = answers.length;
+    b.proc.child.kill('SIGTERM');
+    expect(await b.proc.exited).toBe(0);
+    await until('more requests after B left', async () => answers.length > before + 40);
+    stop = true;
+    await Promise.all(clients);
+    expect(answers.filter((a) => a.status !== 200 || sha512(a.body) !== hash).map((a) => `${a.status} via ${a.upstream}`)).toEqual([]);
+
+    // Same data dir, same port: the edge's list needs no change, the poller sees it ready again.
+    const proc = await startServeProcess({
+      FASTPULL_DATA_DIR: b.dataDir,
+      FASTPULL_ADMIN_TOKEN: TOKEN,
+      FASTPULL_TRUST_PROXY: '127.0.0.1',
+      FASTPULL_PORT: b.hostPort.split(':')[1]!,
+    });
+    origins[1] = { ...b, proc };
     await until('both answer again', async () => (await spread(6)).size === 2);
   });
 
