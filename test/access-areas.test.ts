@@ -119,7 +119,7 @@ describe.each([
 
   it.skipIf(skip)('creates, lists, authenticates and revokes tokens, each change audited with its actor', async () => {
     const { index } = await engine.open();
-    const store = new TokenStore(index.tokens, index.audit);
+    const store = new TokenStore(index.tokens);
     expect(await store.anyActive()).toBe(false);
     const secret = await store.create('ci-uploader', ['upload', 'read-api'], 'cli:alice');
     expect(secret).toMatch(/^fp_[A-Za-z0-9_-]{43}$/);
@@ -157,16 +157,16 @@ describe.each([
   it.skipIf(skip)('a revocation through one connection is refused through another at the very next request', async () => {
     const { index, twin } = await engine.open();
     const other = await twin();
-    const auth = (i: OriginIndex) => new DbAuthenticator(new BootstrapAuthenticator(undefined), new TokenStore(i.tokens, i.audit));
+    const auth = (i: OriginIndex) => new DbAuthenticator(new BootstrapAuthenticator(undefined), new TokenStore(i.tokens));
     const a = auth(index);
     const b = auth(other);
     expect(await b.enabled()).toBe(false);
-    const secret = await new TokenStore(index.tokens, index.audit).create('replica-test', ['admin']);
+    const secret = await new TokenStore(index.tokens).create('replica-test', ['admin']);
     // Created on A, accepted on B at once: nothing is cached per process.
     expect(await b.enabled()).toBe(true);
     expect((await b.authenticate(secret))?.name).toBe('replica-test');
     expect((await a.authenticate(secret))?.name).toBe('replica-test');
-    expect(await new TokenStore(index.tokens, index.audit).revoke('replica-test')).toBe(true);
+    expect(await new TokenStore(index.tokens).revoke('replica-test')).toBe(true);
     expect(await b.authenticate(secret)).toBeUndefined();
     expect(await b.enabled()).toBe(false);
   });
@@ -276,11 +276,11 @@ describe.each([
     const created = await runCli(['token', 'create', '--name', 'from-cli', '--scope', 'upload'], env);
     expect(created.code).toBe(0);
     const secret = created.stdout.trim().split('\n').at(-1)!;
-    expect((await new TokenStore(index.tokens, index.audit).authenticate(secret))?.name).toBe('from-cli');
+    expect((await new TokenStore(index.tokens).authenticate(secret))?.name).toBe('from-cli');
     const listed = await runCli(['token', 'list', '--json'], env);
     expect(JSON.parse(listed.stdout)).toMatchObject([{ name: 'from-cli', scopes: ['upload'], revokedAt: null }]);
     expect((await runCli(['token', 'revoke', 'from-cli'], env)).code).toBe(0);
-    expect(await new TokenStore(index.tokens, index.audit).authenticate(secret)).toBeUndefined();
+    expect(await new TokenStore(index.tokens).authenticate(secret)).toBeUndefined();
     const audit = await runCli(['audit', '--json'], env);
     expect(audit.code).toBe(0);
     expect(JSON.parse(audit.stdout).map((r: { action: string; detail: string }) => [r.action, r.detail])).toEqual([
