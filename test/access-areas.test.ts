@@ -2,12 +2,19 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DbAuthenticator, TokenStore } from '../src/auth/token-store.js';
 import { BootstrapAuthenticator } from '../src/auth/tokens.js';
 import { openOriginIndex, type OriginIndex } from '../src/db/origin-index.js';
 import { PG_NAMES_AFTER_SQL, PG_NAMES_WITH_PREFIX_NOCASE_SQL, PG_NAMES_WITH_PREFIX_SQL, PostgresStatus } from '../src/db/postgres/status.js';
 import { connectPostgres } from '../src/db/postgres-index.js';
+import { installAudit } from '../src/http/audit.js';
+import { requireScope } from '../src/http/auth.js';
+import { sendError } from '../src/http/errors.js';
+import { registerOpenApi } from '../src/http/openapi.js';
+import { statusRoutes } from '../src/http/routes/status.js';
 import { Readiness } from '../src/ops/readiness.js';
 import { blake2b, sha256, sha512 } from './helpers/core.js';
 import { runCli } from './helpers/cli.js';
@@ -287,6 +294,59 @@ describe.each([
       ['token.create', 'from-cli: upload'],
       ['token.revoke', 'from-cli'],
     ]);
+  }, 60_000);
+});
+
+describe('HTTP over the PostgreSQL areas (a listening server)', () => {
+  let app: FastifyInstance | undefined;
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  it.skipIf(skipPg)('authenticates, audits, answers status and search, and refuses a token revoked through another pool at once', async () => {
+    pg ??= await startPostgres();
+    const config = { dataDir: tmpdir(), databaseUrl: await pg.createDatabase('http_areas'), databasePoolSize: 2 };
+    const index = await track(openOriginIndex(config));
+    const replica = await track(openOriginIndex(config));
+    app = Fastify();
+    app.setErrorHandler((err, request, reply) => sendError(request, reply, err));
+    await registerOpenApi(app);
+    installAudit(app, index.audit);
+    const auth = new DbAuthenticator(new BootstrapAuthenticator(undefined), new TokenStore(index.tokens));
+    app.post('/api/v1/things/:filename', { onRequest: requireScope(auth, 'upload') }, async (request) => ({ by: request.principal!.name }));
+    await app.register(statusRoutes, { queries: index.status, readiness: new Readiness({ drainFile: null, dataDir: tmpdir(), minFreeBytes: 0, readOnly: true }, index.status) });
+    const base = await app.listen({ host: '127.0.0.1', port: 0 });
+    const post = async (secret?: string) => {
+      const res = await request(`${base}/api/v1/things/a.tar.gz`, { method: 'POST', headers: secret ? { authorization: `Bearer ${secret}` } : {} });
+      return { status: res.statusCode, json: (await res.body.json()) as Record<string, unknown> };
+    };
+
+    expect(await post('whatever')).toMatchObject({ status: 403, json: { error: 'FORBIDDEN', message: expect.stringContaining('disabled') } });
+    const secret = await new TokenStore(replica.tokens).create('spider', ['upload']);
+    expect(await post()).toMatchObject({ status: 401, json: { error: 'UNAUTHORIZED' } });
+    expect(await post(`${secret}x`)).toMatchObject({ status: 403, json: { error: 'FORBIDDEN', message: 'the token is not valid' } });
+    expect(await post(secret)).toEqual({ status: 200, json: { by: 'spider' } });
+    // The audit record is written after the response: poll the table, not the clock.
+    await expect.poll(async () => (await index.audit.query({ actor: 'spider', limit: 5 })).map((r) => [r.action, r.status, r.filename])).toEqual([
+      ['POST /api/v1/things/:filename', 200, 'a.tar.gz'],
+    ]);
+    expect(await new TokenStore(replica.tokens).revoke('spider')).toBe(true);
+    expect(await post(secret)).toMatchObject({ status: 403, json: { error: 'FORBIDDEN' } });
+
+    const sql = index.postgres!;
+    const d = digestsOf('status body');
+    await sql`INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at) VALUES (${d.sha512}, ${d.blake2b}, ${d.sha256}, ${d.size}, 1000)`;
+    await sql`INSERT INTO names (filename, sha512, seq, first_attached_at, attached_at) VALUES ('Status-1.tar.gz', ${d.sha512}, 1, 5000, 5000)`;
+    const status = await request(`${base}/api/v1/status?recent=5`);
+    expect(status.statusCode).toBe(200);
+    const body = (await status.body.json()) as { totals: unknown; recent: { filename: string; sha512: string; current: boolean }[]; readiness: { ready: boolean } };
+    expect(body.totals).toEqual({ blobs: 1, bytes: d.size, names: 1, quarantinedBlobs: 0, quarantinedBytes: 0, pinnedBlobs: 0, dedupSavedBytes: 0 });
+    expect(body.recent).toMatchObject([{ filename: 'Status-1.tar.gz', sha512: d.sha512, current: true }]);
+    expect(body.readiness.ready).toBe(true);
+    const search = await request(`${base}/api/v1/search?prefix=status&ignoreCase=true`);
+    expect(((await search.body.json()) as { results: { filename: string }[] }).results.map((r) => r.filename)).toEqual(['Status-1.tar.gz']);
+    const exact = await request(`${base}/api/v1/search?prefix=status`);
+    expect(((await exact.body.json()) as { results: unknown[] }).results).toEqual([]);
   }, 60_000);
 });
 
