@@ -11,6 +11,7 @@ import { openOriginIndex, type OriginIndex } from '../src/db/origin-index.js';
 import { PG_NAMES_AFTER_SQL, PG_NAMES_WITH_PREFIX_NOCASE_SQL, PG_NAMES_WITH_PREFIX_SQL, PostgresStatus } from '../src/db/postgres/status.js';
 import { connectPostgres } from '../src/db/postgres-index.js';
 import { installAudit } from '../src/http/audit.js';
+import { Metrics } from '../src/http/metrics.js';
 import { requireScope } from '../src/http/auth.js';
 import { sendError } from '../src/http/errors.js';
 import { registerOpenApi } from '../src/http/openapi.js';
@@ -213,6 +214,21 @@ describe.each([
     expect(await index.status.totals()).toEqual({
       blobs: 3, bytes: 20, names: 3, quarantinedBlobs: 1, quarantinedBytes: 3, pinnedBlobs: 1, dedupSavedBytes: 10,
     });
+  });
+
+  it.skipIf(skip)('exports the counters as metrics, and a scrape still answers once the index is gone', async () => {
+    const { index, seed } = await engine.open();
+    const metrics = new Metrics({ counters: index.counters, defaultMetrics: false });
+    const hash = await seed.blob('metered');
+    await seed.attach('metered.txt', hash, 1);
+    await seed.attach('metered-copy.txt', hash, 2);
+    const text = await metrics.text();
+    expect(text).toMatch(/^fastpull_stored_blobs 1$/m);
+    expect(text).toMatch(/^fastpull_stored_blob_bytes 7$/m);
+    expect(text).toMatch(/^fastpull_attached_names 2$/m);
+    expect(text).toMatch(/^fastpull_dedup_saved_bytes 7$/m);
+    await index.close();
+    expect(await metrics.text()).toContain('fastpull_stored_blobs');
   });
 
   it.skipIf(skip)('lists recent attachments newest first and marks the hash each name serves', async () => {
