@@ -82,7 +82,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
   const readiness = new Readiness(config, originIndex.status, logger);
-  const tokens = new TokenStore(originIndex.tokens, originIndex.audit);
+  const tokens = new TokenStore(originIndex.tokens);
   const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
   if (!(await auth.enabled())) {
     logger.warn('no FASTPULL_ADMIN_TOKEN and no API tokens: the write API is disabled until one exists (downloads still work)');
