@@ -228,21 +228,34 @@ export function blobKey(server: BackendOf, sha512: string): string {
   return server.backend ? [server.backend.prefix, ...rel].filter(Boolean).join('/') : path.join(server.dataDir, 'blobs', ...rel);
 }
 
-/** The size of the blob's bytes at their final place (file or object), or undefined when absent. */
-export async function blobSize(server: BackendOf, sha512: string): Promise<number | undefined> {
-  const target = server.backend;
-  if (!target) return (await stat(blobKey(server, sha512)).catch(() => undefined))?.size;
-  const { HeadObjectCommand } = await import('@aws-sdk/client-s3');
+type S3Sdk = typeof import('@aws-sdk/client-s3');
+
+/**
+ * Runs `fn` with a client for the target's service, closed afterwards; with `absent` given, a 404 answers it
+ * instead of throwing. The SDK is loaded on first use, so a local run never loads it.
+ */
+async function withS3<T>(target: BackendTarget, fn: (client: import('@aws-sdk/client-s3').S3Client, sdk: S3Sdk) => Promise<T>, ...absent: [T] | []): Promise<T> {
+  const sdk = await import('@aws-sdk/client-s3');
   const client = await s3Client(target.services);
   try {
-    const head = await client.send(new HeadObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512) }));
-    return head.ContentLength;
+    return await fn(client, sdk);
   } catch (err) {
-    if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return undefined;
+    if (absent.length === 1 && (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return absent[0];
     throw err;
   } finally {
     client.destroy();
   }
+}
+
+/** The size of the blob's bytes at their final place (file or object), or undefined when absent. */
+export async function blobSize(server: BackendOf, sha512: string): Promise<number | undefined> {
+  const target = server.backend;
+  if (!target) return (await stat(blobKey(server, sha512)).catch(() => undefined))?.size;
+  return withS3(
+    target,
+    async (client, { HeadObjectCommand }) => (await client.send(new HeadObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512) }))).ContentLength,
+    undefined,
+  );
 }
 
 /** Whether the store holds the blob's bytes at its final place: the file on disk, or the object (HeadObject). */
@@ -254,17 +267,14 @@ export async function blobStored(server: BackendOf, sha512: string): Promise<boo
 export async function storedBytes(server: BackendOf, sha512: string): Promise<Buffer | undefined> {
   const target = server.backend;
   if (!target) return readFile(blobKey(server, sha512)).catch(() => undefined);
-  const { GetObjectCommand } = await import('@aws-sdk/client-s3');
-  const client = await s3Client(target.services);
-  try {
-    const res = await client.send(new GetObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512) }));
-    return Buffer.from(await res.Body!.transformToByteArray());
-  } catch (err) {
-    if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return undefined;
-    throw err;
-  } finally {
-    client.destroy();
-  }
+  return withS3(
+    target,
+    async (client, { GetObjectCommand }) => {
+      const res = await client.send(new GetObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512) }));
+      return Buffer.from(await res.Body!.transformToByteArray());
+    },
+    undefined,
+  );
 }
 
 /** Replaces the stored bytes behind the store's back (bit rot, a truncated copy): for damage tests. */
@@ -274,26 +284,18 @@ export async function damageBlob(server: BackendOf, sha512: string, bytes: Buffe
     await mkdir(path.dirname(blobKey(server, sha512)), { recursive: true });
     return writeFile(blobKey(server, sha512), bytes);
   }
-  const { PutObjectCommand } = await import('@aws-sdk/client-s3');
-  const client = await s3Client(target.services);
-  try {
-    await client.send(new PutObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512), Body: bytes }));
-  } finally {
-    client.destroy();
-  }
+  await withS3(target, (client, { PutObjectCommand }) =>
+    client.send(new PutObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512), Body: bytes })),
+  );
 }
 
 /** Removes the stored bytes behind the store's back (a lost file, a deleted object), leaving the index row. */
 export async function deleteBlob(server: BackendOf, sha512: string): Promise<void> {
   const target = server.backend;
   if (!target) return unlink(blobKey(server, sha512));
-  const { DeleteObjectCommand } = await import('@aws-sdk/client-s3');
-  const client = await s3Client(target.services);
-  try {
-    await client.send(new DeleteObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512) }));
-  } finally {
-    client.destroy();
-  }
+  await withS3(target, (client, { DeleteObjectCommand }) =>
+    client.send(new DeleteObjectCommand({ Bucket: target.bucket, Key: blobKey(server, sha512) })),
+  );
 }
 
 /** Where an upload of unknown digest is written before it is verified: <dataDir>/tmp (local) or the s3 spool. */
@@ -302,11 +304,9 @@ export function scratchDir(server: BackendOf): string {
 }
 
 /** Every object key under the server's prefix (s3), for "nothing else was stored" assertions. */
-export async function listObjects(target: BackendTarget): Promise<string[]> {
-  const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
-  const client = await s3Client(target.services);
-  const keys: string[] = [];
-  try {
+export function listObjects(target: BackendTarget): Promise<string[]> {
+  return withS3(target, async (client, { ListObjectsV2Command }) => {
+    const keys: string[] = [];
     let token: string | undefined;
     do {
       const page = await client.send(
@@ -315,22 +315,16 @@ export async function listObjects(target: BackendTarget): Promise<string[]> {
       for (const o of page.Contents ?? []) keys.push(o.Key!);
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
-  } finally {
-    client.destroy();
-  }
-  return keys;
+    return keys;
+  });
 }
 
 /** Multipart uploads still in progress under the server's prefix: none may outlive a failure or a sweep. */
-export async function listMultipartUploads(target: BackendTarget): Promise<string[]> {
-  const { ListMultipartUploadsCommand } = await import('@aws-sdk/client-s3');
-  const client = await s3Client(target.services);
-  try {
+export function listMultipartUploads(target: BackendTarget): Promise<string[]> {
+  return withS3(target, async (client, { ListMultipartUploadsCommand }) => {
     const res = await client.send(new ListMultipartUploadsCommand({ Bucket: target.bucket, Prefix: `${target.prefix}/` }));
     return (res.Uploads ?? []).map((u) => u.Key!);
-  } finally {
-    client.destroy();
-  }
+  });
 }
 
 /** A server whose index the helpers can read: in-process (its open SQLite handle) or a child over a data dir. */
