@@ -2,6 +2,7 @@ import type { Statement } from 'better-sqlite3';
 import type { Digests } from '../store/digests.js';
 import { recordEvent } from './events.js';
 import type { DB } from './open.js';
+import type { Awaitable } from './origin-index.js';
 
 export interface BlobRow {
   sha512: string;
@@ -43,8 +44,36 @@ export interface NameRow {
   detached_by: string | null;
 }
 
+export interface RecordOptions {
+  filename?: string;
+  by?: string | null;
+  pinned?: boolean;
+  at?: number;
+}
+
+/**
+ * Blobs, names and their history: the `names` area of the index. SQLite (DistfileIndex) answers
+ * synchronously; PostgreSQL (db/postgres/names.ts) with promises, except for what its caches hold.
+ */
+export interface NameIndex {
+  /** The blob a hash path serves (quarantined ones included: the caller decides). */
+  servableByHash(sha512: string): Awaitable<ServableBlob | undefined>;
+  /** The blob a name path serves: the name's latest attachment. */
+  servableByName(filename: string): Awaitable<ServableBlob | undefined>;
+  blob(sha512: string): Awaitable<BlobRow | undefined>;
+  /** Every hash a name has pointed at, newest attachment first. */
+  history(filename: string): Awaitable<NameRow[]>;
+  namesOfBlob(sha512: string): Awaitable<NameRow[]>;
+  /** Records a stored blob (lifting a quarantine) and optionally attaches a name, with its outbox events, atomically. */
+  recordBlob(digests: Digests, opts?: RecordOptions): Awaitable<void>;
+  /** Points a name at a stored blob; false when the blob is unknown. */
+  attach(filename: string, sha512: string, by: string | null): Awaitable<boolean>;
+  /** Detaches every hash from a name; returns how many pairs were detached. */
+  detach(filename: string, by: string | null): Awaitable<number>;
+}
+
 /** Prepared statements over the index. Hot-path reads are single indexed point lookups. */
-export class DistfileIndex {
+export class DistfileIndex implements NameIndex {
   private readonly stmt: {
     servableByHash: Statement<[string], ServableBlob>;
     servableByName: Statement<[string], ServableBlob>;
@@ -129,7 +158,7 @@ export class DistfileIndex {
    * A blob that was quarantined and has just been re-written with good bytes is servable again.
    * Each change is announced in the outbox within the same transaction.
    */
-  recordBlob(digests: Digests, opts: { filename?: string; by?: string | null; pinned?: boolean; at?: number } = {}): void {
+  recordBlob(digests: Digests, opts: RecordOptions = {}): void {
     const at = opts.at ?? Date.now();
     this.db.transaction(() => {
       const created = this.stmt.insertBlob.run({ ...digests, at, pinned: opts.pinned ? 1 : 0 }).changes === 1;

@@ -1,6 +1,8 @@
 import type { Config } from '../config.js';
+import { DistfileIndex, type NameIndex } from './index.js';
 import { databaseFile, openDatabase, type DB } from './open.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
+import { PostgresNameIndex } from './postgres/names.js';
 
 /**
  * A value or a promise of it. The index areas answer with this type: SQLite answers synchronously (better-sqlite3
@@ -26,10 +28,15 @@ export interface OriginIndex {
   readonly postgres: Sql | undefined;
   /** Where the index is, for logs and status (a file, or the URL without its password). */
   readonly location: string;
+  /** Blobs, names and their history. */
+  readonly names: NameIndex;
   close(): Promise<void>;
 }
 
-export type IndexConfig = Pick<Config, 'dataDir' | 'databaseUrl' | 'databasePoolSize'>;
+export type IndexConfig = Pick<Config, 'dataDir' | 'databaseUrl' | 'databasePoolSize'> & Partial<Pick<Config, 'nameMaxAge'>>;
+
+/** A re-point through another replica is honoured here within this long at most (or the name's max-age, if shorter). */
+const NAME_CACHE_MAX_MS = 2_000;
 
 /** Opens the index FASTPULL_DATABASE_URL names (or SQLite in the data directory) and applies pending migrations. */
 export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex> {
@@ -41,6 +48,7 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       sqlite: db,
       postgres: undefined,
       location: file,
+      names: new DistfileIndex(db),
       async close() {
         db.close();
       },
@@ -53,12 +61,24 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     await sql.end({ timeout: 1 }).catch(() => undefined);
     throw err;
   }
+  const names = new PostgresNameIndex(sql, {
+    nameTtlMs: Math.min((config.nameMaxAge ?? Infinity) * 1000, NAME_CACHE_MAX_MS),
+  });
+  let unlisten: () => Promise<void>;
+  try {
+    unlisten = await names.listen();
+  } catch (err) {
+    await sql.end({ timeout: 1 }).catch(() => undefined);
+    throw err;
+  }
   return {
     kind: 'postgres',
     sqlite: undefined,
     postgres: sql,
     location: redactPassword(config.databaseUrl),
+    names,
     async close() {
+      await unlisten().catch(() => undefined);
       await sql.end({ timeout: 5 });
     },
   };
