@@ -68,17 +68,17 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const index = new DistfileIndex(db);
   const ingest = new Ingest(store, index, logger);
   const metrics = new Metrics({
-    db,
+    counters: originIndex.counters,
     dataDir: config.dataDir,
     highWatermarkBytes: config.highWatermarkBytes,
     minFreeBytes: config.minFreeBytes,
   });
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
-  const readiness = new Readiness(config, db, logger);
-  const tokens = new TokenStore(db);
+  const readiness = new Readiness(config, originIndex.status, logger);
+  const tokens = new TokenStore(originIndex.tokens, originIndex.audit);
   const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
-  if (!auth.enabled()) {
+  if (!(await auth.enabled())) {
     logger.warn('no FASTPULL_ADMIN_TOKEN and no API tokens: the write API is disabled until one exists (downloads still work)');
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
@@ -116,7 +116,8 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     auth,
     metrics,
     readiness,
-    tokens,
+    audit: originIndex.audit,
+    status: originIndex.status,
     spider,
     storage,
     events: events.dispatcher,

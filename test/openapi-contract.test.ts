@@ -160,7 +160,7 @@ describe('the OpenAPI document is complete and true', () => {
     const full = await startTestServer({ dataDir: fullDir, highWatermarkBytes: 1 });
     servers = { main, readOnly, full, limited };
     expect((await servers.main.upload('stored.tar.gz', STORED)).status).toBe(201);
-    reader = { authorization: `Bearer ${servers.main.tokens.create('reader', ['read-api'])}` };
+    reader = { authorization: `Bearer ${await servers.main.tokens.create('reader', ['read-api'])}` };
     doc = (await send(servers.main, 'GET', '/api/v1/openapi.json')).body;
   });
   afterAll(async () => {

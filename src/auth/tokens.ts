@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Awaitable } from '../db/origin-index.js';
 
 export const SCOPES = ['read-api', 'upload', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];
@@ -11,8 +12,9 @@ export interface Principal {
 
 export interface Authenticator {
   /** True when at least one credential could ever be accepted (else the write API is off). */
-  enabled(): boolean;
-  authenticate(secret: string): Principal | undefined;
+  enabled(): Awaitable<boolean>;
+  /** Asks the index on every call (no cache), so a revocation holds from the next request on, on every replica. */
+  authenticate(secret: string): Awaitable<Principal | undefined>;
 }
 
 export function hasScope(principal: Principal, scope: Scope): boolean {

@@ -1,21 +1,11 @@
 import path from 'node:path';
 import { loadConfig } from '../config.js';
-import { databaseFile, openDatabase } from '../db/open.js';
+import { openOriginIndex } from '../db/origin-index.js';
 import { intOption, runCommand } from './args.js';
 
 const USAGE = `usage: fastpull audit [--actor NAME] [--limit N] [--json] [--data-dir DIR]
   the last N (default 50) audit records, oldest first: API writes (actor: token name), commands that change
   the store or the tokens (actor: cli:<user>) and the background scrub (actor: scrub)`;
-
-interface AuditRow {
-  at: number;
-  actor: string;
-  action: string;
-  status: number | null;
-  filename: string | null;
-  sha512: string | null;
-  detail: string | null;
-}
 
 /** `fastpull audit [--actor NAME] [--limit N] [--json]`: who uploaded, linked, deleted, created or revoked what. */
 export async function auditCommand(args: string[]): Promise<number> {
@@ -29,15 +19,9 @@ export async function auditCommand(args: string[]): Promise<number> {
 
 async function showAudit(values: { actor?: string | undefined; json?: boolean | undefined; 'data-dir'?: string | undefined }, limit: number): Promise<number> {
   const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: path.resolve(values['data-dir']) } : {});
-  const db = openDatabase(databaseFile(config.dataDir));
+  const index = await openOriginIndex(config);
   try {
-    const rows = db
-      .prepare<[string | null, string | null, number], AuditRow>(
-        `SELECT at, actor, action, status, filename, sha512, detail FROM audit_log
-         WHERE (? IS NULL OR actor = ?) ORDER BY id DESC LIMIT ?`,
-      )
-      .all(values.actor ?? null, values.actor ?? null, limit)
-      .reverse();
+    const rows = await index.audit.query({ actor: values.actor, limit });
     if (values.json) {
       console.log(JSON.stringify(rows.map((r) => ({ ...r, at: new Date(r.at).toISOString() })), null, 2));
       return 0;
@@ -49,6 +33,6 @@ async function showAudit(values: { actor?: string | undefined; json?: boolean | 
     if (rows.length === 0) console.log('no audit records');
     return 0;
   } finally {
-    db.close();
+    await index.close();
   }
 }

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { parseScopes, TokenStore } from '../auth/token-store.js';
 import { loadConfig } from '../config.js';
-import { databaseFile, openDatabase } from '../db/open.js';
+import { openOriginIndex } from '../db/origin-index.js';
 import { isAppError } from '../errors.js';
 import { runCommand, UsageError } from './args.js';
 import { cliActor } from './context.js';
@@ -17,12 +17,8 @@ const SUBCOMMANDS = ['create', 'list', 'revoke'] as const;
 const iso = (ms: number | null) => (ms === null ? '-' : new Date(ms).toISOString());
 
 /**
- * Manages API tokens in the data directory's index. Safe beside a running server: it reads
- * tokens from SQLite on every request, so a new or revoked token counts at once.
- */
-/**
- * Manages API tokens in the data directory's index. Safe beside a running server: it reads
- * tokens from SQLite on every request, so a new or revoked token counts at once.
+ * Manages API tokens in the index (the data directory's SQLite, or FASTPULL_DATABASE_URL). Safe beside
+ * running servers: they read tokens from the index on every request, so a new or revoked token counts at once.
  */
 export async function tokenCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
@@ -46,21 +42,21 @@ export async function tokenCommand(args: string[]): Promise<number> {
     if (!known) throw new UsageError(`unknown subcommand "${sub}" (create, list or revoke)`);
     if (sub !== 'revoke' && positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0]}`);
     const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: path.resolve(values['data-dir']) } : {});
-    const db = openDatabase(databaseFile(config.dataDir));
-    const tokens = new TokenStore(db);
+    const index = await openOriginIndex(config);
+    const tokens = new TokenStore(index.tokens, index.audit);
     try {
       switch (sub) {
         case 'create': {
           if (!values.name) throw new UsageError('--name is required');
           const scopes = parseScopes(values.scope ?? []);
-          const secret = tokens.create(values.name, scopes, cliActor());
+          const secret = await tokens.create(values.name, scopes, cliActor());
           console.log(`created token "${values.name}" with scope(s): ${scopes.join(', ')}`);
           console.log('the secret follows; it is stored hashed and cannot be shown again:');
           console.log(secret);
           return 0;
         }
         case 'list': {
-          const list = tokens.list();
+          const list = await tokens.list();
           if (values.json) {
             console.log(JSON.stringify(list.map((t) => ({ ...t, createdAt: iso(t.createdAt), revokedAt: t.revokedAt && iso(t.revokedAt), lastUsedAt: t.lastUsedAt && iso(t.lastUsedAt) })), null, 2));
             return 0;
@@ -81,7 +77,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
           if (positionals.length > 1) throw new UsageError(`unexpected argument ${positionals[1]}`);
           const name = positionals[0] ?? values.name;
           if (!name) throw new UsageError('give the token name');
-          if (!tokens.revoke(name, cliActor())) {
+          if (!(await tokens.revoke(name, cliActor()))) {
             console.error(`fastpull token revoke: no active token named "${name}"`);
             return 1;
           }
@@ -94,7 +90,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
       if (isAppError(err)) throw new UsageError(err.message);
       throw err;
     } finally {
-      db.close();
+      await index.close();
     }
   });
 }

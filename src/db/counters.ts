@@ -1,5 +1,6 @@
 import type { Statement } from 'better-sqlite3';
 import type { DB } from './open.js';
+import type { Awaitable } from './origin-index.js';
 
 /** The one row of index_counters (migration 005), kept current by triggers in every process. */
 export interface IndexCounts {
@@ -24,8 +25,14 @@ const COUNTS_SQL = `SELECT blobs, blob_bytes AS blobBytes, quarantined_blobs AS 
   verified_bytes AS verifiedBytes, quarantines
   FROM index_counters WHERE id = 1`;
 
+/** The index counters, on either index engine. */
+export interface CounterArea {
+  /** Undefined once the index is closed (a scrape racing shutdown). */
+  read(): Awaitable<IndexCounts | undefined>;
+}
+
 /** A primary-key read of one row: cheap enough for every scrape and status request, whatever the index size. */
-export class IndexCounters {
+export class IndexCounters implements CounterArea {
   private readonly stmt: Statement<[], IndexCounts>;
 
   constructor(private readonly db: DB) {

@@ -1,8 +1,16 @@
 import type { Config } from '../config.js';
 import { DistfileIndex, type NameIndex } from './index.js';
+import { AuditLog, type AuditArea } from './audit.js';
+import { IndexCounters, type CounterArea } from './counters.js';
 import { databaseFile, openDatabase, type DB } from './open.js';
+import { PostgresAuditLog } from './postgres/audit.js';
+import { PostgresCounters } from './postgres/counters.js';
+import { PostgresStatus } from './postgres/status.js';
+import { PostgresTokens } from './postgres/tokens.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
 import { PostgresNameIndex } from './postgres/names.js';
+import { StatusQueries, type StatusArea } from './status-queries.js';
+import { SqliteTokens, type TokenArea } from './tokens.js';
 
 /**
  * A value or a promise of it. The index areas answer with this type: SQLite answers synchronously (better-sqlite3
@@ -30,6 +38,14 @@ export interface OriginIndex {
   readonly location: string;
   /** Blobs, names and their history. */
   readonly names: NameIndex;
+  /** API tokens (no per-process cache: a revocation holds on every replica at the next request). */
+  readonly tokens: TokenArea;
+  /** Who changed what. */
+  readonly audit: AuditArea;
+  /** The status page's totals, recent names and search; readiness's probe. */
+  readonly status: StatusArea;
+  /** The index counters kept by triggers (metrics, totals). */
+  readonly counters: CounterArea;
   close(): Promise<void>;
 }
 
@@ -49,6 +65,10 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       postgres: undefined,
       location: file,
       names: new DistfileIndex(db),
+      tokens: new SqliteTokens(db),
+      audit: new AuditLog(db),
+      status: new StatusQueries(db),
+      counters: new IndexCounters(db),
       async close() {
         db.close();
       },
@@ -77,6 +97,10 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     postgres: sql,
     location: redactPassword(config.databaseUrl),
     names,
+    tokens: new PostgresTokens(sql),
+    audit: new PostgresAuditLog(sql),
+    status: new PostgresStatus(sql),
+    counters: new PostgresCounters(sql),
     async close() {
       await unlisten().catch(() => undefined);
       await sql.end({ timeout: 5 });

@@ -1,6 +1,7 @@
 import type { Statement } from 'better-sqlite3';
-import { IndexCounters } from './counters.js';
+import { IndexCounters, type IndexCounts } from './counters.js';
 import type { DB } from './open.js';
+import type { Awaitable } from './origin-index.js';
 
 export interface Totals {
   blobs: number;
@@ -56,10 +57,46 @@ export interface SearchOptions {
   after?: string | undefined;
 }
 
-/** Read-only queries behind the public status page; each one is served by an index. */
-export class StatusQueries {
+export interface SearchResult {
+  results: { filename: string; hashes: AttachedName[] }[];
+  /** More names match than were returned. */
+  truncated: boolean;
+}
+
+/** Read-only queries behind the public status page and readiness, on either index engine; each one is served by an index. */
+export interface StatusArea {
+  /** Kept current by triggers (migration 005): a few rows, whatever the size of the index. */
+  totals(): Awaitable<Totals>;
+  /** The most recently attached (name, hash) pairs, newest first. */
+  recent(limit: number): Awaitable<AttachedName[]>;
+  /**
+   * Up to `limit` attached names starting with `prefix` (byte-wise and case-sensitive unless
+   * ignoreCase), in name order, after `after` when given; each with all its attached hashes, the
+   * one name paths serve (highest seq) first. The caller checks that `after` matches the prefix.
+   */
+  searchPrefix(prefix: string, limit: number, options?: SearchOptions): Awaitable<SearchResult>;
+  /** Readiness's probe: resolves when the index answers a query, throws otherwise. */
+  ping(): Awaitable<void>;
+}
+
+/** The index counters as the status page's totals. */
+export function totalsOf(c: IndexCounts): Totals {
+  return {
+    blobs: c.blobs,
+    bytes: c.blobBytes,
+    names: c.attachedNames,
+    quarantinedBlobs: c.quarantinedBlobs,
+    quarantinedBytes: c.quarantinedBytes,
+    pinnedBlobs: c.pinnedBlobs,
+    dedupSavedBytes: c.dedupSavedBytes,
+  };
+}
+
+/** The SQLite status queries: synchronous prepared statements. */
+export class StatusQueries implements StatusArea {
   private readonly stmt: {
     recent: Statement<[number], AttachedName>;
+    probe: Statement<[], unknown>;
     namesWithPrefix: Statement<[string, string, number], { filename: string }>;
     namesWithPrefixNocase: Statement<[{ lo: string; hi: string; after: string; limit: number }], { filename: string }>;
     attachedOf: Statement<[string], AttachedName>;
@@ -76,6 +113,7 @@ export class StatusQueries {
          WHERE n.detached_at IS NULL
          ORDER BY n.seq DESC LIMIT ?`,
       ),
+      probe: db.prepare('SELECT 1 FROM blobs LIMIT 1'),
       namesWithPrefix: db.prepare(NAMES_WITH_PREFIX_SQL),
       namesWithPrefixNocase: db.prepare(NAMES_WITH_PREFIX_NOCASE_SQL),
       attachedOf: db.prepare(
@@ -87,35 +125,15 @@ export class StatusQueries {
     };
   }
 
-  /** Kept current by triggers (migration 005): one row, whatever the size of the index. */
   totals(): Totals {
-    const c = this.counters.read()!;
-    return {
-      blobs: c.blobs,
-      bytes: c.blobBytes,
-      names: c.attachedNames,
-      quarantinedBlobs: c.quarantinedBlobs,
-      quarantinedBytes: c.quarantinedBytes,
-      pinnedBlobs: c.pinnedBlobs,
-      dedupSavedBytes: c.dedupSavedBytes,
-    };
+    return totalsOf(this.counters.read()!);
   }
 
-  /** The most recently attached (name, hash) pairs, newest first. */
   recent(limit: number): AttachedName[] {
     return this.stmt.recent.all(limit);
   }
 
-  /**
-   * Up to `limit` attached names starting with `prefix` (byte-wise and case-sensitive unless
-   * ignoreCase), in name order, after `after` when given; each with all its attached hashes, the
-   * one name paths serve (highest seq) first. The caller checks that `after` matches the prefix.
-   */
-  searchPrefix(
-    prefix: string,
-    limit: number,
-    options: SearchOptions = {},
-  ): { results: { filename: string; hashes: AttachedName[] }[]; truncated: boolean } {
+  searchPrefix(prefix: string, limit: number, options: SearchOptions = {}): SearchResult {
     const hi = prefix + MAX_CODE_POINT;
     // One extra name tells the caller whether more match, without a count query.
     const names = options.ignoreCase
@@ -126,5 +144,9 @@ export class StatusQueries {
       results: names.slice(0, limit).map(({ filename }) => ({ filename, hashes: this.stmt.attachedOf.all(filename) })),
       truncated: names.length > limit,
     };
+  }
+
+  ping(): void {
+    this.stmt.probe.get();
   }
 }

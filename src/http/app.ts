@@ -14,7 +14,8 @@ import { responseBytes, type Metrics } from './metrics.js';
 import { installOps, serverTimeoutOptions } from './ops.js';
 import { requestLogFields } from './request-log.js';
 import { Readiness } from '../ops/readiness.js';
-import type { TokenStore } from '../auth/token-store.js';
+import type { AuditArea } from '../db/audit.js';
+import { StatusQueries, type StatusArea } from '../db/status-queries.js';
 import { registerOpenApi } from './openapi.js';
 import { fetchRoutes } from './routes/fetches.js';
 import type { Spider } from '../ingest/spider.js';
@@ -37,7 +38,10 @@ export interface AppDeps {
   missHandler?: MissHandler;
   metrics?: Metrics;
   readiness?: Readiness;
-  tokens?: TokenStore;
+  /** Where authenticated writes are recorded; without it nothing is. */
+  audit?: AuditArea;
+  /** The status page's queries and readiness's probe; SQLite's from the index when absent. */
+  status?: StatusArea;
   /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
   spider?: Spider;
   storage?: AdminRouteDeps['storage'];
@@ -127,13 +131,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
-  const readiness = deps.readiness ?? new Readiness(config, deps.index.db, deps.logger);
-  installOps(app, { config, metrics: deps.metrics, readiness, tokens: deps.tokens });
+  const status = deps.status ?? new StatusQueries(deps.index.db);
+  const readiness = deps.readiness ?? new Readiness(config, status, deps.logger);
+  installOps(app, { config, metrics: deps.metrics, readiness, audit: deps.audit });
 
   const pullThrough = deps.spider?.pullThrough;
   const metrics = deps.metrics;
   await app.register(statusRoutes, {
-    db: deps.index.db,
+    queries: status,
     config,
     readiness,
     ...(metrics ? { traffic: () => metrics.lastHour() } : {}),

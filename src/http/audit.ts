@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify';
-import type { TokenStore } from '../auth/token-store.js';
+import type { AuditArea } from '../db/audit.js';
+import { isPromise } from '../db/origin-index.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -27,7 +28,7 @@ function bodyFilename(body: unknown): string | undefined {
  * audit_log. Hooks are attached only to routes that accept a write method, so downloads run
  * no audit code at all. Must be installed before routes are registered.
  */
-export function installAudit(app: FastifyInstance, tokens: TokenStore): void {
+export function installAudit(app: FastifyInstance, audit: AuditArea): void {
   app.addHook('onRoute', (route) => {
     const methods = Array.isArray(route.method) ? route.method : [route.method];
     if (methods.every((m) => SAFE.has(m))) return;
@@ -45,7 +46,7 @@ export function installAudit(app: FastifyInstance, tokens: TokenStore): void {
       if (!request.principal || SAFE.has(request.method)) return;
       const params = (request.params ?? {}) as Record<string, string | undefined>;
       try {
-        tokens.audit({
+        const recorded = audit.record({
           actor: request.principal.name,
           action: action(request.method),
           status: reply.statusCode,
@@ -53,6 +54,7 @@ export function installAudit(app: FastifyInstance, tokens: TokenStore): void {
           sha512: params.sha512 ?? request.auditSha512 ?? null,
           detail: request.errorCode ?? null,
         });
+        if (isPromise(recorded)) await recorded;
       } catch (err) {
         request.log.error({ err }, 'could not write the audit record');
       }

@@ -3,8 +3,7 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { IndexCounters, type IndexCounts } from '../db/counters.js';
-import type { DB } from '../db/open.js';
+import type { CounterArea, IndexCounts } from '../db/counters.js';
 import type { DistfileIndex } from '../db/index.js';
 import { isAppError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
@@ -37,7 +36,8 @@ export function statusClass(status: number): string {
 
 /** What the metrics read from outside the registry; each part is optional so a test can build a bare one. */
 export interface MetricSources {
-  db?: DB;
+  /** The index counters behind the stored/quarantined/verified gauges; absent, those metrics are not exported. */
+  counters?: CounterArea;
   dataDir?: string;
   /** FASTPULL_HIGH_WATERMARK_BYTES, when set: exported so an alert can compare stored bytes with it. */
   highWatermarkBytes?: number | undefined;
@@ -178,14 +178,14 @@ export class Metrics {
   /** Requests, bytes and status classes per minute over the last hour, for the status page. */
   readonly traffic = new TrafficHistory();
 
-  private readonly counters: IndexCounters | undefined;
+  private readonly counters: CounterArea | undefined;
   /** Read once per scrape (one primary-key row, whatever the index size); every gauge uses the same snapshot. */
   private counts: IndexCounts | undefined;
   private mirrorStates: () => MirrorState[] = () => [];
   private scrubState: () => ScrubState = () => ({ enabled: false, running: false, resting: false, lastProgressAt: 0 });
 
   constructor(sources: MetricSources = {}) {
-    const { db, dataDir } = sources;
+    const { counters, dataDir } = sources;
     if (sources.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
     const counts = () => this.counts;
     const fromIndex = (name: string, help: string, pick: (c: IndexCounts) => number, type: 'gauge' | 'counter' = 'gauge') => {
@@ -219,8 +219,8 @@ export class Metrics {
         });
       }
     };
-    if (db) {
-      this.counters = new IndexCounters(db);
+    if (counters) {
+      this.counters = counters;
       fromIndex('fastpull_stored_blobs', 'Blobs in the index (quarantined ones included)', (c) => c.blobs);
       fromIndex('fastpull_stored_blob_bytes', 'Total size of the blobs in the index (quarantined ones included)', (c) => c.blobBytes);
       fromIndex('fastpull_quarantined_blobs', 'Blobs whose bytes failed verification or went missing; they answer 404 until re-uploaded', (c) => c.quarantinedBlobs);
@@ -396,16 +396,28 @@ export class Metrics {
     return this.aggregateTraffic ? this.aggregateTraffic() : this.traffic.lastHour();
   }
 
+  /**
+   * One read of the counters per scrape. An index that cannot answer (closed at shutdown, PostgreSQL
+   * unreachable) leaves its gauges out of this scrape rather than failing the whole of /metrics.
+   */
+  private async readCounts(): Promise<void> {
+    try {
+      this.counts = await this.counters?.read();
+    } catch {
+      this.counts = undefined;
+    }
+  }
+
   /** This process's metrics as JSON, for the cluster primary to add up. */
-  collect() {
-    this.counts = this.counters?.read();
+  async collect() {
+    await this.readCounts();
     for (const hook of this.scrapeHooks) hook();
     return this.registry.getMetricsAsJSON();
   }
 
-  text(): Promise<string> {
+  async text(): Promise<string> {
     if (this.aggregate) return this.aggregate();
-    this.counts = this.counters?.read();
+    await this.readCounts();
     for (const hook of this.scrapeHooks) hook();
     return this.registry.metrics();
   }

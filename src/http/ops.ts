@@ -4,7 +4,7 @@ import type { Config } from '../config.js';
 import { AppError } from '../errors.js';
 import type { Readiness } from '../ops/readiness.js';
 import { checkInterval, enforceIdleTimeout } from '../ops/timeouts.js';
-import type { TokenStore } from '../auth/token-store.js';
+import type { AuditArea } from '../db/audit.js';
 import { installAudit } from './audit.js';
 import { installHttpMetrics, metricsRoute, type Metrics } from './metrics.js';
 
@@ -12,7 +12,8 @@ export interface OpsDeps {
   config: Config;
   metrics?: Metrics | undefined;
   readiness?: Readiness | undefined;
-  tokens?: TokenStore | undefined;
+  /** Where authenticated writes are recorded. */
+  audit?: AuditArea | undefined;
 }
 
 /**
@@ -46,8 +47,8 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 /** Health, metrics and read-only mode; called by buildApp before any route is registered. */
 export function installOps(app: FastifyInstance, deps: OpsDeps): void {
-  const { config, metrics, readiness, tokens } = deps;
-  if (tokens) installAudit(app, tokens);
+  const { config, metrics, readiness, audit } = deps;
+  if (audit) installAudit(app, audit);
   enforceIdleTimeout(app.server, config.idleTimeoutMs);
 
   if (config.readOnly) {

@@ -3,7 +3,8 @@ import { access, open, statfs, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { DB } from '../db/open.js';
+import { isPromise } from '../db/origin-index.js';
+import type { StatusArea } from '../db/status-queries.js';
 
 /**
  * Where the drain flag lives: FASTPULL_DRAIN_FILE, else `<dataDir>/drain`; undefined when the config file
@@ -32,7 +33,6 @@ export interface ReadinessReport {
 export class Readiness {
   /** Set when shutdown begins, so readyz fails while in-flight downloads finish. */
   shuttingDown = false;
-  private readonly probeQuery;
   private readonly drainFile: string | undefined;
   private readonly probeDir: string;
   private lastFailing = '';
@@ -41,10 +41,9 @@ export class Readiness {
 
   constructor(
     private readonly config: Pick<Config, 'drainFile' | 'dataDir' | 'minFreeBytes' | 'readOnly'>,
-    private readonly db: DB,
+    private readonly index: Pick<StatusArea, 'ping'>,
     private readonly log?: Logger,
   ) {
-    this.probeQuery = db.prepare('SELECT 1 FROM blobs LIMIT 1');
     this.drainFile = drainFilePath(config);
     // The temp dir is where every upload is first written, so that is the directory that must take writes.
     this.probeDir = path.join(config.dataDir, 'tmp');
@@ -56,7 +55,7 @@ export class Readiness {
 
   async check(): Promise<ReadinessReport> {
     const checks: Record<string, CheckResult> = {
-      database: this.database(),
+      database: await this.database(),
       writable: this.config.readOnly ? { ok: true, detail: 'read-only mode: not probed' } : await this.writable(),
       disk: await this.disk(),
       drain: await this.drain(),
@@ -81,12 +80,13 @@ export class Readiness {
     return { ready: failing.length === 0, failing, checks };
   }
 
-  private database(): CheckResult {
+  private async database(): Promise<CheckResult> {
     try {
-      this.probeQuery.get();
+      const answered = this.index.ping();
+      if (isPromise(answered)) await answered;
       return { ok: true };
     } catch (err) {
-      // The answer is public: the SQLite message goes to the log only.
+      // The answer is public: the driver's message goes to the log only.
       this.log?.warn({ err }, 'readiness: database query failed');
       return { ok: false, detail: 'the database did not answer a query' };
     }

@@ -2,8 +2,7 @@ import { readFileSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
 import type { Config } from '../../config.js';
-import type { DB } from '../../db/open.js';
-import { StatusQueries, type AttachedName } from '../../db/status-queries.js';
+import type { AttachedName, StatusArea } from '../../db/status-queries.js';
 import { AppError } from '../../errors.js';
 import type { Readiness, ReadinessReport } from '../../ops/readiness.js';
 import type { MirrorState } from '../metrics.js';
@@ -12,7 +11,7 @@ import { downloadPaths } from '../urls.js';
 import { urls } from './admin-schemas.js';
 
 export interface StatusRouteDeps {
-  db: DB;
+  queries: StatusArea;
   config?: Pick<Config, 'dataDir' | 'minFreeBytes' | 'highWatermarkBytes' | 'readOnly' | 'pullThrough'>;
   readiness?: Readiness;
   /** The last hour of requests (metrics.lastHour(): the whole cluster's when there is one); absent without metrics. */
@@ -120,7 +119,7 @@ function readPageFiles() {
 
 /** The public status page and the read-only JSON behind it: no token, like the downloads themselves. */
 export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps): Promise<void> {
-  const queries = new StatusQueries(deps.db);
+  const queries = deps.queries;
   const { config, readiness, traffic, mirrors } = deps;
   let ready: { at: number; report: Promise<ReadinessReport> } | undefined;
   const readinessReport = () => {
@@ -269,11 +268,17 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
     async (request, reply) => {
       request.routeKind = 'api';
       reply.header('cache-control', API_CACHE_CONTROL);
-      const [report, space, minutes] = await Promise.all([readinessReport(), disk(), traffic?.() ?? []]);
+      const [report, space, minutes, totals, recent] = await Promise.all([
+        readinessReport(),
+        disk(),
+        traffic?.() ?? [],
+        queries.totals(),
+        queries.recent(request.query.recent),
+      ]);
       const uptime = process.uptime();
       return {
-        totals: queries.totals(),
-        recent: queries.recent(request.query.recent).map((row) => ({ filename: row.filename, ...hashEntry(row) })),
+        totals,
+        recent: recent.map((row) => ({ filename: row.filename, ...hashEntry(row) })),
         server: {
           version: VERSION,
           uptimeSeconds: Math.floor(uptime),
@@ -349,7 +354,7 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
       if (after !== undefined && !fold(after).startsWith(fold(prefix))) {
         throw new AppError('BAD_REQUEST', '`after` must be a name that starts with `prefix` (the `next` of the previous page)');
       }
-      const { results, truncated } = queries.searchPrefix(prefix, limit, { ignoreCase, after });
+      const { results, truncated } = await queries.searchPrefix(prefix, limit, { ignoreCase, after });
       reply.header('cache-control', API_CACHE_CONTROL);
       return {
         prefix,
