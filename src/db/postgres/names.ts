@@ -1,9 +1,9 @@
 import type postgres from 'postgres';
 import type { Digests } from '../../store/digests.js';
-import type { NewEvent } from '../events.js';
 import type { BlobRow, NameIndex, NameRow, RecordOptions, ServableBlob } from '../index.js';
 import type { Awaitable } from '../origin-index.js';
 import { listenBlobChanges, type Sql } from '../postgres-index.js';
+import { recordEvent } from './events.js';
 import { Lru } from './lru.js';
 
 type Tx = postgres.TransactionSql;
@@ -223,26 +223,4 @@ async function attachInTx(tx: Tx, filename: string, sha512: string, by: string |
     });
   }
   return true;
-}
-
-/**
- * Writes one outbox event inside the transaction of its change, as db/events.ts's recordEvent does on SQLite
- * (size and, unless given, the attached names read in the same transaction). Local stand-in with the signature
- * of the events area's PostgreSQL recordEvent (db/postgres/events.ts); replace the call when that lands.
- */
-async function recordEvent(tx: Tx, event: NewEvent): Promise<number> {
-  const names =
-    event.names ??
-    (event.type === 'blob.deleted'
-      ? await tx<{ filename: string }[]>`SELECT DISTINCT filename FROM names WHERE sha512 = ${event.sha512} ORDER BY filename`
-      : await tx<{ filename: string }[]>`
-          SELECT filename FROM names WHERE sha512 = ${event.sha512} AND detached_at IS NULL ORDER BY seq DESC`
-    ).map((r) => r.filename);
-  const [row] = await tx<{ id: number }[]>`
-    INSERT INTO events (at, type, sha512, size, names, previous_sha512, actor)
-    VALUES (${event.at ?? Date.now()}, ${event.type}, ${event.sha512},
-            (SELECT size FROM blobs WHERE sha512 = ${event.sha512}), ${JSON.stringify(names)},
-            ${event.previousSha512 ?? null}, ${event.actor ?? null})
-    RETURNING id`;
-  return row!.id;
 }
