@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { BootstrapAuthenticator } from './auth/tokens.js';
 import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
-import { DistfileIndex } from './db/index.js';
+import type { NameIndex } from './db/index.js';
 import type { DB } from './db/open.js';
 import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
 import { buildApp } from './http/app.js';
@@ -33,7 +33,8 @@ export interface Server {
   originIndex: OriginIndex;
   db: DB;
   store: BlobStore;
-  index: DistfileIndex;
+  /** Blobs and names (originIndex.names). */
+  index: NameIndex;
   ingest: Ingest;
   logger: Logger;
   metrics: Metrics;
@@ -65,7 +66,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
 
   const originIndex = await openOriginIndex(config);
   const db = sqliteHandle(originIndex);
-  const index = new DistfileIndex(db);
+  const index = originIndex.names;
   const ingest = new Ingest(store, index, logger);
   const metrics = new Metrics({
     counters: originIndex.counters,

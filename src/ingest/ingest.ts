@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { AppError, fromFsError } from '../errors.js';
-import type { DistfileIndex } from '../db/index.js';
+import type { NameIndex } from '../db/index.js';
 import type { BlobStore } from '../store/blob-store.js';
 import type { Digests, ExpectedDigests } from '../store/digests.js';
 import { isSha512Hex } from '../domain/hashes.js';
@@ -33,7 +33,7 @@ export interface IngestResult {
 export class Ingest {
   constructor(
     readonly store: BlobStore,
-    readonly index: DistfileIndex,
+    readonly index: NameIndex,
     readonly log?: Logger,
   ) {}
 
@@ -45,11 +45,11 @@ export class Ingest {
       // A copy found damaged but left in place must give way to the bytes just verified; deduping
       // against it would un-quarantine the damage. (A file with no index row yet is a concurrent
       // upload's or a crash's: it was verified before it was linked, so dedup is right for it.)
-      replaceExisting: (d) => (this.index.blob(d.sha512)?.quarantined_at ?? null) !== null,
+      replaceExisting: async (d) => ((await this.index.blob(d.sha512))?.quarantined_at ?? null) !== null,
       ...(options.lease ? { onProgress: (n: number) => options.lease!.grow(n) } : {}),
     });
     try {
-      this.index.recordBlob(digests, {
+      await this.index.recordBlob(digests, {
         ...(options.filename !== undefined ? { filename: options.filename } : {}),
         by: options.by ?? null,
         pinned: options.pinned ?? false,
@@ -58,7 +58,7 @@ export class Ingest {
     } catch (err) {
       // No blob file may stay without its row (e.g. SQLite "database or disk is full" after the link):
       // take back what this upload placed; a file that was already there before stays.
-      if (created) await this.store.unplace(digests.sha512, () => this.index.blob(digests.sha512) !== undefined);
+      if (created) await this.store.unplace(digests.sha512, async () => (await this.index.blob(digests.sha512)) !== undefined);
       throw fromFsError(err);
     }
     this.log?.info(
@@ -69,12 +69,12 @@ export class Ingest {
   }
 
   /** Attaches a name to a blob that is already stored, without re-sending bytes. */
-  link(filename: string, sha512: string, by: string | null): Digests {
+  async link(filename: string, sha512: string, by: string | null): Promise<Digests> {
     assertFilename(filename);
     assertSha512(sha512);
-    const blob = this.index.blob(sha512);
+    const blob = await this.index.blob(sha512);
     if (!blob || blob.quarantined_at !== null) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
-    if (!this.index.attach(filename, sha512, by)) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
+    if (!(await this.index.attach(filename, sha512, by))) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
     this.log?.info({ filename, sha512, by }, 'name attached');
     return { size: blob.size, sha512: blob.sha512, blake2b: blob.blake2b, sha256: blob.sha256 };
   }
@@ -82,7 +82,7 @@ export class Ingest {
   /** Detaching must work on a full disk: it may use the reserve, which is what the reserve is for. */
   async detach(filename: string, by: string | null): Promise<number> {
     assertFilename(filename);
-    const detached = await this.store.reserve.whenFull(
+    const detached = await this.store.reserve.whenFull<number>(
       () => this.index.detach(filename, by),
       () => this.log?.warn({ filename }, 'disk full: released the reserve to record a detach (uploads wait until gc frees space)'),
     );
