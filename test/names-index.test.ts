@@ -1,12 +1,20 @@
 import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
 import type { NameIndex } from '../src/db/index.js';
 import { isPromise, openOriginIndex, type OriginIndex } from '../src/db/origin-index.js';
 import { Lru } from '../src/db/postgres/lru.js';
+import { createHotPath } from '../src/http/hot-path.js';
+import { Ingest } from '../src/ingest/ingest.js';
+import { createLogger } from '../src/logger.js';
+import { BlobStore } from '../src/store/blob-store.js';
 import { blake2b, sha256, sha512 } from './helpers/core.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
+import { get } from './helpers/server.js';
 import { skipWithoutService } from './helpers/services.js';
 
 /**
@@ -180,6 +188,65 @@ describe.skipIf(skipPg)('names area: PostgreSQL replicas and their caches', () =
       await a.postgres!`UPDATE blobs SET quarantined_at = 9 WHERE sha512 = ${d.sha512} AND quarantined_at IS NULL`;
       return (await b.names.servableByHash(d.sha512))?.quarantined_at === 9;
     }, 'B hears announcements again');
+  });
+});
+
+describe.skipIf(skipPg)('the download path over PostgreSQL', () => {
+  let index: OriginIndex;
+  let store: BlobStore;
+  let server: http.Server;
+  let base: string;
+  beforeAll(async () => {
+    pg ??= await startPostgres();
+    index = await open('postgres');
+    const dir = await mkdtemp(path.join(tmpdir(), 'fp-names-store-'));
+    dirs.push(dir);
+    store = new BlobStore(dir);
+    await store.init();
+    const hot = createHotPath({
+      config: loadConfig({ dataDir: dir, logLevel: 'silent' }, {}),
+      index: index.names,
+      store,
+      logger: createLogger('silent'),
+      closing: () => false,
+    })!;
+    // What fastify would answer: anything the lean path hands over, marked so the test can tell.
+    server = http.createServer((req, res) => hot(req, res, (_req, r) => r.writeHead(404, { 'x-handed-over': '1' }).end()));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  }, 60_000);
+  afterAll(async () => {
+    server?.closeAllConnections();
+    await new Promise((resolve) => server?.close(resolve));
+  });
+
+  it('answers hash and name paths from the database, then from the cache, and hands over what is not servable', async () => {
+    const body = Buffer.from('served through postgres\n'.repeat(100));
+    const ingest = new Ingest(store, index.names);
+    const { digests } = await ingest.ingest(Readable.from([body]), { filename: 'pg-1.0.tar.gz', by: 'test' });
+    const h = digests.sha512;
+    const hashPath = `${base}/${h.slice(0, 2)}/${h.slice(2, 4)}/${h.slice(4, 6)}/${h}`;
+    for (const round of ['database', 'cache']) {
+      const byHash = await get(hashPath);
+      expect([round, byHash.status, byHash.headers['content-disposition']]).toEqual([round, 200, 'attachment; filename="pg-1.0.tar.gz"']);
+      expect(byHash.body.equals(body)).toBe(true);
+      const byName = await get(`${base}/distfiles/pg-1.0.tar.gz`);
+      expect([round, byName.status]).toEqual([round, 200]);
+      expect(byName.body.equals(body)).toBe(true);
+    }
+    expect(isPromise(index.names.servableByHash(h))).toBe(false);
+    const range = await get(hashPath, { range: 'bytes=0-5' });
+    expect([range.status, range.body.toString()]).toEqual([206, 'served']);
+    expect((await get(hashPath, { 'if-none-match': `"${h}"` })).status).toBe(304);
+    const unknown = await get(`${base}/distfiles/never-stored.tar.gz`);
+    expect([unknown.status, unknown.headers['x-handed-over']]).toEqual([404, '1']);
+
+    await index.postgres!`UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ${h}`;
+    await eventually(async () => (await get(hashPath)).headers['x-handed-over'] === '1', 'a quarantined blob is handed over');
+    expect((await get(`${base}/distfiles/pg-1.0.tar.gz`)).headers['x-handed-over']).toBe('1');
+    // A re-upload of the good bytes releases it, through the asynchronous dedup check of the store.
+    expect((await ingest.ingest(Readable.from([body]), { by: 'test' })).created).toBe(true);
+    expect((await get(hashPath)).status).toBe(200);
   });
 });
 
