@@ -9,7 +9,7 @@ import { connectPostgres, listenBlobChanges, migratePostgres, POSTGRES_MIGRATION
 import { PostgresNameIndex } from '../src/db/postgres/names.js';
 import { listMigrations, MIGRATIONS_DIR } from '../src/db/migrate.js';
 import { claimFetchItems, withClusterLock } from '../src/db/postgres-work.js';
-import { blake2b, sha256, sha512 } from './helpers/core.js';
+import { digestsOf, sha512 } from './helpers/core.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 import { skipWithoutService } from './helpers/services.js';
 
@@ -51,10 +51,7 @@ afterAll(async () => {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-const digests = (text: string) => {
-  const b = Buffer.from(text);
-  return { size: b.length, sha512: sha512(b), blake2b: blake2b(b), sha256: sha256(b) };
-};
+const digests = digestsOf;
 
 describe.each([
   { name: 'sqlite', flavour: sqlite, skip: false },

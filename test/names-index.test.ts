@@ -12,7 +12,7 @@ import { createHotPath } from '../src/http/hot-path.js';
 import { Ingest } from '../src/ingest/ingest.js';
 import { createLogger } from '../src/logger.js';
 import { BlobStore } from '../src/store/blob-store.js';
-import { blake2b, sha256, sha512 } from './helpers/core.js';
+import { digestsOf, sha512 } from './helpers/core.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 import { get } from './helpers/server.js';
 import { skipWithoutService } from './helpers/services.js';
@@ -33,10 +33,7 @@ afterAll(async () => {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-const digests = (text: string) => {
-  const b = Buffer.from(text);
-  return { size: b.length, sha512: sha512(b), blake2b: blake2b(b), sha256: sha256(b) };
-};
+const digests = digestsOf;
 
 async function open(engine: 'sqlite' | 'postgres', databaseUrl?: string, nameMaxAge = 300): Promise<OriginIndex> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'fp-names-'));

@@ -1,6 +1,6 @@
 import type { Statement } from 'better-sqlite3';
 import type { Digests } from '../store/digests.js';
-import { recordEvent } from './events.js';
+import { recordEvent, type NewEvent } from './events.js';
 import type { DB } from './open.js';
 import type { Awaitable } from './origin-index.js';
 
@@ -192,16 +192,8 @@ export class DistfileIndex implements NameIndex {
     const previous = this.stmt.currentOf.get(filename)?.sha512;
     const { seq } = this.stmt.nextSeq.get()!;
     this.stmt.attach.run({ filename, sha512, seq, at, by });
-    // Re-attaching the hash a name already serves changes nothing anyone can observe.
-    if (previous === sha512) return;
-    recordEvent(this.db, {
-      type: previous === undefined ? 'name.attached' : 'name.repointed',
-      sha512,
-      names: [filename],
-      previousSha512: previous ?? null,
-      actor: by,
-      at,
-    });
+    const event = attachEvent(filename, sha512, previous, by, at);
+    if (event) recordEvent(this.db, event);
   }
 
   /** Detaches every hash from a name; the blobs stay. Returns how many pairs were detached. */
@@ -218,4 +210,20 @@ export class DistfileIndex implements NameIndex {
       })
       .immediate();
   }
+}
+
+/**
+ * What attaching `sha512` to a name that served `previous` announces (both engines): nothing when it is the
+ * hash the name already serves, which changes nothing anyone can observe.
+ */
+export function attachEvent(filename: string, sha512: string, previous: string | undefined, by: string | null, at: number): NewEvent | undefined {
+  if (previous === sha512) return undefined;
+  return {
+    type: previous === undefined ? 'name.attached' : 'name.repointed',
+    sha512,
+    names: [filename],
+    previousSha512: previous ?? null,
+    actor: by,
+    at,
+  };
 }

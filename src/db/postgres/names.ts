@@ -1,6 +1,6 @@
 import type postgres from 'postgres';
 import type { Digests } from '../../store/digests.js';
-import type { BlobRow, NameIndex, NameRow, RecordOptions, ServableBlob } from '../index.js';
+import { attachEvent, type BlobRow, type NameIndex, type NameRow, type RecordOptions, type ServableBlob } from '../index.js';
 import type { Awaitable } from '../origin-index.js';
 import { listenBlobChanges, type Sql } from '../postgres-index.js';
 import { recordEvent } from './events.js';
@@ -211,16 +211,7 @@ async function attachInTx(tx: Tx, filename: string, sha512: string, by: string |
       seq = excluded.seq, attached_at = excluded.attached_at, attached_by = excluded.attached_by,
       detached_at = NULL, detached_by = NULL`;
   if (result.count === 0) return false;
-  // Re-attaching the hash a name already serves changes nothing anyone can observe.
-  if (previous !== sha512) {
-    await recordEvent(tx, {
-      type: previous === undefined ? 'name.attached' : 'name.repointed',
-      sha512,
-      names: [filename],
-      previousSha512: previous ?? null,
-      actor: by,
-      at,
-    });
-  }
+  const event = attachEvent(filename, sha512, previous, by, at);
+  if (event) await recordEvent(tx, event);
   return true;
 }
