@@ -12,6 +12,7 @@ import { createHotPath } from '../src/http/hot-path.js';
 import { Ingest } from '../src/ingest/ingest.js';
 import { createLogger } from '../src/logger.js';
 import { BlobStore } from '../src/store/blob-store.js';
+import { localSource } from '../src/store/remote-reader.js';
 import { digestsOf, sha512 } from './helpers/core.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 import { get } from './helpers/server.js';
@@ -208,7 +209,7 @@ describe.skipIf(skipPg)('the download path over PostgreSQL', () => {
     const hot = createHotPath({
       config: loadConfig({ dataDir: dir, logLevel: 'silent' }, {}),
       index: index.names,
-      store,
+      source: localSource(store),
       logger: createLogger('silent'),
       closing: () => false,
     })!;

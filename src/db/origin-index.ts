@@ -1,5 +1,6 @@
 import type { Config } from '../config.js';
 import { DistfileIndex, type NameIndex } from './index.js';
+import { FetchJobStore, type FetchJobQueue } from './fetch-jobs.js';
 import { AuditLog, type AuditArea } from './audit.js';
 import { IndexCounters, type CounterArea } from './counters.js';
 import { databaseFile, openDatabase, type DB } from './open.js';
@@ -7,8 +8,17 @@ import { PostgresAuditLog } from './postgres/audit.js';
 import { PostgresCounters } from './postgres/counters.js';
 import { PostgresStatus } from './postgres/status.js';
 import { PostgresTokens } from './postgres/tokens.js';
+import { EventOutbox, type Outbox } from './events.js';
+import { PostgresEventOutbox } from './postgres/events.js';
+import { localLocks, type ClusterLocks } from './locks.js';
+import { MaintenanceQueries, type MaintenanceIndex } from './maintenance.js';
+import { PostgresLocks } from './postgres/locks.js';
+import { PostgresMaintenance } from './postgres/maintenance.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
 import { PostgresNameIndex } from './postgres/names.js';
+import { PgUploadHolds } from './postgres/holds.js';
+import { PgFetchJobs } from './postgres/jobs.js';
+import { UploadHolds, type UploadHoldArea } from './upload-holds.js';
 import { StatusQueries, type StatusArea } from './status-queries.js';
 import { SqliteTokens, type TokenArea } from './tokens.js';
 
@@ -38,6 +48,10 @@ export interface OriginIndex {
   readonly location: string;
   /** Blobs, names and their history. */
   readonly names: NameIndex;
+  /** Fetch jobs and the URL → sha512 pairs learned by fetching; claims are exclusive across processes and replicas. */
+  readonly jobs: FetchJobQueue;
+  /** Space uploads in flight hold against the high watermark, in every process and replica. */
+  readonly holds: UploadHoldArea;
   /** API tokens (no per-process cache: a revocation holds on every replica at the next request). */
   readonly tokens: TokenArea;
   /** Who changed what. */
@@ -46,6 +60,12 @@ export interface OriginIndex {
   readonly status: StatusArea;
   /** The index counters kept by triggers (metrics, totals). */
   readonly counters: CounterArea;
+  /** The outbox: events to deliver, and delivery bookkeeping per target. */
+  readonly events: Outbox;
+  /** Whole-table scans and repairs of verify, scrub, fsck, reindex, gc, stats (announced with no actor; see `as`). */
+  readonly maintenance: MaintenanceIndex;
+  /** Singleton work (gc, scrub) across processes sharing this index. */
+  readonly locks: ClusterLocks;
   close(): Promise<void>;
 }
 
@@ -65,10 +85,15 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       postgres: undefined,
       location: file,
       names: new DistfileIndex(db),
+      jobs: new FetchJobStore(db),
+      holds: new UploadHolds(db),
       tokens: new SqliteTokens(db),
       audit: new AuditLog(db),
       status: new StatusQueries(db),
       counters: new IndexCounters(db),
+      events: new EventOutbox(db),
+      maintenance: new MaintenanceQueries(db),
+      locks: localLocks,
       async close() {
         db.close();
       },
@@ -97,10 +122,15 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     postgres: sql,
     location: redactPassword(config.databaseUrl),
     names,
+    jobs: new PgFetchJobs(sql),
+    holds: new PgUploadHolds(sql),
     tokens: new PostgresTokens(sql),
     audit: new PostgresAuditLog(sql),
     status: new PostgresStatus(sql),
     counters: new PostgresCounters(sql),
+    events: new PostgresEventOutbox(sql),
+    maintenance: new PostgresMaintenance(sql),
+    locks: new PostgresLocks(sql),
     async close() {
       await unlisten().catch(() => undefined);
       await sql.end({ timeout: 5 });
