@@ -273,6 +273,31 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     expect((await get(`${server.baseUrl}/${hs}`, {}, 'HEAD')).status).toBe(200);
   }, 60_000);
 
+  it('drops an entry when the index row changes version (quarantined, then released)', async () => {
+    const cacheDir = path.join(await makeDataDir(), 'cache');
+    cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
+    const server = await serve({ cacheDir, cacheMaxBytes: 64 * MiB });
+    const bytes = randomBytes(300 * KiB);
+    const h = await putBlob(server, 'versioned-1.0.tar.gz', bytes);
+    await get(`${server.baseUrl}/${h}`);
+    expect(await server.readCache!.fill(refOf(server, h))).toBe(true);
+    const file = blobFile(path.join(cacheDir, 'blobs'), h);
+    expect(existsSync(file)).toBe(true);
+
+    // What verify or another replica does to the row (the cache is not told: it sees the new version).
+    server.db.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h);
+    expect((await get(`${server.baseUrl}/${h}`)).status).toBe(404);
+    server.db.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?').run(h);
+    const head = await get(`${server.baseUrl}/${h}`, {}, 'HEAD');
+    expect(head.status).toBe(200);
+    await vi.waitFor(() => expect(existsSync(file)).toBe(false));
+    expect(server.readCache!.usage.blobs).toBe(0);
+    // The next GET serves from the bucket and fills the cache again, under the new version.
+    expect((await get(`${server.baseUrl}/${h}`)).body.equals(bytes)).toBe(true);
+    expect(await server.readCache!.fill(refOf(server, h))).toBe(true);
+    expect(server.readCache!.holds(refOf(server, h))).toBe(true);
+  }, 60_000);
+
   it('never caches a damaged object, and cuts the response before its last byte', async () => {
     const cacheDir = path.join(await makeDataDir(), 'cache');
     cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
