@@ -244,15 +244,19 @@ describe.skipIf(skip)('serve with s3 storage', () => {
 });
 
 describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
+  /** A server with a fresh 64 MiB read cache. */
+  const serveCached = async () => {
+    const cacheDir = path.join(await makeDataDir(), 'cache');
+    cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
+    return { server: await serve({ cacheDir, cacheMaxBytes: 64 * MiB }), cacheDir };
+  };
   const refOf = (server: TestServer, h: string) => {
     const row = server.index.servableByHash(h)!;
     return { sha512: h, size: row.size, version: row.version };
   };
 
   it('fills a blob once, verified, then serves it from local disk (the bucket no longer needed)', async () => {
-    const cacheDir = path.join(await makeDataDir(), 'cache');
-    cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
-    const server = await serve({ cacheDir, cacheMaxBytes: 64 * MiB });
+    const { server, cacheDir } = await serveCached();
     const big = randomBytes(2 * MiB + 3);
     const small = randomBytes(3000);
     const h = await putBlob(server, 'cached-1.0.tar.gz', big);
@@ -274,9 +278,7 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
   }, 60_000);
 
   it('drops an entry when the index row changes version (quarantined, then released)', async () => {
-    const cacheDir = path.join(await makeDataDir(), 'cache');
-    cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
-    const server = await serve({ cacheDir, cacheMaxBytes: 64 * MiB });
+    const { server, cacheDir } = await serveCached();
     const bytes = randomBytes(300 * KiB);
     const h = await putBlob(server, 'versioned-1.0.tar.gz', bytes);
     await get(`${server.baseUrl}/${h}`);
@@ -299,9 +301,7 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
   }, 60_000);
 
   it('never caches a damaged object, and cuts the response before its last byte', async () => {
-    const cacheDir = path.join(await makeDataDir(), 'cache');
-    cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
-    const server = await serve({ cacheDir, cacheMaxBytes: 64 * MiB });
+    const { server, cacheDir } = await serveCached();
     const bytes = randomBytes(1 * MiB);
     const h = await putBlob(server, 'damaged-1.0.tar.gz', bytes);
     // Same size, other bytes, at the blob's key: bit rot or an operator's mistake in the bucket.
