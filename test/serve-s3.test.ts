@@ -15,6 +15,7 @@ import type { S3BlobStorage } from '../src/store/s3-store.js';
 import { sha512 } from './helpers/core.js';
 import { get, makeDataDir, startTestServer, ADMIN_TOKEN, type TestServer } from './helpers/server.js';
 import { skipWithoutService } from './helpers/services.js';
+import { LOOPBACK_CIDRS, serve as serveBytes, startUpstream } from './helpers/upstream.js';
 import { startSwift, swiftMissing, type Swift } from './helpers/swift.js';
 
 /**
@@ -208,6 +209,22 @@ describe.skipIf(skip)('serve with s3 storage', () => {
       expect(await multipartUploads(storage)).toEqual([]);
       expect(await readdir(storage.spoolDir)).toEqual([]);
     }
+  }, 60_000);
+
+  it('pulls a miss through from a mirror into the bucket, then serves it from there', async () => {
+    const data = randomBytes(300 * KiB);
+    const up = await startUpstream({ '/mirror/pulled-1.0.tar.xz': serveBytes(data, { chunkSize: 32 * KiB }) });
+    cleanup.push(() => up.close());
+    const server = await serve({ pullThrough: true, upstreams: [{ kind: 'flat', url: `${up.url}/mirror` }], fetchAllowCidrs: LOOPBACK_CIDRS });
+    const first = await get(`${server.baseUrl}/distfiles/pulled-1.0.tar.xz`);
+    expect(first.status).toBe(200);
+    expect(first.body.equals(data)).toBe(true);
+    const h = sha512(data);
+    await vi.waitFor(async () => expect((await s3Of(server).stat(h))?.size).toBe(data.length));
+    const second = await get(`${server.baseUrl}/${h}`);
+    expect(second.body.equals(data)).toBe(true);
+    expect(second.headers['x-fastpull-pull']).toBeUndefined();
+    expect(up.requests).toHaveLength(1);
   }, 60_000);
 
   it('aborts at start the multipart upload a crashed writer of this host left behind', async () => {
