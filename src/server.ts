@@ -4,8 +4,10 @@ import { BootstrapAuthenticator } from './auth/tokens.js';
 import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
+import type { Outbox } from './db/events.js';
 import type { DB } from './db/open.js';
 import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
+import { PgFlightLock } from './db/postgres/flights.js';
 import { buildApp } from './http/app.js';
 import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
@@ -66,7 +68,6 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const logger = options.logger ?? createLogger(config.logLevel);
   await assertDataDirWritable(config.dataDir);
   const { blobStorage, store, readCache, source } = await openBlobs(config, logger);
-  if (config.verifyOnServe && !store) logger.warn('FASTPULL_VERIFY_ON_SERVE: judging damage needs local storage; with s3, whole bodies are still checked as they stream');
 
   const originIndex = await openOriginIndex(config);
   const db = sqliteHandle(originIndex);
@@ -81,23 +82,26 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
   const readiness = new Readiness(config, originIndex.status, logger);
-  const tokens = new TokenStore(originIndex.tokens, originIndex.audit);
+  const tokens = new TokenStore(originIndex.tokens);
   const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
   if (!(await auth.enabled())) {
     logger.warn('no FASTPULL_ADMIN_TOKEN and no API tokens: the write API is disabled until one exists (downloads still work)');
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
-  const events = startEvents(config, db, metrics, readiness, logger);
-  const storage = new StorageGuard(db, config.highWatermarkBytes);
+  const events = startEvents(config, originIndex.events, metrics, readiness, logger);
+  const storage = new StorageGuard(originIndex.holds, config.highWatermarkBytes, logger);
   const link = options.cluster;
   // Background work runs in one process: alone, or the cluster's leader.
   const runsBackgroundWork = link === undefined || link.role === 'leader';
+  // Replicas sharing PostgreSQL share its flight rows (which also covers this machine's workers).
+  const pgFlights = originIndex.postgres ? new PgFlightLock(originIndex.postgres) : undefined;
+  const flightLock = pgFlights ?? link?.flightLock;
   const spider = createSpider(config, {
-    db,
+    jobs: originIndex.jobs,
     ingest,
     logger,
-    ...(link ? { flightLock: link.flightLock } : {}),
+    ...(flightLock ? { flightLock } : {}),
     ...(link && !runsBackgroundWork ? { onJobQueued: link.jobsQueued } : {}),
   });
   if (link) {
@@ -126,7 +130,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
-    ...(config.verifyOnServe && store ? { watch: createServeVerifier({ store, db, logger }) } : {}),
+    ...(config.verifyOnServe ? { watch: createServeVerifier({ storage: blobStorage, maintenance: originIndex.maintenance, logger }) } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -146,6 +150,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   } catch (err) {
     await app.close().catch(() => undefined);
     await spider.close();
+    await pgFlights?.close();
     await events.close();
     await originIndex.close();
     throw err;
@@ -172,11 +177,18 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     );
   }
   const scrubber =
-    runsBackgroundWork && config.scrubBytesPerSecond > 0 && store
-      ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
+    runsBackgroundWork && config.scrubBytesPerSecond > 0
+      ? new Scrubber({
+          storage: blobStorage,
+          maintenance: originIndex.maintenance,
+          audit: originIndex.audit,
+          locks: originIndex.locks,
+          bytesPerSecond: config.scrubBytesPerSecond,
+          pauseMs: config.scrubPauseSeconds * 1000,
+          log: logger,
+        })
       : undefined;
   scrubber?.start();
-  if (runsBackgroundWork && config.scrubBytesPerSecond > 0 && !store) logger.warn('FASTPULL_SCRUB_BYTES_PER_SECOND: the scrub does not read s3 storage yet; not started');
 
   let closing: Promise<void> | undefined;
   const close = () =>
@@ -188,6 +200,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
       await spider.close();
+      await pgFlights?.close();
       await events.close();
       if (metricsListener) {
         const server = metricsListener.server;
@@ -256,14 +269,14 @@ async function openBlobs(
 }
 
 /** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
-function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readiness, logger: Logger) {
+function startEvents(config: Config, outbox: Outbox, metrics: Metrics, readiness: Readiness, logger: Logger) {
   const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
   const targets = buildTargets(config, agent);
   if (config.webhooks.length > 0 && config.webhookSecret === undefined) {
     logger.warn('FASTPULL_WEBHOOKS without FASTPULL_WEBHOOK_SECRET: webhook POSTs are not signed');
   }
   const dispatcher = new EventDispatcher({
-    db,
+    outbox,
     targets,
     log: logger,
     pollMs: config.eventPollMs,
@@ -274,7 +287,7 @@ function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readin
     retentionDays: config.eventRetentionDays,
   });
   dispatcher.observe = meterEvents(metrics.registry, dispatcher);
-  readiness.inform('events', () => eventsReadinessDetail(dispatcher.status()));
+  readiness.inform('events', async () => eventsReadinessDetail(await dispatcher.status()));
   if (targets.length > 0) logger.info({ targets: targets.map((t) => t.id) }, 'event delivery targets');
   return {
     dispatcher,

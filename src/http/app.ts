@@ -144,7 +144,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     readiness,
     ...(metrics ? { traffic: () => metrics.lastHour() } : {}),
     ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
-    events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
+    events: deps.events ? async () => eventsStatusView(await deps.events!.status()) : undefined,
   });
   await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events?.outbox ?? new EventOutbox(deps.index.db) });
   await app.register(readRoutes, {

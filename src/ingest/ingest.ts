@@ -8,6 +8,7 @@ import type { BlobStorage } from '../store/storage.js';
 import type { Digests, ExpectedDigests } from '../store/digests.js';
 import { isSha512Hex } from '../domain/hashes.js';
 import { filenameProblem } from '../domain/names.js';
+import { leased, type UploadLease } from '../maintenance/watermark.js';
 
 export interface IngestOptions {
   /** Name to attach once the blob is stored. */
@@ -19,7 +20,7 @@ export interface IngestOptions {
   /** Keep the blob even when no name references it. */
   pinned?: boolean;
   /** Space held against the high watermark: grown as bytes arrive, told of the commit. */
-  lease?: { grow(received: number): void; recorded(size: number, created: boolean): void };
+  lease?: UploadLease;
 }
 
 export interface IngestResult {
@@ -45,14 +46,15 @@ export class Ingest {
 
   async ingest(source: Readable | AsyncIterable<Buffer>, options: IngestOptions = {}): Promise<IngestResult> {
     if (options.filename !== undefined) assertFilename(options.filename);
-    const { digests, created } = await this.storage.write(source, {
+    const lease = options.lease;
+    const limit = Math.min(options.maxBytes ?? Number.MAX_SAFE_INTEGER, options.expected?.size ?? Number.MAX_SAFE_INTEGER);
+    const { digests, created } = await this.storage.write(lease ? leased(source, lease, limit) : source, {
       ...(options.expected ? { expected: options.expected } : {}),
       ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}),
       // A copy found damaged but left in place must give way to the bytes just verified; deduping
       // against it would un-quarantine the damage. (A file with no index row yet is a concurrent
       // upload's or a crash's: it was verified before it was linked, so dedup is right for it.)
       replaceExisting: (sha512) => (this.index.blob(sha512)?.quarantined_at ?? null) !== null,
-      ...(options.lease ? { onProgress: (n: number) => options.lease!.grow(n) } : {}),
     });
     try {
       this.index.recordBlob(digests, {
