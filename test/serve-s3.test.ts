@@ -131,6 +131,25 @@ describe.skipIf(skip)('serve with s3 storage', () => {
     expect((await get(`${server.baseUrl}/distfiles/nothing-1.0.tar.gz`)).status).toBe(404);
   }, 60_000);
 
+  it('refuses FASTPULL_ACCEL_REDIRECT at start: nginx cannot send objects from a bucket', async () => {
+    const dataDir = await makeDataDir();
+    cleanup.push(() => rm(dataDir, { recursive: true, force: true }));
+    await expect(serve({ dataDir, accelRedirect: '/_fastpull_blobs/' })).rejects.toThrow(/FASTPULL_ACCEL_REDIRECT.*FASTPULL_STORAGE is s3/);
+  }, 30_000);
+
+  it('with FASTPULL_VERIFY_ON_SERVE, cuts a damaged object before its last byte and quarantines it', async () => {
+    const server = await serve({ verifyOnServe: true });
+    const bytes = randomBytes(1 * MiB);
+    const h = await putBlob(server, 'rotten-1.0.tar.gz', bytes);
+    await swift!.client.send(new PutObjectCommand({ Bucket: bucket, Key: s3Of(server).key(h), Body: randomBytes(bytes.length) }));
+    const res = await request(`${server.baseUrl}/${h}`);
+    await expect(res.body.arrayBuffer()).rejects.toThrow();
+    await vi.waitFor(() => expect(server.index.blob(h)?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
+    expect((await get(`${server.baseUrl}/${h}`)).status).toBe(404);
+    // The object moves to trash/quarantine/ after the row that makes reads 404.
+    await vi.waitFor(async () => expect(await s3Of(server).stat(h)).toBeUndefined(), { timeout: 20_000, interval: 100 });
+  }, 60_000);
+
   it('answers 404 (not a truncated 200) for a blob the index has but the bucket lost', async () => {
     const server = await serve();
     const bytes = randomBytes(200 * KiB);
