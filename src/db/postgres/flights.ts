@@ -1,5 +1,5 @@
 import type { Sql } from '../postgres-index.js';
-import { replicaId } from './replica.js';
+import { renewalPeriod, replicaId } from './replica.js';
 
 /** Told to every listening replica when a flight ends (at commit), with its key and whether the blob was stored. */
 const DONE_CHANNEL = 'fastpull_flight';
@@ -89,7 +89,7 @@ export class PgFlightLock {
     if (this.renewTimer || this.closed) return;
     this.renewTimer = setInterval(() => {
       this.sql`UPDATE pull_flights SET expires_at = ${Date.now() + this.ttlMs} WHERE owner = ${this.owner}`.catch(() => undefined);
-    }, Math.max(1, Math.floor(this.ttlMs / 4)));
+    }, renewalPeriod(this.ttlMs));
     this.renewTimer.unref();
   }
 
