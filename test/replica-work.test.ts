@@ -310,6 +310,12 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     expect(owners.every((r) => (r as { sha512: string }).sha512 === sha512(data))).toBe(true);
     expect(results.filter((r) => r === true)).toHaveLength(50);
     expect(shared.index.servableByName('big.tgz')?.sha512).toBe(sha512(data));
+
+    // A request that missed just before the commit asks for the key after the flight ended: it becomes the owner,
+    // finds the blob stored, and downloads nothing.
+    const late = await replicas[1]!.flight(target)!;
+    expect(await late.result).toBe(true);
+    expect(up.count('/dist/big.tgz')).toBe(1);
   });
 
   it('a flight whose owner dies is given up by its waiters, and the next miss takes it over', async () => {
