@@ -388,4 +388,42 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     expect((await queueA.items('orphaned'))[0]).toMatchObject({ attempts: 2, claimed_by: null, lease_until: null });
     expect(shared.index.servableByName('again.tgz')?.sha512).toBe(sha512(files[0]!));
   });
+
+  it('a replica stopping mid-download hands its items straight back: another replica resumes them without waiting for a lease', async () => {
+    const [sqlA, sqlB] = await pools(2);
+    const shared = await sharedStore();
+    const data = bytes(4000, 5);
+    let started!: () => void;
+    const downloading = new Promise<void>((resolve) => (started = resolve));
+    const up = await upstream({
+      '/slow.tgz': (_req, res, hit) => {
+        res.writeHead(200, { 'content-length': data.length });
+        if (hit > 1) return void res.end(data);
+        // The first download never ends: it is cut off by its replica's stop.
+        res.write(data.subarray(0, 100));
+        started();
+        return new Promise<void>(() => undefined);
+      },
+    });
+    const runner = (jobs: FetchJobQueue) => {
+      const stats = new UpstreamStats();
+      return new FetchJobs({ ingest: new Ingest(shared.store, shared.index), jobs, store: shared.store, fetcher: fetcherFor(stats), stats, concurrency: 1, maxBytes: 1e9 });
+    };
+    // Leases far longer than the test: only the hand-back can get the item to B in time.
+    const queueA = new PgFetchJobs(sqlA!, 'replica-a', 600_000);
+    const onA = runner(queueA);
+    onA.start();
+    const job = await onA.submit({ url: `${up.url}/slow.tgz`, filename: 'slow.tgz' }, 'spider');
+    await downloading;
+    const onB = runner(new PgFetchJobs(sqlB!, 'replica-b', 600_000));
+    cleanup.push(() => onB.stop());
+    onB.start();
+    // B's start-up round finds nothing to claim (A holds the item); from then on only news can bring it work.
+    await until(async () => (await queueA.items(job.id))[0]?.state === 'downloading', 'A to hold the item');
+    await sleep(500);
+    await onA.stop();
+    await until(async () => (await onB.view(job.id)).state === 'done', 'replica B to finish the item A handed back');
+    expect((await queueA.items(job.id))[0]).toMatchObject({ attempts: 2, source: `${up.url}/slow.tgz` });
+    expect(shared.index.servableByName('slow.tgz')?.sha512).toBe(sha512(data));
+  });
 });

@@ -66,10 +66,14 @@ export class PgFetchJobs implements FetchJobQueue {
       WHERE claimed_by = ${this.owner} AND state = 'downloading'`;
   }
 
+  /** Handed back (this replica is stopping): told to the others at commit, so one of them resumes it now. */
   async requeue(item: FetchItemRow): Promise<void> {
     await this.sql`
-      UPDATE fetch_items SET state = 'queued', started_at = NULL, claimed_by = NULL, lease_until = NULL
-      WHERE job_id = ${item.job_id} AND idx = ${item.idx} AND state = 'downloading' AND claimed_by = ${this.owner}`;
+      WITH back AS (
+        UPDATE fetch_items SET state = 'queued', started_at = NULL, claimed_by = NULL, lease_until = NULL
+        WHERE job_id = ${item.job_id} AND idx = ${item.idx} AND state = 'downloading' AND claimed_by = ${this.owner}
+        RETURNING job_id)
+      SELECT pg_notify(${QUEUED_CHANNEL}, job_id) FROM back`;
   }
 
   async requeueInterrupted(): Promise<number> {
