@@ -62,10 +62,13 @@ export class PgFlightLock {
   }
 
   private listen(): Promise<unknown> {
-    this.listening ??= this.sql.listen(DONE_CHANNEL, (payload) => {
+    if (this.listening) return this.listening;
+    this.listening = this.sql.listen(DONE_CHANNEL, (payload) => {
       const { key, stored } = JSON.parse(payload) as { key: string; stored: boolean };
       this.settle(key, stored);
     });
+    // Once per process: rows of crashed owners whose keys nobody asked for again (an acquire takes over the rest).
+    this.sql`DELETE FROM pull_flights WHERE expires_at < ${Date.now()}`.catch(() => undefined);
     return this.listening;
   }
 
