@@ -352,7 +352,6 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
       const r = new FetchJobs({
         ingest: new Ingest(shared.store, shared.index),
         jobs,
-        store: shared.store,
         fetcher: fetcherFor(stats),
         stats,
         concurrency,

@@ -7,6 +7,12 @@ import { PostgresAuditLog } from './postgres/audit.js';
 import { PostgresCounters } from './postgres/counters.js';
 import { PostgresStatus } from './postgres/status.js';
 import { PostgresTokens } from './postgres/tokens.js';
+import { EventOutbox, type Outbox } from './events.js';
+import { PostgresEventOutbox } from './postgres/events.js';
+import { localLocks, type ClusterLocks } from './locks.js';
+import { MaintenanceQueries, type MaintenanceIndex } from './maintenance.js';
+import { PostgresLocks } from './postgres/locks.js';
+import { PostgresMaintenance } from './postgres/maintenance.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
 import { PgUploadHolds } from './postgres/holds.js';
 import { PgFetchJobs } from './postgres/jobs.js';
@@ -50,6 +56,12 @@ export interface OriginIndex {
   readonly status: StatusArea;
   /** The index counters kept by triggers (metrics, totals). */
   readonly counters: CounterArea;
+  /** The outbox: events to deliver, and delivery bookkeeping per target. */
+  readonly events: Outbox;
+  /** Whole-table scans and repairs of verify, scrub, fsck, reindex, gc, stats (announced with no actor; see `as`). */
+  readonly maintenance: MaintenanceIndex;
+  /** Singleton work (gc, scrub) across processes sharing this index. */
+  readonly locks: ClusterLocks;
   close(): Promise<void>;
 }
 
@@ -71,6 +83,9 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       audit: new AuditLog(db),
       status: new StatusQueries(db),
       counters: new IndexCounters(db),
+      events: new EventOutbox(db),
+      maintenance: new MaintenanceQueries(db),
+      locks: localLocks,
       async close() {
         db.close();
       },
@@ -94,6 +109,9 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     audit: new PostgresAuditLog(sql),
     status: new PostgresStatus(sql),
     counters: new PostgresCounters(sql),
+    events: new PostgresEventOutbox(sql),
+    maintenance: new PostgresMaintenance(sql),
+    locks: new PostgresLocks(sql),
     async close() {
       await sql.end({ timeout: 5 });
     },

@@ -3,7 +3,6 @@ import type { Logger } from 'pino';
 import type { FetchItemRow, FetchJobQueue, NewItem } from '../db/fetch-jobs.js';
 import { isPromise } from '../db/origin-index.js';
 import { AppError, isAppError } from '../errors.js';
-import type { BlobStore } from '../store/blob-store.js';
 import type { Digests, ExpectedDigests, Mismatch } from '../store/digests.js';
 import { isBlake2bHex, isSha512Hex } from '../domain/hashes.js';
 import { filenameProblem } from '../domain/names.js';
@@ -14,7 +13,6 @@ import type { Ingest } from './ingest.js';
 export interface FetchJobsDeps {
   ingest: Ingest;
   jobs: FetchJobQueue;
-  store: BlobStore;
   fetcher: Fetcher;
   stats: UpstreamStats;
   /** Items downloaded at once (the fetcher's limits still apply per request). */
@@ -313,8 +311,8 @@ export class FetchJobs {
       if (!blob || blob.quarantined_at !== null) continue;
       if (expected.size !== undefined && blob.size !== expected.size) continue;
       if (expected.blake2b !== undefined && blob.blake2b !== expected.blake2b) continue;
-      // The index may outlive the bytes (a damaged disk): only what is really there counts.
-      if ((await this.deps.store.sizeOf(sha512)) !== blob.size) continue;
+      // The index may outlive the bytes (a damaged disk, a lost object): only what is really there counts.
+      if ((await this.deps.ingest.storage.stat(sha512))?.size !== blob.size) continue;
       return { digests: this.deps.ingest.link(item.filename, sha512, by), source: 'store' };
     }
     return undefined;

@@ -130,7 +130,7 @@ export class LocalSyncEngine implements SyncEngine {
   }
 
   async fetchAll(items: Planned[], onResult: (item: Planned, result: SyncResult) => void, signal: AbortSignal): Promise<void> {
-    const { config, db, store, ingest, logger } = this.deps;
+    const { config, db, ingest, logger } = this.deps;
     if (!db || !ingest || items.length === 0) return;
     // As POST /api/v1/fetches: no new downloads above the storage high watermark.
     try {
@@ -174,7 +174,7 @@ export class LocalSyncEngine implements SyncEngine {
       batch.forEach((item, idx) => byRow.set(rowKey({ job_id: id, idx }), item));
     }
 
-    const spider = createSpider({ ...config, pullThrough: false }, { store, ingest, logger, jobs });
+    const spider = createSpider({ ...config, pullThrough: false }, { ingest, logger, jobs });
     spider.start();
     try {
       // Items not yet reported, per job: a job with none left is no longer polled.

@@ -1,7 +1,6 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { FetchJobQueue } from '../db/fetch-jobs.js';
-import type { BlobStore } from '../store/blob-store.js';
 import { AddressPolicy } from '../upstream/address-guard.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
 import { timeFetches } from '../upstream/fetch-timing.js';
@@ -28,7 +27,7 @@ export interface Spider {
 export function createSpider(
   config: Config,
   /** `jobs`: the queue to run (the server: `OriginIndex.jobs`, every job in the index; sync-repo passes a scoped one). */
-  deps: { jobs: FetchJobQueue; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void },
+  deps: { jobs: FetchJobQueue; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
@@ -47,7 +46,6 @@ export function createSpider(
   const fetchJobs = new FetchJobs({
     ingest: deps.ingest,
     jobs: deps.jobs,
-    store: deps.store,
     fetcher: timeFetches(new Fetcher(common), stats),
     stats,
     concurrency: config.fetchConcurrency,
