@@ -406,7 +406,7 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     });
     const runner = (jobs: FetchJobQueue) => {
       const stats = new UpstreamStats();
-      return new FetchJobs({ ingest: new Ingest(shared.store, shared.index), jobs, store: shared.store, fetcher: fetcherFor(stats), stats, concurrency: 1, maxBytes: 1e9 });
+      return new FetchJobs({ ingest: new Ingest(shared.store, shared.index), jobs, fetcher: fetcherFor(stats), stats, concurrency: 1, maxBytes: 1e9 });
     };
     // Leases far longer than the test: only the hand-back can get the item to B in time.
     const queueA = new PgFetchJobs(sqlA!, 'replica-a', 600_000);
