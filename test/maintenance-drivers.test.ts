@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openOriginIndex, type OriginIndex } from '../src/db/origin-index.js';
+import { Scrubber, scrubCounters } from '../src/maintenance/scrub.js';
 import { BlobStore } from '../src/store/blob-store.js';
 import { LocalBlobStorage } from '../src/store/local-storage.js';
 import { S3BlobStorage } from '../src/store/s3-store.js';
@@ -330,6 +331,45 @@ describe.each([local, s3Postgres])('maintenance commands on $name', (combo) => {
     });
   });
 });
+
+describe.each([local, s3Postgres])('scrub on $name', (combo) => {
+  it.skipIf(combo.skip)('runs one pass at a time across processes sharing the index, and verifies once the lock is free', async () => {
+    const s = await combo.setup();
+    const sha = await seed(s, pseudoRandomBytes(8_000, 16), { name: 'scrubbed.tar' });
+    // The scrubber opens the index on its own, as another replica would.
+    const replica = await openOriginIndex({
+      dataDir: s.env.FASTPULL_DATA_DIR!,
+      databaseUrl: s.env.FASTPULL_DATABASE_URL,
+      databasePoolSize: 2,
+    });
+    indexes.push(replica);
+    const scrubber = new Scrubber({
+      storage: s.storage,
+      maintenance: replica.maintenance,
+      audit: replica.audit,
+      locks: replica.locks,
+      bytesPerSecond: 1024 * 1024 * 1024,
+      pauseMs: 100,
+    });
+    const verified = async () => (await row(s, sha))?.verified_at != null;
+    try {
+      await s.index.locks.run('scrub', async () => {
+        const passes = scrubCounters.passesCompleted;
+        scrubber.start();
+        // Until it has either verified the blob or stepped aside and gone to rest.
+        await until(async () => (await verified()) || (scrubCounters.resting && scrubCounters.passesCompleted === passes));
+        expect(await verified()).toBe(!combo.exclusive);
+      });
+      await until(verified);
+    } finally {
+      await scrubber.stop();
+    }
+  });
+});
+
+async function until(probe: () => Promise<boolean>): Promise<void> {
+  while (!(await probe())) await new Promise((r) => setTimeout(r, 20));
+}
 
 describe('openDataDir', () => {
   it('still refuses a missing data directory and a missing SQLite index', async () => {
