@@ -4,8 +4,10 @@ import { BootstrapAuthenticator } from './auth/tokens.js';
 import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
 import { DistfileIndex } from './db/index.js';
+import type { Outbox } from './db/events.js';
 import type { DB } from './db/open.js';
 import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
+import { PgFlightLock } from './db/postgres/flights.js';
 import { buildApp } from './http/app.js';
 import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
@@ -17,8 +19,11 @@ import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
 import type { BlobStore } from './store/blob-store.js';
-import { localBlobStore } from './store/open-storage.js';
 import { LocalBlobStorage } from './store/local-storage.js';
+import { openStorage } from './store/open-storage.js';
+import { ReadCache } from './store/read-cache.js';
+import { localSource, RemoteReader } from './store/remote-reader.js';
+import type { BlobStorage } from './store/storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
 import { EventDispatcher } from './events/dispatcher.js';
@@ -33,7 +38,12 @@ export interface Server {
   /** The index, whichever engine holds it. */
   originIndex: OriginIndex;
   db: DB;
-  store: BlobStore;
+  /** Where blobs live (FASTPULL_STORAGE): local disk or an S3 bucket. */
+  blobStorage: BlobStorage;
+  /** The local driver's store (fast read path, reserve, maintenance); undefined with s3 storage. */
+  store: BlobStore | undefined;
+  /** FASTPULL_CACHE_DIR in front of s3 storage. */
+  readCache: ReadCache | undefined;
   index: DistfileIndex;
   ingest: Ingest;
   logger: Logger;
@@ -57,17 +67,12 @@ export interface Server {
 export async function startServer(config: Config, options: { logger?: Logger; cluster?: ClusterLink } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
   await assertDataDirWritable(config.dataDir);
-  const store = localBlobStore(config);
-  const removedTemps = await store.init();
-  if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
-  if (!(await store.reserve.ensure())) {
-    logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
-  }
+  const { blobStorage, store, readCache, source } = await openBlobs(config, logger);
 
   const originIndex = await openOriginIndex(config);
   const db = sqliteHandle(originIndex);
   const index = new DistfileIndex(db);
-  const ingest = new Ingest(store, index, logger);
+  const ingest = new Ingest(blobStorage, index, logger);
   const metrics = new Metrics({
     counters: originIndex.counters,
     dataDir: config.dataDir,
@@ -77,24 +82,26 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
   const readiness = new Readiness(config, originIndex.status, logger);
-  const tokens = new TokenStore(originIndex.tokens, originIndex.audit);
+  const tokens = new TokenStore(originIndex.tokens);
   const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
   if (!(await auth.enabled())) {
     logger.warn('no FASTPULL_ADMIN_TOKEN and no API tokens: the write API is disabled until one exists (downloads still work)');
   }
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
-  const events = startEvents(config, db, metrics, readiness, logger);
-  const storage = new StorageGuard(db, config.highWatermarkBytes);
+  const events = startEvents(config, originIndex.events, metrics, readiness, logger);
+  const storage = new StorageGuard(originIndex.holds, config.highWatermarkBytes, logger);
   const link = options.cluster;
   // Background work runs in one process: alone, or the cluster's leader.
   const runsBackgroundWork = link === undefined || link.role === 'leader';
+  // Replicas sharing PostgreSQL share its flight rows (which also covers this machine's workers).
+  const pgFlights = originIndex.postgres ? new PgFlightLock(originIndex.postgres) : undefined;
+  const flightLock = pgFlights ?? link?.flightLock;
   const spider = createSpider(config, {
-    db,
-    store,
+    jobs: originIndex.jobs,
     ingest,
     logger,
-    ...(link ? { flightLock: link.flightLock } : {}),
+    ...(flightLock ? { flightLock } : {}),
     ...(link && !runsBackgroundWork ? { onJobQueued: link.jobsQueued } : {}),
   });
   if (link) {
@@ -106,12 +113,12 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   }
   bridgeSpiderMetrics(spider, metrics);
   // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
-  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, store });
+  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, source });
   bridgeMaintenanceMetrics(metrics, config.scrubBytesPerSecond > 0);
   const app = await buildApp({
     config,
     logger,
-    store,
+    source,
     index,
     ingest,
     auth,
@@ -123,9 +130,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
-    ...(config.verifyOnServe
-      ? { watch: createServeVerifier({ storage: new LocalBlobStorage(store), maintenance: originIndex.maintenance, logger }) }
-      : {}),
+    ...(config.verifyOnServe ? { watch: createServeVerifier({ storage: blobStorage, maintenance: originIndex.maintenance, logger }) } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -145,6 +150,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   } catch (err) {
     await app.close().catch(() => undefined);
     await spider.close();
+    await pgFlights?.close();
     await events.close();
     await originIndex.close();
     throw err;
@@ -173,7 +179,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const scrubber =
     runsBackgroundWork && config.scrubBytesPerSecond > 0
       ? new Scrubber({
-          storage: new LocalBlobStorage(store),
+          storage: blobStorage,
           maintenance: originIndex.maintenance,
           audit: originIndex.audit,
           locks: originIndex.locks,
@@ -194,6 +200,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
       await spider.close();
+      await pgFlights?.close();
       await events.close();
       if (metricsListener) {
         const server = metricsListener.server;
@@ -201,13 +208,16 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
         await new Promise<void>((resolve) => server.close(() => resolve()));
       }
       await originIndex.close();
+      readCache?.close();
       logger.info('fastpull origin stopped');
     })());
   return {
     app,
     originIndex,
     db,
+    blobStorage,
     store,
+    readCache,
     index,
     ingest,
     logger,
@@ -223,15 +233,46 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   };
 }
 
+/**
+ * The blob storage FASTPULL_STORAGE names, swept of what crashed writers left (temp files, multipart
+ * uploads), and where downloads read: the local store's files, or the bucket behind the read cache.
+ */
+async function openBlobs(config: Config, logger: Logger) {
+  if (config.storage.kind === 's3' && config.accelRedirect !== undefined) {
+    throw new Error(
+      'FASTPULL_ACCEL_REDIRECT: nginx can only send blobs from local disk, and FASTPULL_STORAGE is s3; unset one of them ' +
+        '(with s3, FASTPULL_CACHE_DIR keeps hot blobs on local disk)',
+    );
+  }
+  const blobStorage = openStorage(config, { reserveBytes: config.reserveBytes });
+  const removed = await blobStorage.init();
+  if (removed > 0) logger.warn({ removed, storage: blobStorage.location }, 'removed unfinished writes left by an earlier crash');
+  if (blobStorage instanceof LocalBlobStorage) {
+    const store = blobStorage.store;
+    if (config.cacheDir !== undefined) logger.warn({ cacheDir: config.cacheDir }, 'FASTPULL_CACHE_DIR is only used with s3 storage: ignored');
+    if (!(await store.reserve.ensure())) {
+      logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
+    }
+    return { blobStorage, store, readCache: undefined, source: localSource(store) };
+  }
+  let readCache: ReadCache | undefined;
+  if (config.cacheDir !== undefined && config.cacheMaxBytes > 0) {
+    readCache = new ReadCache({ dir: config.cacheDir, maxBytes: config.cacheMaxBytes, storage: blobStorage, log: logger });
+    await readCache.init();
+  }
+  logger.info({ storage: blobStorage.location, cacheDir: readCache?.blobsDir, cacheMaxBytes: readCache?.maxBytes }, 'blobs in a bucket');
+  return { blobStorage, store: undefined, readCache, source: new RemoteReader(blobStorage, readCache).source() };
+}
+
 /** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */
-function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readiness, logger: Logger) {
+function startEvents(config: Config, outbox: Outbox, metrics: Metrics, readiness: Readiness, logger: Logger) {
   const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
   const targets = buildTargets(config, agent);
   if (config.webhooks.length > 0 && config.webhookSecret === undefined) {
     logger.warn('FASTPULL_WEBHOOKS without FASTPULL_WEBHOOK_SECRET: webhook POSTs are not signed');
   }
   const dispatcher = new EventDispatcher({
-    db,
+    outbox,
     targets,
     log: logger,
     pollMs: config.eventPollMs,
@@ -242,7 +283,7 @@ function startEvents(config: Config, db: DB, metrics: Metrics, readiness: Readin
     retentionDays: config.eventRetentionDays,
   });
   dispatcher.observe = meterEvents(metrics.registry, dispatcher);
-  readiness.inform('events', () => eventsReadinessDetail(dispatcher.status()));
+  readiness.inform('events', async () => eventsReadinessDetail(await dispatcher.status()));
   if (targets.length > 0) logger.info({ targets: targets.map((t) => t.id) }, 'event delivery targets');
   return {
     dispatcher,

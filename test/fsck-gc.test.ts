@@ -7,6 +7,7 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { openDatabase } from '../src/db/open.js';
+import { UploadHolds } from '../src/db/upload-holds.js';
 import { collect, gcCandidates } from '../src/maintenance/gc.js';
 import { MaintenanceQueries } from '../src/db/maintenance.js';
 import { LocalBlobStorage } from '../src/store/local-storage.js';
@@ -435,7 +436,7 @@ describe('high watermark', () => {
     const db = openDatabase(path.join(dataDir, 'index.sqlite'));
     const other = openIndex(dataDir);
     try {
-      const guard = new StorageGuard(db, 100);
+      const guard = new StorageGuard(new UploadHolds(db), 100);
       expect(() => guard.assertAccepting()).not.toThrow();
       const insert = (conn: typeof db, body: Buffer) =>
         conn

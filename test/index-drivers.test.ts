@@ -158,7 +158,7 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
       SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name`).map((r) => r.table_name);
     expect(tables).toEqual([
       'audit_log', 'blobs', 'event_deliveries', 'event_targets', 'events', 'fetch_items', 'fetch_jobs', 'fetched_urls',
-      'index_counter_slots', 'index_counters', 'names', 'schema_migrations', 'tokens', 'upload_holds',
+      'index_counter_slots', 'index_counters', 'names', 'pull_flights', 'schema_migrations', 'tokens', 'upload_holds',
     ]);
     // Every SQLite table has its twin with the same columns (index_counters is a view over striped slots there).
     const twinDir = await mkdtemp(path.join(tmpdir(), 'fp-twin-'));

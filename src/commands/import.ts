@@ -7,8 +7,8 @@ import { databaseFile, openDatabase } from '../db/open.js';
 import { Importer, storageImportTarget } from '../ingest/import.js';
 import { readManifests, type ManifestSet } from '../ingest/manifest.js';
 import { detectTreeKind, scanTree, TREE_KINDS, type TreeKind } from '../ingest/tree.js';
-import { BlobStore } from '../store/blob-store.js';
-import { localBlobStore, openStorage } from '../store/open-storage.js';
+import { LocalBlobStorage } from '../store/local-storage.js';
+import { openStorage } from '../store/open-storage.js';
 import { intOption, runCommand, secondsOption, UsageError } from './args.js';
 import { cliActor } from './context.js';
 import { formatBytes, Progress } from './progress.js';
@@ -118,10 +118,11 @@ export async function importCommand(args: string[]): Promise<number> {
     console.error('fastpull import: --link needs the local store; objects in a bucket are always copies (leave out --link)');
     return 2;
   }
-  const store = config.storage.kind === 'local' ? localBlobStore(config) : openStorage(config);
+  const storage = openStorage(config, { reserveBytes: config.reserveBytes });
   // Also clears temp files an interrupted import left behind; a running server's own temps survive (its pid lives).
-  await store.init();
-  const target = store instanceof BlobStore ? store : storageImportTarget(store);
+  await storage.init();
+  // On local disk the store itself imports: it can hard-link (--link) and checks free space.
+  const target = storage instanceof LocalBlobStorage ? storage.store : storageImportTarget(storage);
   const db = openDatabase(databaseFile(config.dataDir));
   try {
     const kind = (values.kind as TreeKind | undefined) ?? (await detectTreeKind(root));
@@ -129,7 +130,7 @@ export async function importCommand(args: string[]): Promise<number> {
     const totalBytes = scan.candidates.reduce((sum, c) => sum + c.size, 0);
     console.error(
       `importing ${root} as ${kind}${scan.layouts.length ? ` (layouts: ${scan.layouts.join(', ')})` : ''}: ` +
-        `${scan.candidates.length} files, ${formatBytes(totalBytes)} into ${store instanceof BlobStore ? config.dataDir : store.location}${values.link ? ' (hard links)' : ''}`,
+        `${scan.candidates.length} files, ${formatBytes(totalBytes)} into ${storage instanceof LocalBlobStorage ? config.dataDir : storage.location}${values.link ? ' (hard links)' : ''}`,
     );
     const progress = new Progress({
       label: 'import',

@@ -1,5 +1,6 @@
 import type { Statement } from 'better-sqlite3';
 import type { DB } from './open.js';
+import type { Awaitable } from './origin-index.js';
 
 export const EVENT_TYPES = [
   'blob.stored',
@@ -124,8 +125,43 @@ export interface ClaimedDelivery {
   attempts: number;
 }
 
-/** Delivery bookkeeping for the dispatcher: which target has seen which event, leases, retries. */
-export class EventOutbox {
+/**
+ * The `events` area of the index: the outbox's reading side and the delivery bookkeeping (which target has
+ * seen which event, leases, retries). SQLite (EventOutbox) answers synchronously; PostgreSQL
+ * (db/postgres/events.ts) with promises. Events themselves are written by recordEvent inside each change.
+ */
+export interface Outbox {
+  /** Events after `after`, oldest first (the polling API). */
+  after(after: number, limit: number): Awaitable<EventRow[]>;
+  lastId(): Awaitable<number>;
+  /** Registers a target (starting at the newest event) if it is new. */
+  addTarget(target: string): Awaitable<void>;
+  /** Creates the target's deliveries for the events of `types` it has not considered yet. */
+  materialize(target: string, types: readonly EventType[]): Awaitable<void>;
+  /**
+   * Leases the deliveries `pick` chooses among the due candidates (deliveries of one blob in event order),
+   * so that however many processes share the index, a delivery is attempted by one of them at a time.
+   */
+  claim(
+    target: string,
+    owner: string,
+    leaseMs: number,
+    pick: (candidates: ClaimedDelivery[]) => ClaimedDelivery[],
+    limit?: number,
+  ): Awaitable<ClaimedDelivery[]>;
+  renew(target: string, ids: number[], owner: string, leaseMs: number): Awaitable<void>;
+  delivered(target: string, ids: number[]): Awaitable<void>;
+  /** Schedules a retry at `next` (ms), or gives up once `maxAttempts` (0: never) is reached. Returns ids given up. */
+  failed(target: string, deliveries: ClaimedDelivery[], next: number, error: string, maxAttempts: number): Awaitable<number[]>;
+  /** Hands leased deliveries back uncounted (our own shutdown cut the attempt short). */
+  release(target: string, ids: number[], owner: string): Awaitable<void>;
+  status(target: string): Awaitable<TargetStatus>;
+  /** Deletes events older than `cutoff` (ms) that none of `targets` still has to deliver. */
+  prune(cutoff: number, targets: string[]): Awaitable<number>;
+}
+
+/** The outbox on SQLite: synchronous; claims are exclusive through SQLite's single writer. */
+export class EventOutbox implements Outbox {
   private readonly stmt: {
     after: Statement<[{ after: number; limit: number }], EventRow>;
     maxId: Statement<[], { id: number | null }>;

@@ -1,4 +1,5 @@
 import type { Config } from '../config.js';
+import { FetchJobStore, type FetchJobQueue } from './fetch-jobs.js';
 import { AuditLog, type AuditArea } from './audit.js';
 import { IndexCounters, type CounterArea } from './counters.js';
 import { databaseFile, openDatabase, type DB } from './open.js';
@@ -6,11 +7,16 @@ import { PostgresAuditLog } from './postgres/audit.js';
 import { PostgresCounters } from './postgres/counters.js';
 import { PostgresStatus } from './postgres/status.js';
 import { PostgresTokens } from './postgres/tokens.js';
+import { EventOutbox, type Outbox } from './events.js';
+import { PostgresEventOutbox } from './postgres/events.js';
 import { localLocks, type ClusterLocks } from './locks.js';
 import { MaintenanceQueries, type MaintenanceIndex } from './maintenance.js';
 import { PostgresLocks } from './postgres/locks.js';
 import { PostgresMaintenance } from './postgres/maintenance.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
+import { PgUploadHolds } from './postgres/holds.js';
+import { PgFetchJobs } from './postgres/jobs.js';
+import { UploadHolds, type UploadHoldArea } from './upload-holds.js';
 import { StatusQueries, type StatusArea } from './status-queries.js';
 import { SqliteTokens, type TokenArea } from './tokens.js';
 
@@ -38,6 +44,10 @@ export interface OriginIndex {
   readonly postgres: Sql | undefined;
   /** Where the index is, for logs and status (a file, or the URL without its password). */
   readonly location: string;
+  /** Fetch jobs and the URL → sha512 pairs learned by fetching; claims are exclusive across processes and replicas. */
+  readonly jobs: FetchJobQueue;
+  /** Space uploads in flight hold against the high watermark, in every process and replica. */
+  readonly holds: UploadHoldArea;
   /** API tokens (no per-process cache: a revocation holds on every replica at the next request). */
   readonly tokens: TokenArea;
   /** Who changed what. */
@@ -46,6 +56,8 @@ export interface OriginIndex {
   readonly status: StatusArea;
   /** The index counters kept by triggers (metrics, totals). */
   readonly counters: CounterArea;
+  /** The outbox: events to deliver, and delivery bookkeeping per target. */
+  readonly events: Outbox;
   /** Whole-table scans and repairs of verify, scrub, fsck, reindex, gc, stats (announced with no actor; see `as`). */
   readonly maintenance: MaintenanceIndex;
   /** Singleton work (gc, scrub) across processes sharing this index. */
@@ -65,10 +77,13 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       sqlite: db,
       postgres: undefined,
       location: file,
+      jobs: new FetchJobStore(db),
+      holds: new UploadHolds(db),
       tokens: new SqliteTokens(db),
       audit: new AuditLog(db),
       status: new StatusQueries(db),
       counters: new IndexCounters(db),
+      events: new EventOutbox(db),
       maintenance: new MaintenanceQueries(db),
       locks: localLocks,
       async close() {
@@ -88,10 +103,13 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     sqlite: undefined,
     postgres: sql,
     location: redactPassword(config.databaseUrl),
+    jobs: new PgFetchJobs(sql),
+    holds: new PgUploadHolds(sql),
     tokens: new PostgresTokens(sql),
     audit: new PostgresAuditLog(sql),
     status: new PostgresStatus(sql),
     counters: new PostgresCounters(sql),
+    events: new PostgresEventOutbox(sql),
     maintenance: new PostgresMaintenance(sql),
     locks: new PostgresLocks(sql),
     async close() {

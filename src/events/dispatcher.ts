@@ -2,14 +2,15 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { EventOutbox, type ClaimedDelivery, type TargetStatus } from '../db/events.js';
-import type { DB } from '../db/open.js';
+import type { ClaimedDelivery, Outbox, TargetStatus } from '../db/events.js';
+import { isPromise } from '../db/origin-index.js';
 import type { DeliveryTarget, SendResult } from './targets.js';
 
 export type DeliveryResult = 'success' | 'failure' | 'gave_up';
 
 export interface DispatcherOptions {
-  db: DB;
+  /** The index's `events` area: SQLite, or PostgreSQL shared by replicas. */
+  outbox: Outbox;
   targets: DeliveryTarget[];
   log?: Logger | undefined;
   pollMs: number;
@@ -21,6 +22,8 @@ export interface DispatcherOptions {
   /** 0: keep events forever. */
   retentionDays: number;
 }
+
+export type EventTargetStatus = TargetStatus;
 
 export interface EventsStatus {
   lastEventId: number;
@@ -43,20 +46,21 @@ export function backoffMs(attempts: number, baseMs: number, maxMs: number): numb
  * database; a process killed mid-request leaves a lease that expires, and the delivery is retried.
  */
 export class EventDispatcher {
-  readonly outbox: EventOutbox;
+  readonly outbox: Outbox;
   /** Identifies this process's leases. */
   readonly owner = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
   private readonly abort = new AbortController();
   private loops: Promise<void>[] = [];
   private pruneTimer: NodeJS.Timeout | undefined;
-  private cached: { at: number; value: EventsStatus } | undefined;
+  private pruning: Promise<void> | undefined;
+  private cached: { at: number; value: Promise<EventsStatus> } | undefined;
   /** Longer than any one request can take, so a live process never loses a lease it is using. */
   private readonly leaseMs: number;
   /** Told about every delivery outcome (metrics). */
   observe: ((target: string, result: DeliveryResult, events: number) => void) | undefined;
 
   constructor(private readonly options: DispatcherOptions) {
-    this.outbox = new EventOutbox(options.db);
+    this.outbox = options.outbox;
     this.leaseMs = options.timeoutMs * 2 + 1_000;
   }
 
@@ -66,14 +70,11 @@ export class EventDispatcher {
 
   start(): void {
     if (this.loops.length > 0 || this.abort.signal.aborted) return;
-    for (const target of this.options.targets) {
-      this.outbox.addTarget(target.id);
-      this.loops.push(this.run(target));
-    }
+    for (const target of this.options.targets) this.loops.push(this.run(target));
     if (this.options.retentionDays > 0) {
-      const prune = () => {
+      const prune = async () => {
         try {
-          const removed = this.outbox.prune(
+          const removed = await this.outbox.prune(
             Date.now() - this.options.retentionDays * 86_400_000,
             this.options.targets.map((t) => t.id),
           );
@@ -82,8 +83,8 @@ export class EventDispatcher {
           this.options.log?.warn({ err }, 'could not prune old events');
         }
       };
-      prune();
-      this.pruneTimer = setInterval(prune, PRUNE_EVERY_MS).unref();
+      this.pruning = prune();
+      this.pruneTimer = setInterval(() => void (this.pruning = prune()), PRUNE_EVERY_MS).unref();
     }
   }
 
@@ -91,17 +92,23 @@ export class EventDispatcher {
   async stop(): Promise<void> {
     this.abort.abort();
     if (this.pruneTimer) clearInterval(this.pruneTimer);
-    await Promise.all(this.loops);
+    await Promise.all([...this.loops, this.pruning]);
   }
 
   /** Pending counts, ages and last outcomes per target (shared by all replicas: read from the database). */
-  status(): EventsStatus {
+  status(): Promise<EventsStatus> {
     const now = Date.now();
     if (!this.cached || now - this.cached.at > STATUS_TTL_MS) {
-      this.cached = {
-        at: now,
-        value: { lastEventId: this.outbox.lastId(), targets: this.options.targets.map((t) => this.outbox.status(t.id)) },
-      };
+      // The promise is what is cached: a burst of scrapes and probes shares one read.
+      const value = (async () => ({
+        lastEventId: await this.outbox.lastId(),
+        targets: await Promise.all(this.options.targets.map((t) => this.outbox.status(t.id))),
+      }))();
+      this.cached = { at: now, value };
+      // A failed read is not kept: the next caller asks again.
+      value.catch(() => {
+        if (this.cached?.value === value) this.cached = undefined;
+      });
     }
     return this.cached.value;
   }
@@ -109,11 +116,17 @@ export class EventDispatcher {
   private async run(target: DeliveryTarget): Promise<void> {
     const { signal } = this.abort;
     const { log, pollMs } = this.options;
+    let registered = false;
     while (!signal.aborted) {
       try {
-        this.outbox.materialize(target.id, target.types);
+        // Here, not in start(): a database briefly away at start is retried like any other loop error.
+        if (!registered) {
+          await this.outbox.addTarget(target.id);
+          registered = true;
+        }
+        await this.outbox.materialize(target.id, target.types);
         await target.ready(signal);
-        const claimed = this.outbox.claim(target.id, this.owner, this.leaseMs, (c) => target.pick(c));
+        const claimed = await this.outbox.claim(target.id, this.owner, this.leaseMs, (c) => target.pick(c));
         if (claimed.length === 0) {
           await sleep(pollMs, undefined, { signal });
           continue;
@@ -127,6 +140,12 @@ export class EventDispatcher {
     }
   }
 
+  /** Called by a target between the requests of one delivery; a renewal that fails only shortens the lease. */
+  private renew(target: string, ids: number[]): void {
+    const done = this.outbox.renew(target, ids, this.owner, this.leaseMs);
+    if (isPromise(done)) done.catch((err: unknown) => this.options.log?.warn({ err, target }, 'could not renew event leases'));
+  }
+
   private async deliver(target: DeliveryTarget, claimed: ClaimedDelivery[]): Promise<void> {
     const { signal } = this.abort;
     const { log } = this.options;
@@ -134,23 +153,23 @@ export class EventDispatcher {
     const ids = claimed.map((c) => c.event.id);
     let result: SendResult;
     try {
-      result = await target.send(claimed, { signal, renew: () => this.outbox.renew(target.id, ids, this.owner, this.leaseMs) });
+      result = await target.send(claimed, { signal, renew: () => this.renew(target.id, ids) });
     } catch (err) {
       result = { ok: false, error: describe(err), detail: (err as Error | undefined)?.message ?? String(err) };
     }
     if (!result.ok && signal.aborted) {
-      this.outbox.release(target.id, ids, this.owner);
+      await this.outbox.release(target.id, ids, this.owner);
       return;
     }
     if (result.ok) {
-      this.outbox.delivered(target.id, ids);
+      await this.outbox.delivered(target.id, ids);
       observe?.(target.id, 'success', ids.length);
       log?.debug({ target: target.id, events: ids }, 'events delivered');
       return;
     }
     const attempts = Math.min(...claimed.map((c) => c.attempts));
     const delay = Math.max(backoffMs(attempts, this.options.retryBaseMs, this.options.retryMaxMs), result.retryAfterMs ?? 0);
-    const gaveUp = this.outbox.failed(target.id, claimed, Date.now() + delay, result.error, this.options.maxAttempts);
+    const gaveUp = await this.outbox.failed(target.id, claimed, Date.now() + delay, result.error, this.options.maxAttempts);
     observe?.(target.id, 'failure', ids.length);
     if (gaveUp.length > 0) {
       observe?.(target.id, 'gave_up', gaveUp.length);

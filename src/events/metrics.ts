@@ -1,5 +1,5 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
-import type { DeliveryResult, EventDispatcher } from './dispatcher.js';
+import type { DeliveryResult, EventDispatcher, EventTargetStatus } from './dispatcher.js';
 
 /**
  * Outbox metrics on the app's registry. Counters are this process's; the gauges come from the
@@ -13,15 +13,16 @@ export function meterEvents(registry: Registry, events: EventDispatcher): (targe
     registers: [registry],
   });
   for (const t of events.targets) for (const result of ['success', 'failure'] as const) deliveries.labels(t.id, result);
-  const perTarget = (name: string, help: string, value: (s: ReturnType<EventDispatcher['status']>['targets'][number]) => number | null) =>
+  const perTarget = (name: string, help: string, value: (s: EventTargetStatus) => number | null) =>
     new Gauge({
       name,
       help,
       labelNames: ['target'] as const,
       registers: [registry],
-      collect() {
+      async collect() {
+        const { targets } = await events.status();
         this.reset();
-        for (const s of events.status().targets) {
+        for (const s of targets) {
           const v = value(s);
           if (v !== null) this.labels(s.target).set(v);
         }
@@ -39,8 +40,8 @@ export function meterEvents(registry: Registry, events: EventDispatcher): (targe
     name: 'fastpull_events_last_id',
     help: 'Id of the newest event in the outbox',
     registers: [registry],
-    collect() {
-      this.set(events.status().lastEventId);
+    async collect() {
+      this.set((await events.status()).lastEventId);
     },
   });
   return (target, result, n) => deliveries.labels(target, result).inc(n);

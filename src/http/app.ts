@@ -5,7 +5,7 @@ import type { Authenticator } from '../auth/tokens.js';
 import type { Config } from '../config.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
-import type { BlobStore } from '../store/blob-store.js';
+import type { BlobSource } from '../store/remote-reader.js';
 import { AppError } from '../errors.js';
 import { sendError } from './errors.js';
 import { strictQueryOnWrites } from './strict-query.js';
@@ -31,7 +31,8 @@ import { createHotPath, requestIdOf, type BodyWatch } from './hot-path.js';
 export interface AppDeps {
   config: Config;
   logger: Logger;
-  store: BlobStore;
+  /** Where downloads read blobs: local files, or the remote storage behind the read cache. */
+  source: BlobSource;
   index: DistfileIndex;
   ingest: Ingest;
   auth: Authenticator;
@@ -61,7 +62,7 @@ function leanServer(deps: AppDeps): Pick<FastifyServerOptions, 'serverFactory'> 
   const hot = createHotPath({
     config: deps.config,
     index: deps.index,
-    store: deps.store,
+    source: deps.source,
     logger: deps.logger,
     metrics: deps.metrics,
     watch: deps.watch,
@@ -143,14 +144,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     readiness,
     ...(metrics ? { traffic: () => metrics.lastHour() } : {}),
     ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
-    events: deps.events ? () => eventsStatusView(deps.events!.status()) : undefined,
+    events: deps.events ? async () => eventsStatusView(await deps.events!.status()) : undefined,
   });
   await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events?.outbox ?? new EventOutbox(deps.index.db) });
   await app.register(readRoutes, {
     config,
     index: deps.index,
-    store: deps.store,
+    source: deps.source,
     missHandler: deps.missHandler,
+    watch: deps.watch,
   });
   await app.register(adminRoutes, {
     prefix: '/api/v1',

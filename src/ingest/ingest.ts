@@ -2,10 +2,13 @@ import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { AppError, fromFsError } from '../errors.js';
 import type { DistfileIndex } from '../db/index.js';
-import type { BlobStore } from '../store/blob-store.js';
+import { BlobStore } from '../store/blob-store.js';
+import { LocalBlobStorage } from '../store/local-storage.js';
+import type { BlobStorage } from '../store/storage.js';
 import type { Digests, ExpectedDigests } from '../store/digests.js';
 import { isSha512Hex } from '../domain/hashes.js';
 import { filenameProblem } from '../domain/names.js';
+import { leased, type UploadLease } from '../maintenance/watermark.js';
 
 export interface IngestOptions {
   /** Name to attach once the blob is stored. */
@@ -17,7 +20,7 @@ export interface IngestOptions {
   /** Keep the blob even when no name references it. */
   pinned?: boolean;
   /** Space held against the high watermark: grown as bytes arrive, told of the commit. */
-  lease?: { grow(received: number): void; recorded(size: number, created: boolean): void };
+  lease?: UploadLease;
 }
 
 export interface IngestResult {
@@ -28,25 +31,30 @@ export interface IngestResult {
 
 /**
  * The only place that combines store and index (and, later, upstream).
- * Order matters: bytes are durable and verified on disk before the index row that makes them visible.
+ * Order matters: bytes are durable and verified in the storage (disk or bucket) before the index row that makes them visible.
  */
 export class Ingest {
+  readonly storage: BlobStorage;
+
   constructor(
-    readonly store: BlobStore,
+    storage: BlobStorage | BlobStore,
     readonly index: DistfileIndex,
     readonly log?: Logger,
-  ) {}
+  ) {
+    this.storage = storage instanceof BlobStore ? new LocalBlobStorage(storage) : storage;
+  }
 
   async ingest(source: Readable | AsyncIterable<Buffer>, options: IngestOptions = {}): Promise<IngestResult> {
     if (options.filename !== undefined) assertFilename(options.filename);
-    const { digests, created } = await this.store.write(source, {
+    const lease = options.lease;
+    const limit = Math.min(options.maxBytes ?? Number.MAX_SAFE_INTEGER, options.expected?.size ?? Number.MAX_SAFE_INTEGER);
+    const { digests, created } = await this.storage.write(lease ? leased(source, lease, limit) : source, {
       ...(options.expected ? { expected: options.expected } : {}),
       ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}),
       // A copy found damaged but left in place must give way to the bytes just verified; deduping
       // against it would un-quarantine the damage. (A file with no index row yet is a concurrent
       // upload's or a crash's: it was verified before it was linked, so dedup is right for it.)
-      replaceExisting: (d) => (this.index.blob(d.sha512)?.quarantined_at ?? null) !== null,
-      ...(options.lease ? { onProgress: (n: number) => options.lease!.grow(n) } : {}),
+      replaceExisting: (sha512) => (this.index.blob(sha512)?.quarantined_at ?? null) !== null,
     });
     try {
       this.index.recordBlob(digests, {
@@ -58,7 +66,7 @@ export class Ingest {
     } catch (err) {
       // No blob file may stay without its row (e.g. SQLite "database or disk is full" after the link):
       // take back what this upload placed; a file that was already there before stays.
-      if (created) await this.store.unplace(digests.sha512, () => this.index.blob(digests.sha512) !== undefined);
+      if (created) await this.storage.unplace(digests.sha512, () => this.index.blob(digests.sha512) !== undefined);
       throw fromFsError(err);
     }
     this.log?.info(
@@ -82,10 +90,13 @@ export class Ingest {
   /** Detaching must work on a full disk: it may use the reserve, which is what the reserve is for. */
   async detach(filename: string, by: string | null): Promise<number> {
     assertFilename(filename);
-    const detached = await this.store.reserve.whenFull(
-      () => this.index.detach(filename, by),
-      () => this.log?.warn({ filename }, 'disk full: released the reserve to record a detach (uploads wait until gc frees space)'),
-    );
+    const detach = () => this.index.detach(filename, by);
+    const reserve = this.storage.reserve;
+    const detached = reserve
+      ? await reserve.whenFull(detach, () =>
+          this.log?.warn({ filename }, 'disk full: released the reserve to record a detach (uploads wait until gc frees space)'),
+        )
+      : detach();
     if (detached === 0) throw new AppError('NAME_NOT_FOUND', 'no blob is attached to that name', { filename });
     this.log?.info({ filename, by, detached }, 'name detached');
     return detached;

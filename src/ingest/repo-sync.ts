@@ -6,6 +6,7 @@ import { AuditLog } from '../db/audit.js';
 import type { DistfileIndex } from '../db/index.js';
 import type { DB } from '../db/open.js';
 import { ScopedFetchJobStore, type FetchItemRow, type NewItem } from '../db/fetch-jobs.js';
+import { UploadHolds } from '../db/upload-holds.js';
 import { isAppError } from '../errors.js';
 import { StorageGuard } from '../maintenance/watermark.js';
 import type { BlobStore } from '../store/blob-store.js';
@@ -129,11 +130,11 @@ export class LocalSyncEngine implements SyncEngine {
   }
 
   async fetchAll(items: Planned[], onResult: (item: Planned, result: SyncResult) => void, signal: AbortSignal): Promise<void> {
-    const { config, db, store, ingest, logger } = this.deps;
+    const { config, db, ingest, logger } = this.deps;
     if (!db || !ingest || items.length === 0) return;
     // As POST /api/v1/fetches: no new downloads above the storage high watermark.
     try {
-      new StorageGuard(db, config.highWatermarkBytes).assertAccepting();
+      await new StorageGuard(new UploadHolds(db), config.highWatermarkBytes).assertAccepting();
     } catch (err) {
       if (!isAppError(err)) throw err;
       for (const item of items) onResult(item, { status: 'failed', reason: `${err.message}: nothing was queued` });
@@ -173,7 +174,7 @@ export class LocalSyncEngine implements SyncEngine {
       batch.forEach((item, idx) => byRow.set(rowKey({ job_id: id, idx }), item));
     }
 
-    const spider = createSpider({ ...config, pullThrough: false }, { db, store, ingest, logger, jobs });
+    const spider = createSpider({ ...config, pullThrough: false }, { ingest, logger, jobs });
     spider.start();
     try {
       // Items not yet reported, per job: a job with none left is no longer polled.

@@ -37,7 +37,7 @@ export class Readiness {
   private readonly probeDir: string;
   private lastFailing = '';
   /** Reported with the checks but never failing readiness (e.g. event delivery: a CDN outage must not drain us). */
-  private readonly details = new Map<string, () => CheckResult>();
+  private readonly details = new Map<string, () => CheckResult | Promise<CheckResult>>();
 
   constructor(
     private readonly config: Pick<Config, 'drainFile' | 'dataDir' | 'minFreeBytes' | 'readOnly'>,
@@ -49,7 +49,7 @@ export class Readiness {
     this.probeDir = path.join(config.dataDir, 'tmp');
   }
 
-  inform(name: string, probe: () => CheckResult): void {
+  inform(name: string, probe: () => CheckResult | Promise<CheckResult>): void {
     this.details.set(name, probe);
   }
 
@@ -71,7 +71,7 @@ export class Readiness {
     }
     for (const [name, probe] of this.details) {
       try {
-        checks[name] = probe();
+        checks[name] = await probe();
       } catch (err) {
         this.log?.warn({ err, check: name }, 'readiness detail failed');
         checks[name] = { ok: false, detail: 'could not be read' };

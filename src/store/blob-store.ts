@@ -299,7 +299,7 @@ export class BlobStore {
    * concurrent upload of the same bytes recorded a row for it meanwhile (`claimed`). The file is
    * first moved aside so that such an upload, linking now, places a copy of its own.
    */
-  async unplace(sha512: string, claimed: () => boolean): Promise<void> {
+  async unplace(sha512: string, claimed: () => boolean | Promise<boolean>): Promise<void> {
     this.reader.forget(sha512);
     const final = this.pathOf(sha512);
     const aside = path.join(this.tmpDir, `${process.pid}-unplace-${randomBytes(8).toString('hex')}${TEMP_SUFFIX}`);
@@ -310,7 +310,7 @@ export class BlobStore {
       throw err;
     }
     try {
-      if (claimed()) await link(aside, final).catch((err: unknown) => ((err as NodeJS.ErrnoException).code === 'EEXIST' ? undefined : Promise.reject(err)));
+      if (await claimed()) await link(aside, final).catch((err: unknown) => ((err as NodeJS.ErrnoException).code === 'EEXIST' ? undefined : Promise.reject(err)));
     } finally {
       await unlink(aside);
     }

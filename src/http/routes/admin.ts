@@ -7,6 +7,7 @@ import { assertFilename, assertSha512, type Ingest } from '../../ingest/ingest.j
 import type { Digests, ExpectedDigests } from '../../store/digests.js';
 import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../domain/hashes.js';
 import type { UploadLease } from '../../maintenance/watermark.js';
+import type { Awaitable } from '../../db/origin-index.js';
 import { requireScope } from '../auth.js';
 import { installAdminRateLimit } from '../rate-limit.js';
 import { downloadPaths } from '../urls.js';
@@ -20,8 +21,8 @@ export interface AdminRouteDeps {
   /** Holds each upload's size against the storage high watermark (507 when it does not fit). */
   storage?:
     | {
-        assertAccepting(log?: FastifyRequest['log']): void;
-        admit(declared: number | undefined, log?: FastifyRequest['log']): UploadLease;
+        assertAccepting(log?: FastifyRequest['log']): Awaitable<void>;
+        admit(declared: number | undefined, log?: FastifyRequest['log']): Awaitable<UploadLease | undefined>;
       }
     | undefined;
 }
@@ -95,7 +96,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
   const canUpload = requireScope(auth, 'upload');
   const canAdmin = requireScope(auth, 'admin');
   /** Holds the declared size (?size=, else Content-Length) before a byte is read; an undeclared body is held as it arrives. */
-  const admit = (request: FastifyRequest, expected: ExpectedDigests): UploadLease | undefined => {
+  const admit = (request: FastifyRequest, expected: ExpectedDigests): Awaitable<UploadLease | undefined> => {
     const header = request.headers['content-length'];
     const length = header !== undefined && /^\d+$/.test(header) ? Number(header) : undefined;
     return storage?.admit(expected.size ?? length, request.log);
@@ -118,7 +119,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
         const { filename } = request.params;
         assertFilename(filename);
         const expected = declaredDigests(request.query);
-        const lease = admit(request, expected);
+        const lease = await admit(request, expected);
         try {
           precheckLength(request, config.maxUploadBytes, expected);
           const result = await ingest.ingest(request.raw, {
@@ -142,7 +143,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
         const sha512 = request.params.sha512;
         assertSha512(sha512);
         const expected = { ...declaredDigests(request.query), sha512 };
-        const lease = admit(request, expected);
+        const lease = await admit(request, expected);
         try {
           precheckLength(request, config.maxUploadBytes, expected);
           const result = await ingest.ingest(request.raw, {

@@ -1,12 +1,12 @@
 import type { FastifyInstance } from 'fastify';
 import type { Authenticator } from '../../auth/tokens.js';
-import { eventView, EVENT_TYPES, type EventOutbox } from '../../db/events.js';
+import { eventView, EVENT_TYPES, type Outbox } from '../../db/events.js';
 import { requireScope } from '../auth.js';
 import { AUTH_ERRORS, errorResponses } from '../schemas.js';
 
 export interface EventRouteDeps {
   auth: Authenticator;
-  outbox: EventOutbox;
+  outbox: Outbox;
 }
 
 const MAX_LIMIT = 1000;
@@ -63,7 +63,7 @@ export async function eventRoutes(app: FastifyInstance, deps: EventRouteDeps): P
     },
     async (request, reply) => {
       const { after, limit } = request.query;
-      const events = deps.outbox.after(after, limit).map(eventView);
+      const events = (await deps.outbox.after(after, limit)).map(eventView);
       reply.header('cache-control', 'no-store');
       return { events, lastId: events.length > 0 ? events[events.length - 1]!.id : after };
     },

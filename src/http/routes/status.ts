@@ -293,7 +293,7 @@ export async function statusRoutes(app: FastifyInstance, deps: StatusRouteDeps):
         },
         traffic: { minutes: minutes.map((m) => ({ ...m, at: iso(m.at) })) },
         generatedAt: new Date().toISOString(),
-        ...(deps.events ? { events: deps.events() } : {}),
+        ...(deps.events ? { events: await deps.events() } : {}),
       };
     },
   );
