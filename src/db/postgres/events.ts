@@ -193,6 +193,12 @@ export class PostgresEventOutbox implements Outbox {
     };
   }
 
+  async attachedNames(sha512: string): Promise<string[]> {
+    const rows = await this.sql<{ filename: string }[]>`
+      SELECT filename FROM names WHERE sha512 = ${sha512} AND detached_at IS NULL ORDER BY seq DESC`;
+    return rows.map((r) => r.filename);
+  }
+
   async prune(cutoff: number, targets: string[]): Promise<number> {
     // Deliveries pending for a target no longer configured do not hold events forever.
     const result = await this.sql`
