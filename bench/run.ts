@@ -5,11 +5,13 @@
  * 1,000-keep-alive-connection cell (a fresh connection's time to first byte, server RSS), upload speed
  * against the machine's hashing ceiling, and fastpull's peak RSS over a big upload + download.
  *
+ * Then the S3 row (bench/s3.ts): by-hash downloads through an origin on a bucket against a direct S3 GET.
+ *
  * Knobs (environment): BENCH_QUICK=1 (short smoke run), BENCH_CONNECTIONS, BENCH_DURATION (s), BENCH_ROUNDS,
- * BENCH_UPLOAD_BYTES, BENCH_BIG_BYTES, BENCH_SKIP=downloads,crowd,upload,memory (leave sections out),
+ * BENCH_UPLOAD_BYTES, BENCH_BIG_BYTES, BENCH_SKIP=downloads,crowd,upload,memory,s3 (leave sections out),
  * BENCH_KEEP=1 (leave .bench/run-* for inspection).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -18,8 +20,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { dataStream } from './data.js';
+import { runS3Bench, s3Table } from './s3.js';
 import { runUploadBench, uploadTable } from './upload.js';
-import { freePort, sampleMemory, startChild, stopAll, track, treeCpuSeconds, waitForHttp, type Child } from './procs.js';
+import { freePort, sampleMemory, startChild, stopAll, treeCpuSeconds, waitForHttp, wrk, WRK_REPORT, type Child, type WrkSummary } from './procs.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const KiB = 1024;
@@ -256,46 +259,9 @@ async function verify(target: Target, file: BenchFile, mode: Mode): Promise<void
   }
 }
 
-// wrk's own summary as one JSON line, so nothing depends on its human-readable output.
-const WRK_REPORT = `done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRK {"requests":%d,"bytes":%d,"us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\\n',
-    summary.requests, summary.bytes, summary.duration, e.connect, e.read, e.write, e.status, e.timeout))
-end
-`;
-
-interface WrkSummary {
-  requests: number;
-  bytes: number;
-  us: number;
-  connect: number;
-  read: number;
-  write: number;
-  status: number;
-  timeout: number;
-}
-
-/**
- * wrk rather than autocannon: autocannon parses responses in JavaScript and tops out far below
- * what nginx serves on loopback (about 25 MB/s against nginx's 480 MB/s for 1 MiB files here),
- * so it would measure itself. One wrk thread leaves the other core to the server.
- */
-function load(url: string, duration: number, connections = CONNECTIONS): Promise<WrkSummary> {
-  return new Promise((resolve, reject) => {
-    const args = ['-t1', `-c${connections}`, `-d${duration}s`, '--timeout', '60s', '-s', path.join(workDir, 'report.lua'), url];
-    const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    track(child);
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    child.once('error', (err) => reject(new Error(`cannot run wrk (apt-get install -y wrk): ${err.message}`)));
-    child.once('exit', (code) => {
-      const line = /^WRK (\{.*\})$/m.exec(out);
-      if (code !== 0 || !line) reject(new Error(`wrk ${args.join(' ')} failed (${code}):\n${out}`));
-      else resolve(JSON.parse(line[1]!) as WrkSummary);
-    });
-  });
-}
+/** wrk's load, reporting through the script main() writes into the work dir. */
+const load = (url: string, duration: number, connections = CONNECTIONS): Promise<WrkSummary> =>
+  wrk(url, duration, connections, path.join(workDir, 'report.lua'));
 
 async function measureOnce(target: Target, file: BenchFile, mode: Mode): Promise<Measure> {
   const cpu0 = treeCpuSeconds(target.pids);
@@ -507,6 +473,14 @@ async function main(): Promise<string> {
     );
   }
 
+  // 4. Blobs in a bucket: the origin on S3 against the S3 service read directly (starts its own Swift).
+  let s3Lines: string | undefined;
+  if (!SKIP.has('s3')) {
+    s3Lines = await s3Table(
+      await runS3Bench({ workDir, wrkScript: path.join(workDir, 'report.lua'), duration: DURATION, rounds: ROUNDS, connections: CONNECTIONS, log }),
+    );
+  }
+
   // Report.
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
   const out: string[] = [];
@@ -561,6 +535,7 @@ async function main(): Promise<string> {
   }
   if (uploadLine) out.push(uploadLine, '');
   out.push(...memLines);
+  if (s3Lines) out.push(s3Lines);
   return out.join('\n');
 }
 

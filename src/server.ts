@@ -3,10 +3,11 @@ import type { Logger } from 'pino';
 import { BootstrapAuthenticator } from './auth/tokens.js';
 import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
-import { DistfileIndex } from './db/index.js';
+import type { NameIndex } from './db/index.js';
 import type { Outbox } from './db/events.js';
 import type { DB } from './db/open.js';
 import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
+import { PgFlightLock } from './db/postgres/flights.js';
 import { buildApp } from './http/app.js';
 import { createMissHandler } from './http/miss-handler.js';
 import { meterIndex, meterIngest, Metrics, startMetricsListener } from './http/metrics.js';
@@ -18,7 +19,11 @@ import { Ingest } from './ingest/ingest.js';
 import { createLogger } from './logger.js';
 import { createSpider, type Spider } from './ingest/spider.js';
 import type { BlobStore } from './store/blob-store.js';
-import { localBlobStore } from './store/open-storage.js';
+import { LocalBlobStorage } from './store/local-storage.js';
+import { openStorage } from './store/open-storage.js';
+import { ReadCache } from './store/read-cache.js';
+import { localSource, RemoteReader, type BlobSource } from './store/remote-reader.js';
+import type { BlobStorage } from './store/storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
 import { EventDispatcher } from './events/dispatcher.js';
@@ -33,8 +38,14 @@ export interface Server {
   /** The index, whichever engine holds it. */
   originIndex: OriginIndex;
   db: DB;
-  store: BlobStore;
-  index: DistfileIndex;
+  /** Where blobs live (FASTPULL_STORAGE): local disk or an S3 bucket. */
+  blobStorage: BlobStorage;
+  /** The local driver's store (fast read path, reserve, maintenance); undefined with s3 storage. */
+  store: BlobStore | undefined;
+  /** FASTPULL_CACHE_DIR in front of s3 storage. */
+  readCache: ReadCache | undefined;
+  /** Blobs and names (originIndex.names). */
+  index: NameIndex;
   ingest: Ingest;
   logger: Logger;
   metrics: Metrics;
@@ -57,17 +68,12 @@ export interface Server {
 export async function startServer(config: Config, options: { logger?: Logger; cluster?: ClusterLink } = {}): Promise<Server> {
   const logger = options.logger ?? createLogger(config.logLevel);
   await assertDataDirWritable(config.dataDir);
-  const store = localBlobStore(config);
-  const removedTemps = await store.init();
-  if (removedTemps > 0) logger.warn({ removedTemps }, 'removed temp files left by an earlier crash');
-  if (!(await store.reserve.ensure())) {
-    logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
-  }
+  const { blobStorage, store, readCache, source } = await openBlobs(config, logger);
 
   const originIndex = await openOriginIndex(config);
   const db = sqliteHandle(originIndex);
-  const index = new DistfileIndex(db);
-  const ingest = new Ingest(store, index, logger);
+  const index = originIndex.names;
+  const ingest = new Ingest(blobStorage, index, logger);
   const metrics = new Metrics({
     counters: originIndex.counters,
     dataDir: config.dataDir,
@@ -77,7 +83,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   meterIndex(index, metrics);
   meterIngest(ingest, metrics);
   const readiness = new Readiness(config, originIndex.status, logger);
-  const tokens = new TokenStore(originIndex.tokens, originIndex.audit);
+  const tokens = new TokenStore(originIndex.tokens);
   const auth = new DbAuthenticator(new BootstrapAuthenticator(config.adminToken), tokens);
   if (!(await auth.enabled())) {
     logger.warn('no FASTPULL_ADMIN_TOKEN and no API tokens: the write API is disabled until one exists (downloads still work)');
@@ -85,16 +91,18 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   if (config.readOnly) logger.warn('read-only mode: every write to the admin API is refused');
 
   const events = startEvents(config, originIndex.events, metrics, readiness, logger);
-  const storage = new StorageGuard(db, config.highWatermarkBytes);
+  const storage = new StorageGuard(originIndex.holds, config.highWatermarkBytes, logger);
   const link = options.cluster;
   // Background work runs in one process: alone, or the cluster's leader.
   const runsBackgroundWork = link === undefined || link.role === 'leader';
+  // Replicas sharing PostgreSQL share its flight rows (which also covers this machine's workers).
+  const pgFlights = originIndex.postgres ? new PgFlightLock(originIndex.postgres) : undefined;
+  const flightLock = pgFlights ?? link?.flightLock;
   const spider = createSpider(config, {
-    db,
-    store,
+    jobs: originIndex.jobs,
     ingest,
     logger,
-    ...(link ? { flightLock: link.flightLock } : {}),
+    ...(flightLock ? { flightLock } : {}),
     ...(link && !runsBackgroundWork ? { onJobQueued: link.jobsQueued } : {}),
   });
   if (link) {
@@ -106,12 +114,12 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   }
   bridgeSpiderMetrics(spider, metrics);
   // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
-  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, store });
+  const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, source });
   bridgeMaintenanceMetrics(metrics, config.scrubBytesPerSecond > 0);
   const app = await buildApp({
     config,
     logger,
-    store,
+    source,
     index,
     ingest,
     auth,
@@ -123,7 +131,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
-    ...(config.verifyOnServe ? { watch: createServeVerifier({ store, db, logger }) } : {}),
+    ...(config.verifyOnServe ? { watch: createServeVerifier({ storage: blobStorage, maintenance: originIndex.maintenance, logger }) } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -143,6 +151,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   } catch (err) {
     await app.close().catch(() => undefined);
     await spider.close();
+    await pgFlights?.close();
     await events.close();
     await originIndex.close();
     throw err;
@@ -170,7 +179,15 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   }
   const scrubber =
     runsBackgroundWork && config.scrubBytesPerSecond > 0
-      ? new Scrubber({ store, db, bytesPerSecond: config.scrubBytesPerSecond, pauseMs: config.scrubPauseSeconds * 1000, log: logger })
+      ? new Scrubber({
+          storage: blobStorage,
+          maintenance: originIndex.maintenance,
+          audit: originIndex.audit,
+          locks: originIndex.locks,
+          bytesPerSecond: config.scrubBytesPerSecond,
+          pauseMs: config.scrubPauseSeconds * 1000,
+          log: logger,
+        })
       : undefined;
   scrubber?.start();
 
@@ -184,6 +201,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       const { forced } = await closeGracefully(app, sockets, config.shutdownGraceMs);
       if (forced > 0) logger.warn({ forced, graceMs: config.shutdownGraceMs }, 'closed connections still busy after the grace period');
       await spider.close();
+      await pgFlights?.close();
       await events.close();
       if (metricsListener) {
         const server = metricsListener.server;
@@ -191,13 +209,17 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
         await new Promise<void>((resolve) => server.close(() => resolve()));
       }
       await originIndex.close();
+      readCache?.close();
+      blobStorage.close?.();
       logger.info('fastpull origin stopped');
     })());
   return {
     app,
     originIndex,
     db,
+    blobStorage,
     store,
+    readCache,
     index,
     ingest,
     logger,
@@ -211,6 +233,40 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     url: address,
     close,
   };
+}
+
+/**
+ * The blob storage FASTPULL_STORAGE names, swept of what crashed writers left (temp files, multipart
+ * uploads), and where downloads read: the local store's files, or the bucket behind the read cache.
+ */
+async function openBlobs(
+  config: Config,
+  logger: Logger,
+): Promise<{ blobStorage: BlobStorage; store: BlobStore | undefined; readCache: ReadCache | undefined; source: BlobSource }> {
+  if (config.storage.kind === 's3' && config.accelRedirect !== undefined) {
+    throw new Error(
+      'FASTPULL_ACCEL_REDIRECT: nginx can only send blobs from local disk, and FASTPULL_STORAGE is s3; unset one of them ' +
+        '(with s3, FASTPULL_CACHE_DIR keeps hot blobs on local disk)',
+    );
+  }
+  const blobStorage = openStorage(config, { reserveBytes: config.reserveBytes });
+  const removed = await blobStorage.init();
+  if (removed > 0) logger.warn({ removed, storage: blobStorage.location }, 'removed unfinished writes left by an earlier crash');
+  if (blobStorage instanceof LocalBlobStorage) {
+    const store = blobStorage.store;
+    if (config.cacheDir !== undefined) logger.warn({ cacheDir: config.cacheDir }, 'FASTPULL_CACHE_DIR is only used with s3 storage: ignored');
+    if (!(await store.reserve.ensure())) {
+      logger.warn({ reserveBytes: await store.reserve.bytes() }, 'the disk is full: no room for the reserve, uploads answer 507 until gc frees space');
+    }
+    return { blobStorage, store, readCache: undefined, source: localSource(store) };
+  }
+  let readCache: ReadCache | undefined;
+  if (config.cacheDir !== undefined && config.cacheMaxBytes > 0) {
+    readCache = new ReadCache({ dir: config.cacheDir, maxBytes: config.cacheMaxBytes, storage: blobStorage, log: logger });
+    await readCache.init();
+  }
+  logger.info({ storage: blobStorage.location, cacheDir: readCache?.blobsDir, cacheMaxBytes: readCache?.maxBytes }, 'blobs in a bucket');
+  return { blobStorage, store: undefined, readCache, source: new RemoteReader(blobStorage, readCache).source() };
 }
 
 /** The outbox dispatcher (started after listen), its metrics and its /readyz detail. */

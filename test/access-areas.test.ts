@@ -2,12 +2,20 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DbAuthenticator, TokenStore } from '../src/auth/token-store.js';
 import { BootstrapAuthenticator } from '../src/auth/tokens.js';
 import { openOriginIndex, type OriginIndex } from '../src/db/origin-index.js';
-import { PostgresStatus } from '../src/db/postgres/status.js';
+import { PG_NAMES_AFTER_SQL, PG_NAMES_WITH_PREFIX_NOCASE_SQL, PG_NAMES_WITH_PREFIX_SQL, PostgresStatus } from '../src/db/postgres/status.js';
 import { connectPostgres } from '../src/db/postgres-index.js';
+import { installAudit } from '../src/http/audit.js';
+import { Metrics } from '../src/http/metrics.js';
+import { requireScope } from '../src/http/auth.js';
+import { sendError } from '../src/http/errors.js';
+import { registerOpenApi } from '../src/http/openapi.js';
+import { statusRoutes } from '../src/http/routes/status.js';
 import { Readiness } from '../src/ops/readiness.js';
 import { blake2b, sha256, sha512 } from './helpers/core.js';
 import { runCli } from './helpers/cli.js';
@@ -119,7 +127,7 @@ describe.each([
 
   it.skipIf(skip)('creates, lists, authenticates and revokes tokens, each change audited with its actor', async () => {
     const { index } = await engine.open();
-    const store = new TokenStore(index.tokens, index.audit);
+    const store = new TokenStore(index.tokens);
     expect(await store.anyActive()).toBe(false);
     const secret = await store.create('ci-uploader', ['upload', 'read-api'], 'cli:alice');
     expect(secret).toMatch(/^fp_[A-Za-z0-9_-]{43}$/);
@@ -157,16 +165,16 @@ describe.each([
   it.skipIf(skip)('a revocation through one connection is refused through another at the very next request', async () => {
     const { index, twin } = await engine.open();
     const other = await twin();
-    const auth = (i: OriginIndex) => new DbAuthenticator(new BootstrapAuthenticator(undefined), new TokenStore(i.tokens, i.audit));
+    const auth = (i: OriginIndex) => new DbAuthenticator(new BootstrapAuthenticator(undefined), new TokenStore(i.tokens));
     const a = auth(index);
     const b = auth(other);
     expect(await b.enabled()).toBe(false);
-    const secret = await new TokenStore(index.tokens, index.audit).create('replica-test', ['admin']);
+    const secret = await new TokenStore(index.tokens).create('replica-test', ['admin']);
     // Created on A, accepted on B at once: nothing is cached per process.
     expect(await b.enabled()).toBe(true);
     expect((await b.authenticate(secret))?.name).toBe('replica-test');
     expect((await a.authenticate(secret))?.name).toBe('replica-test');
-    expect(await new TokenStore(index.tokens, index.audit).revoke('replica-test')).toBe(true);
+    expect(await new TokenStore(index.tokens).revoke('replica-test')).toBe(true);
     expect(await b.authenticate(secret)).toBeUndefined();
     expect(await b.enabled()).toBe(false);
   });
@@ -208,6 +216,21 @@ describe.each([
     });
   });
 
+  it.skipIf(skip)('exports the counters as metrics, and a scrape still answers once the index is gone', async () => {
+    const { index, seed } = await engine.open();
+    const metrics = new Metrics({ counters: index.counters, defaultMetrics: false });
+    const hash = await seed.blob('metered');
+    await seed.attach('metered.txt', hash, 1);
+    await seed.attach('metered-copy.txt', hash, 2);
+    const text = await metrics.text();
+    expect(text).toMatch(/^fastpull_stored_blobs 1$/m);
+    expect(text).toMatch(/^fastpull_stored_blob_bytes 7$/m);
+    expect(text).toMatch(/^fastpull_attached_names 2$/m);
+    expect(text).toMatch(/^fastpull_dedup_saved_bytes 7$/m);
+    await index.close();
+    expect(await metrics.text()).toContain('fastpull_stored_blobs');
+  });
+
   it.skipIf(skip)('lists recent attachments newest first and marks the hash each name serves', async () => {
     const { index, seed } = await engine.open();
     const v1 = await seed.blob('v1');
@@ -231,7 +254,7 @@ describe.each([
     const h1 = await seed.blob('one');
     const h2 = await seed.blob('two');
     let seq = 0;
-    for (const name of ['Foo-1.tar.gz', 'foo-2.tar.gz', 'foo-3.tar.gz', 'FOO-4.tar.gz', 'foobar.zip', 'fo%o.txt', 'fop.txt', 'föo.txt']) {
+    for (const name of ['Foo-1.tar.gz', 'foo-2.tar.gz', 'foo-3.tar.gz', 'FOO-4.tar.gz', 'foobar.zip', 'fo%o.txt', 'fop.txt', 'föo.txt', 'bÄr.txt']) {
       await seed.attach(name, h1, ++seq);
     }
     await seed.attach('foo-2.tar.gz', h2, ++seq);
@@ -255,6 +278,9 @@ describe.each([
     // Case-sensitive paging continues strictly after the cursor.
     expect((await index.status.searchPrefix('foo', 5, { after: 'foo-2.tar.gz' })).results.map((r) => r.filename)).toEqual(['foo-3.tar.gz', 'foobar.zip']);
     expect(await index.status.searchPrefix('nothing', 5)).toEqual({ results: [], truncated: false });
+    // Only ASCII letters fold, as in SQLite's NOCASE, whatever the database's locale.
+    expect((await index.status.searchPrefix('BÄ', 5, { ignoreCase: true })).results.map((r) => r.filename)).toEqual(['bÄr.txt']);
+    expect((await index.status.searchPrefix('bä', 5, { ignoreCase: true })).results).toEqual([]);
   });
 
   it.skipIf(skip)('readiness probes the index', async () => {
@@ -273,17 +299,95 @@ describe.each([
     const created = await runCli(['token', 'create', '--name', 'from-cli', '--scope', 'upload'], env);
     expect(created.code).toBe(0);
     const secret = created.stdout.trim().split('\n').at(-1)!;
-    expect((await new TokenStore(index.tokens, index.audit).authenticate(secret))?.name).toBe('from-cli');
+    expect((await new TokenStore(index.tokens).authenticate(secret))?.name).toBe('from-cli');
     const listed = await runCli(['token', 'list', '--json'], env);
     expect(JSON.parse(listed.stdout)).toMatchObject([{ name: 'from-cli', scopes: ['upload'], revokedAt: null }]);
     expect((await runCli(['token', 'revoke', 'from-cli'], env)).code).toBe(0);
-    expect(await new TokenStore(index.tokens, index.audit).authenticate(secret)).toBeUndefined();
+    expect(await new TokenStore(index.tokens).authenticate(secret)).toBeUndefined();
     const audit = await runCli(['audit', '--json'], env);
     expect(audit.code).toBe(0);
     expect(JSON.parse(audit.stdout).map((r: { action: string; detail: string }) => [r.action, r.detail])).toEqual([
       ['token.create', 'from-cli: upload'],
       ['token.revoke', 'from-cli'],
     ]);
+  }, 60_000);
+});
+
+describe('HTTP over the PostgreSQL areas (a listening server)', () => {
+  let app: FastifyInstance | undefined;
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  it.skipIf(skipPg)('authenticates, audits, answers status and search, and refuses a token revoked through another pool at once', async () => {
+    pg ??= await startPostgres();
+    const config = { dataDir: tmpdir(), databaseUrl: await pg.createDatabase('http_areas'), databasePoolSize: 2 };
+    const index = await track(openOriginIndex(config));
+    const replica = await track(openOriginIndex(config));
+    app = Fastify();
+    app.setErrorHandler((err, request, reply) => sendError(request, reply, err));
+    await registerOpenApi(app);
+    installAudit(app, index.audit);
+    const auth = new DbAuthenticator(new BootstrapAuthenticator(undefined), new TokenStore(index.tokens));
+    app.post('/api/v1/things/:filename', { onRequest: requireScope(auth, 'upload') }, async (request) => ({ by: request.principal!.name }));
+    await app.register(statusRoutes, { queries: index.status, readiness: new Readiness({ drainFile: null, dataDir: tmpdir(), minFreeBytes: 0, readOnly: true }, index.status) });
+    const base = await app.listen({ host: '127.0.0.1', port: 0 });
+    const post = async (secret?: string) => {
+      const res = await request(`${base}/api/v1/things/a.tar.gz`, { method: 'POST', headers: secret ? { authorization: `Bearer ${secret}` } : {} });
+      return { status: res.statusCode, json: (await res.body.json()) as Record<string, unknown> };
+    };
+
+    expect(await post('whatever')).toMatchObject({ status: 403, json: { error: 'FORBIDDEN', message: expect.stringContaining('disabled') } });
+    const secret = await new TokenStore(replica.tokens).create('spider', ['upload']);
+    expect(await post()).toMatchObject({ status: 401, json: { error: 'UNAUTHORIZED' } });
+    expect(await post(`${secret}x`)).toMatchObject({ status: 403, json: { error: 'FORBIDDEN', message: 'the token is not valid' } });
+    expect(await post(secret)).toEqual({ status: 200, json: { by: 'spider' } });
+    // The audit record is written after the response: poll the table, not the clock.
+    await expect.poll(async () => (await index.audit.query({ actor: 'spider', limit: 5 })).map((r) => [r.action, r.status, r.filename])).toEqual([
+      ['POST /api/v1/things/:filename', 200, 'a.tar.gz'],
+    ]);
+    expect(await new TokenStore(replica.tokens).revoke('spider')).toBe(true);
+    expect(await post(secret)).toMatchObject({ status: 403, json: { error: 'FORBIDDEN' } });
+
+    const sql = index.postgres!;
+    const d = digestsOf('status body');
+    await sql`INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at) VALUES (${d.sha512}, ${d.blake2b}, ${d.sha256}, ${d.size}, 1000)`;
+    await sql`INSERT INTO names (filename, sha512, seq, first_attached_at, attached_at) VALUES ('Status-1.tar.gz', ${d.sha512}, 1, 5000, 5000)`;
+    const status = await request(`${base}/api/v1/status?recent=5`);
+    expect(status.statusCode).toBe(200);
+    const body = (await status.body.json()) as { totals: unknown; recent: { filename: string; sha512: string; current: boolean }[]; readiness: { ready: boolean } };
+    expect(body.totals).toEqual({ blobs: 1, bytes: d.size, names: 1, quarantinedBlobs: 0, quarantinedBytes: 0, pinnedBlobs: 0, dedupSavedBytes: 0 });
+    expect(body.recent).toMatchObject([{ filename: 'Status-1.tar.gz', sha512: d.sha512, current: true }]);
+    expect(body.readiness.ready).toBe(true);
+    const search = await request(`${base}/api/v1/search?prefix=status&ignoreCase=true`);
+    expect(((await search.body.json()) as { results: { filename: string }[] }).results.map((r) => r.filename)).toEqual(['Status-1.tar.gz']);
+    const exact = await request(`${base}/api/v1/search?prefix=status`);
+    expect(((await exact.body.json()) as { results: unknown[] }).results).toEqual([]);
+  }, 60_000);
+});
+
+describe('PostgreSQL search plans', () => {
+  it.skipIf(skipPg)('searches by a range on the "C" collation indexes, in index order, never filtering every name', async () => {
+    pg ??= await startPostgres();
+    const index = await track(openOriginIndex({ dataDir: tmpdir(), databaseUrl: await pg.createDatabase('plans'), databasePoolSize: 1 }));
+    const plan = (text: string, params: (string | number)[]) =>
+      index.postgres!.begin(async (tx) => {
+        // A near-empty table would be read whole whatever the indexes: ask whether an index can serve the range.
+        await tx`SET LOCAL enable_seqscan = off`;
+        await tx`SET LOCAL enable_bitmapscan = off`;
+        const rows = (await tx.unsafe(`EXPLAIN ${text}`, params)) as unknown as { 'QUERY PLAN': string }[];
+        return rows.map((r) => r['QUERY PLAN']).join('\n');
+      }) as Promise<string>;
+    const exact = await plan(PG_NAMES_WITH_PREFIX_SQL, ['foo', 'foo\u{10ffff}', 21]);
+    expect(exact).toMatch(/Index Only Scan using names_current_c on names/);
+    expect(exact).toMatch(/Index Cond: .*filename.* >= 'foo'::text\) AND .*filename.* < /);
+    expect(exact).not.toMatch(/Sort/);
+    const after = await plan(PG_NAMES_AFTER_SQL, ['foo-1', 'foo\u{10ffff}', 21]);
+    expect(after).toMatch(/Index Only Scan using names_current_c on names/);
+    const nocase = await plan(PG_NAMES_WITH_PREFIX_NOCASE_SQL, ['foo', 'foo\u{10ffff}', '', 21]);
+    expect(nocase).toMatch(/Index (Only )?Scan using names_current_nocase_c on names/);
+    expect(nocase).toMatch(/Index Cond: .*lower.* >= 'foo'::text COLLATE "C"\) AND /);
+    expect(nocase).not.toMatch(/Sort/);
   }, 60_000);
 });
 

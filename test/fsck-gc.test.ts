@@ -7,8 +7,10 @@ import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { openDatabase } from '../src/db/open.js';
+import { UploadHolds } from '../src/db/upload-holds.js';
 import { collect, gcCandidates } from '../src/maintenance/gc.js';
-import { MaintenanceQueries } from '../src/maintenance/queries.js';
+import { MaintenanceQueries } from '../src/db/maintenance.js';
+import { LocalBlobStorage } from '../src/store/local-storage.js';
 import { StorageGuard, storageState } from '../src/maintenance/watermark.js';
 import { startServer } from '../src/server.js';
 import { BlobStore } from '../src/store/blob-store.js';
@@ -293,7 +295,7 @@ describe('fastpull gc', () => {
       try {
         const queries = new MaintenanceQueries(db);
         const cutoff = Date.now() + 1000;
-        const selected = gcCandidates(queries, cutoff);
+        const selected = await gcCandidates(queries, cutoff);
         expect(selected.map((c) => c.sha512)).toEqual([sha512(body)]);
         // Between selection and deletion, someone links a name to it through the API.
         const link = await request(`${server.baseUrl}/api/v1/links`, {
@@ -303,7 +305,7 @@ describe('fastpull gc', () => {
         });
         expect(link.statusCode).toBe(200);
         await link.body.dump();
-        const result = await collect(new BlobStore(server.dataDir), db, queries, selected, cutoff);
+        const result = await collect(new LocalBlobStorage(new BlobStore(server.dataDir)), queries, selected, cutoff);
         expect(result.removed).toHaveLength(0);
         expect(result.kept.map((c) => c.sha512)).toEqual([sha512(body)]);
       } finally {
@@ -330,7 +332,7 @@ describe('gc against a concurrent re-upload', () => {
       try {
         const queries = new MaintenanceQueries(db);
         const cutoff = Date.now() + 1000;
-        const running = collect(new BlobStore(server.dataDir), db, queries, gcCandidates(queries, cutoff), cutoff, 3000);
+        const running = collect(new LocalBlobStorage(new BlobStore(server.dataDir)), queries, await gcCandidates(queries, cutoff), cutoff, 3000);
         // The re-upload's link(2) saw the file (EEXIST) and skipped writing; it records its row only
         // now, after gc deleted the row and moved the file.
         while (existsSync(blobPath(server.dataDir, sha))) await new Promise((r) => setTimeout(r, 5));
@@ -434,7 +436,7 @@ describe('high watermark', () => {
     const db = openDatabase(path.join(dataDir, 'index.sqlite'));
     const other = openIndex(dataDir);
     try {
-      const guard = new StorageGuard(db, 100);
+      const guard = new StorageGuard(new UploadHolds(db), 100);
       expect(() => guard.assertAccepting()).not.toThrow();
       const insert = (conn: typeof db, body: Buffer) =>
         conn

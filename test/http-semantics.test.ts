@@ -424,13 +424,13 @@ describe('damaged blobs', () => {
       }
       // Every loan is returned; at most the one descriptor kept open while the blob is hot remains,
       // and it closes when the blob leaves this process (quarantine, gc).
-      for (let i = 0; i < 200 && server.store.reader.files.borrowed > 0; i++) await new Promise((r) => setTimeout(r, 25));
-      expect(server.store.reader.files.borrowed).toBe(0);
+      for (let i = 0; i < 200 && server.store!.reader.files.borrowed > 0; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(server.store!.reader.files.borrowed).toBe(0);
       // Chunk buffers of the aborted responses went back to the pool too.
-      for (let i = 0; i < 200 && server.store.reader.bufferedBytes > 0; i++) await new Promise((r) => setTimeout(r, 25));
-      expect(server.store.reader.bufferedBytes).toBe(0);
+      for (let i = 0; i < 200 && server.store!.reader.bufferedBytes > 0; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(server.store!.reader.bufferedBytes).toBe(0);
       expect(await openOnBlob()).toBeLessThanOrEqual(1);
-      server.store.reader.forget(h);
+      server.store!.reader.forget(h);
       for (let i = 0; i < 200 && (await openOnBlob()) > 0; i++) await new Promise((r) => setTimeout(r, 25));
       expect(await openOnBlob()).toBe(0);
     } finally {

@@ -81,9 +81,9 @@ describe('the small-blob cache never serves damaged bytes (issue 7, item 1)', ()
     const good = content('cache-rot', 4096);
     const h = sha512(good);
     expect((await server.upload('cache-rot-1.0.tar.gz', good)).status).toBe(201);
-    const before = server.store.reader.smallCache.size.entries;
+    const before = server.store!.reader.smallCache.size.entries;
     await flipBit(server.dataDir, h, 100);
     for (let i = 0; i < 2; i++) expect((await get(`${server.baseUrl}/distfiles/${h}`)).status).toBe(404);
-    expect(server.store.reader.smallCache.size.entries).toBe(before);
+    expect(server.store!.reader.smallCache.size.entries).toBe(before);
   });
 });

@@ -1,5 +1,4 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import type { AuditArea, AuditEntry } from '../db/audit.js';
 import { isPromise, type Awaitable } from '../db/origin-index.js';
 import type { TokenArea, TokenRow } from '../db/tokens.js';
 import { AppError } from '../errors.js';
@@ -41,10 +40,7 @@ export function parseScopes(values: string[]): Scope[] {
  * holds it. Every read goes to the index, so a CLI change is seen on the next request by every replica.
  */
 export class TokenStore {
-  constructor(
-    private readonly tokens: TokenArea,
-    private readonly auditLog: AuditArea,
-  ) {}
+  constructor(private readonly tokens: TokenArea) {}
 
   /**
    * Creates a token and returns its secret: the only time the secret exists outside the caller's hands.
@@ -112,10 +108,6 @@ export class TokenStore {
     } catch {
       // See above.
     }
-  }
-
-  audit(entry: AuditEntry): Awaitable<void> {
-    return this.auditLog.record(entry);
   }
 }
 

@@ -1,23 +1,25 @@
 import { existsSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { loadConfig, type Config } from '../config.js';
-import { AuditLog } from '../db/audit.js';
-import { DistfileIndex } from '../db/index.js';
-import { databaseFile, openDatabase, type DB } from '../db/open.js';
-import { MaintenanceQueries } from '../maintenance/queries.js';
-import type { BlobStore } from '../store/blob-store.js';
-import { localBlobStore } from '../store/open-storage.js';
+import type { AuditArea } from '../db/audit.js';
+import type { MaintenanceIndex } from '../db/maintenance.js';
+import { databaseFile } from '../db/open.js';
+import { openOriginIndex, type OriginIndex } from '../db/origin-index.js';
+import { LocalBlobStorage } from '../store/local-storage.js';
+import { localBlobStore, openStorage } from '../store/open-storage.js';
+import type { BlobStorage } from '../store/storage.js';
 import { UsageError } from './args.js';
 
 export interface MaintenanceContext {
   config: Config;
-  db: DB;
-  index: DistfileIndex;
-  queries: MaintenanceQueries;
-  store: BlobStore;
+  originIndex: OriginIndex;
+  /** The index's maintenance area, announcing changes as cliActor(). */
+  queries: MaintenanceIndex;
+  /** Wherever FASTPULL_STORAGE says the blobs are (local disk or a bucket). */
+  storage: BlobStorage;
   /** Every change a command makes is recorded here with actor cliActor(). */
-  audit: AuditLog;
-  close(): void;
+  audit: AuditArea;
+  close(): Promise<void>;
 }
 
 export { UsageError };
@@ -32,26 +34,31 @@ export function cliActor(): string {
 }
 
 /**
- * Opens an existing data directory for a maintenance command. A missing directory is an error,
- * not something to create: a typo in FASTPULL_DATA_DIR must not "verify" an empty store and exit 0.
+ * Opens an existing data directory for a maintenance command, with the index and the blob storage the
+ * configuration names (SQLite and local disk by default; PostgreSQL and a bucket when set). A missing
+ * directory is an error, not something to create: a typo in FASTPULL_DATA_DIR must not "verify" an empty
+ * store and exit 0. The directory is needed on every driver (spool and temp files).
  */
-export function openDataDir(dataDirOverride: string | undefined, options: { allowMissingDatabase?: boolean } = {}): MaintenanceContext {
+export async function openDataDir(dataDirOverride: string | undefined, options: { allowMissingDatabase?: boolean } = {}): Promise<MaintenanceContext> {
   const config = loadConfig(dataDirOverride !== undefined ? { dataDir: dataDirOverride } : {});
   if (!existsSync(config.dataDir)) throw new UsageError(`data directory ${config.dataDir} does not exist`);
-  const file = databaseFile(config.dataDir);
-  if (!options.allowMissingDatabase && !existsSync(file)) {
-    throw new UsageError(`no index at ${file} (run fastpull reindex to rebuild it from the blobs on disk)`);
+  if (config.databaseUrl === undefined) {
+    const file = databaseFile(config.dataDir);
+    if (!options.allowMissingDatabase && !existsSync(file)) {
+      throw new UsageError(`no index at ${file} (run fastpull reindex to rebuild it from the blobs on disk)`);
+    }
   }
-  const db = openDatabase(file);
-  const store = localBlobStore(config);
+  // The local store keeps its full-disk reserve, which gc gives back; a bucket is made ready (and checked) first.
+  const storage = config.storage.kind === 'local' ? new LocalBlobStorage(localBlobStore(config)) : openStorage(config);
+  if (storage.kind === 's3') await storage.init();
+  const originIndex = await openOriginIndex(config);
   return {
     config,
-    db,
-    index: new DistfileIndex(db),
-    queries: new MaintenanceQueries(db, { actor: cliActor() }),
-    store,
-    audit: new AuditLog(db),
-    close: () => db.close(),
+    originIndex,
+    queries: originIndex.maintenance.as(cliActor()),
+    storage,
+    audit: originIndex.audit,
+    close: () => originIndex.close(),
   };
 }
 

@@ -12,16 +12,16 @@ export async function fsckCommand(args: string[]): Promise<number> {
   const spec = { name: 'fsck', usage: FSCK_USAGE, options: { repair: { type: 'boolean' }, 'data-dir': { type: 'string' } } } as const;
   return runCommand(spec, args, async (values) => {
     const repair = values.repair === true;
-    const ctx = openDataDir(values['data-dir']);
+    const ctx = await openDataDir(values['data-dir']);
     try {
-      const report = await fsck(ctx.store, ctx.db, ctx.queries, { repair });
+      const report = await fsck(ctx.storage, ctx.queries, { repair });
       const actor = cliActor();
       for (const issue of report.issues) {
         const what = issue.repaired ? `repaired: ${issue.action}` : repair ? 'NOT repaired' : `--repair would: ${issue.action}`;
         console.log(`${issue.kind} ${issue.subject}: ${issue.detail}; ${what}`);
         if (issue.repaired) {
           const sha512 = /^[0-9a-f]{128}$/.test(issue.subject) ? issue.subject : null;
-          ctx.audit.record({
+          await ctx.audit.record({
             actor,
             action: 'fsck.repair',
             sha512,
@@ -38,7 +38,7 @@ export async function fsckCommand(args: string[]): Promise<number> {
       console.log(`issues: ${report.issues.length}, repaired: ${report.issues.length - remaining}, remaining: ${remaining}`);
       return remaining > 0 ? 1 : 0;
     } finally {
-      ctx.close();
+      await ctx.close();
     }
   });
 }

@@ -16,11 +16,11 @@ const NAMES_WARNING =
 export async function reindexCommand(args: string[]): Promise<number> {
   const spec = { name: 'reindex', usage: REINDEX_USAGE, options: { 'data-dir': { type: 'string' } } } as const;
   return runCommand(spec, args, async (values) => {
-    const ctx = openDataDir(values['data-dir'], { allowMissingDatabase: true });
+    const ctx = await openDataDir(values['data-dir'], { allowMissingDatabase: true });
     try {
       console.error(NAMES_WARNING);
       let progress: Progress | undefined;
-      const report = await reindex(ctx.store, ctx.db, ctx.queries, {
+      const report = await reindex(ctx.storage, ctx.queries, {
         onTotal: (files, bytes) => (progress = new Progress({ label: 'reindex', totalFiles: files, totalBytes: bytes })),
         onBlob: (_sha, size) => {
           progress?.read(size);
@@ -29,13 +29,13 @@ export async function reindexCommand(args: string[]): Promise<number> {
       });
       progress?.finish();
       const actor = cliActor();
-      ctx.audit.record({
+      await ctx.audit.record({
         actor,
         action: 'reindex',
         detail: `${report.indexed} blobs indexed, ${report.added} new, ${report.quarantined.length} quarantined, ${report.dropped.length} rows dropped`,
       });
-      for (const sha512 of report.quarantined) ctx.audit.record({ actor, action: 'reindex.quarantine', sha512 });
-      for (const sha512 of report.dropped) ctx.audit.record({ actor, action: 'reindex.drop', sha512 });
+      for (const sha512 of report.quarantined) await ctx.audit.record({ actor, action: 'reindex.quarantine', sha512 });
+      for (const sha512 of report.dropped) await ctx.audit.record({ actor, action: 'reindex.drop', sha512 });
       console.log(`indexed ${report.indexed} blobs (${formatBytes(report.bytes)}), ${report.added} of them new (pinned, no names)`);
       for (const sha of report.quarantined) console.log(`quarantined ${sha}: bytes do not match the name`);
       for (const sha of report.dropped) console.log(`dropped ${sha}: not on disk (its name rows went with it)`);
@@ -43,7 +43,7 @@ export async function reindexCommand(args: string[]): Promise<number> {
       console.log(NAMES_WARNING);
       return report.quarantined.length > 0 ? 1 : 0;
     } finally {
-      ctx.close();
+      await ctx.close();
     }
   });
 }

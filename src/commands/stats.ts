@@ -1,4 +1,3 @@
-import { collectStats } from '../maintenance/stats.js';
 import { intOption, runCommand } from './args.js';
 import { formatBytes, openDataDir } from './context.js';
 
@@ -13,9 +12,9 @@ export async function statsCommand(args: string[]): Promise<number> {
   } as const;
   return runCommand(spec, args, async (values) => {
     const top = values.top !== undefined ? intOption(values.top, 'top', 1) : 10;
-    const ctx = openDataDir(values['data-dir']);
+    const ctx = await openDataDir(values['data-dir']);
     try {
-      const s = collectStats(ctx.db, top);
+      const s = await ctx.queries.stats(top);
       if (values.json) {
         console.log(JSON.stringify(s, null, 2));
         return 0;
@@ -35,7 +34,7 @@ export async function statsCommand(args: string[]): Promise<number> {
       }
       return 0;
     } finally {
-      ctx.close();
+      await ctx.close();
     }
   });
 }

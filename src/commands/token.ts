@@ -43,7 +43,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
     if (sub !== 'revoke' && positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0]}`);
     const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: path.resolve(values['data-dir']) } : {});
     const index = await openOriginIndex(config);
-    const tokens = new TokenStore(index.tokens, index.audit);
+    const tokens = new TokenStore(index.tokens);
     try {
       switch (sub) {
         case 'create': {

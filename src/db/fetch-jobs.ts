@@ -1,6 +1,7 @@
 import type { Statement } from 'better-sqlite3';
 import type { Digests } from '../store/digests.js';
 import type { DB } from './open.js';
+import type { Awaitable } from './origin-index.js';
 
 export type ItemState = 'queued' | 'downloading' | 'done' | 'failed';
 
@@ -24,6 +25,9 @@ export interface FetchItemRow {
   queued_at: number;
   started_at: number | null;
   finished_at: number | null;
+  /** PostgreSQL: the replica downloading the item, and until when its claim holds unless renewed (migration 011). */
+  claimed_by?: string | null;
+  lease_until?: number | null;
 }
 
 export interface FetchJobRow {
@@ -41,8 +45,55 @@ export interface NewItem {
   blake2b?: string | undefined;
 }
 
+/** The fetch_items row a new item starts as, by column name (both engines insert it as it is). */
+export function queuedItemRow(jobId: string, idx: number, item: NewItem, at: number) {
+  return {
+    job_id: jobId,
+    idx,
+    url: item.url,
+    mirrors: JSON.stringify(item.mirrors),
+    filename: item.filename,
+    expected_size: item.size ?? null,
+    expected_sha512: item.sha512 ?? null,
+    expected_blake2b: item.blake2b ?? null,
+    state: 'queued' as const,
+    queued_at: at,
+  };
+}
+
+/**
+ * The fetch queue, whichever engine holds it (`OriginIndex.jobs`): SQLite answers synchronously, PostgreSQL
+ * asynchronously. Claims are exclusive on both: an item is downloaded by one runner at a time.
+ */
+export interface FetchJobQueue {
+  create(id: string, items: NewItem[], by: string | null): Awaitable<void>;
+  job(id: string): Awaitable<FetchJobRow | undefined>;
+  items(jobId: string): Awaitable<FetchItemRow[]>;
+  /** Marks up to `limit` queued items downloading, oldest first, and returns them: no other runner gets them. */
+  claim(limit: number): Awaitable<FetchItemRow[]>;
+  /** Keeps the claims of items this runner is still downloading from running out (PostgreSQL's leases). */
+  renew(items: FetchItemRow[]): Awaitable<void>;
+  requeue(item: FetchItemRow): Awaitable<void>;
+  /**
+   * Puts back in the queue what was being downloaded by a runner that is gone: at start on SQLite (one
+   * machine: whatever was downloading was cut off), items whose lease ran out on PostgreSQL.
+   */
+  requeueInterrupted(): Awaitable<number>;
+  done(item: FetchItemRow, digests: Digests, source: string): Awaitable<void>;
+  fail(item: FetchItemRow, reason: string): Awaitable<void>;
+  urlHash(url: string): Awaitable<string | undefined>;
+  rememberUrl(url: string, sha512: string): Awaitable<void>;
+  /**
+   * Calls `onQueued` when any process sharing the index queues a job (PostgreSQL's LISTEN), so an idle
+   * runner starts at once; absent where the process that queues also runs the jobs (SQLite).
+   */
+  watch?(onQueued: () => void): Promise<() => Promise<void>>;
+  /** Where claims expire unless renewed (PostgreSQL): how often the runner renews them and looks for expired ones. */
+  readonly renewEveryMs?: number;
+}
+
 /** Persistence of fetch jobs and of the URL → sha512 pairs learned by fetching. */
-export class FetchJobStore {
+export class FetchJobStore implements FetchJobQueue {
   private readonly stmt: {
     insertJob: Statement<[Record<string, unknown>]>;
     insertItem: Statement<[Record<string, unknown>]>;
@@ -64,7 +115,8 @@ export class FetchJobStore {
       insertItem: db.prepare(
         `INSERT INTO fetch_items (job_id, idx, url, mirrors, filename, expected_size, expected_sha512, expected_blake2b,
                                   state, queued_at)
-         VALUES (@job_id, @idx, @url, @mirrors, @filename, @size, @sha512, @blake2b, 'queued', @at)`,
+         VALUES (@job_id, @idx, @url, @mirrors, @filename, @expected_size, @expected_sha512, @expected_blake2b,
+                 @state, @queued_at)`,
       ),
       job: db.prepare('SELECT * FROM fetch_jobs WHERE id = ?'),
       items: db.prepare('SELECT * FROM fetch_items WHERE job_id = ? ORDER BY idx'),
@@ -101,19 +153,7 @@ export class FetchJobStore {
     this.db
       .transaction(() => {
         this.stmt.insertJob.run({ id, at, by });
-        items.forEach((item, idx) =>
-          this.stmt.insertItem.run({
-            job_id: id,
-            idx,
-            url: item.url,
-            mirrors: JSON.stringify(item.mirrors),
-            filename: item.filename,
-            size: item.size ?? null,
-            sha512: item.sha512 ?? null,
-            blake2b: item.blake2b ?? null,
-            at,
-          }),
-        );
+        items.forEach((item, idx) => this.stmt.insertItem.run(queuedItemRow(id, idx, item, at)));
       })
       .immediate();
   }
@@ -134,6 +174,14 @@ export class FetchJobStore {
   start(item: FetchItemRow): boolean {
     return this.stmt.start.run({ job_id: item.job_id, idx: item.idx, at: Date.now() }).changes === 1;
   }
+
+  claim(limit: number): FetchItemRow[] {
+    // Each start re-checks the state under SQLite's write lock: another process's runner may have taken one.
+    return this.nextQueued(limit).filter((item) => this.start(item));
+  }
+
+  /** One machine: a runner's claims end with its process, and requeueInterrupted at start takes them back. */
+  renew(): void {}
 
   requeue(item: FetchItemRow): void {
     this.stmt.requeue.run({ job_id: item.job_id, idx: item.idx });

@@ -12,6 +12,7 @@ import type { Sql } from './postgres-index.js';
 export const NOT_COPIED: Record<string, string> = {
   index_counters: "derived: PostgreSQL's triggers count the rows as they arrive; the cumulative counts are carried over",
   upload_holds: 'in-flight uploads of processes on this machine',
+  pull_flights: 'pull-through downloads in flight',
 };
 
 export interface TablePlan {

@@ -1,5 +1,6 @@
 import type { FetchItemRow } from './fetch-jobs.js';
 import type { Sql } from './postgres-index.js';
+import { PgFetchJobs } from './postgres/jobs.js';
 
 /**
  * Work that must run once across replicas sharing one PostgreSQL database (draft, not wired yet):
@@ -32,14 +33,6 @@ export async function withClusterLock<T>(sql: Sql, name: string, fn: () => Promi
  * Claims up to `limit` queued fetch items, oldest first, marking them downloading: rows another replica is
  * claiming at the same moment are skipped (FOR UPDATE SKIP LOCKED), never waited for nor taken twice.
  */
-export async function claimFetchItems(sql: Sql, limit: number, now = Date.now()): Promise<FetchItemRow[]> {
-  const rows = await sql<FetchItemRow[]>`
-    UPDATE fetch_items SET state = 'downloading', started_at = ${now}, attempts = attempts + 1
-    WHERE (job_id, idx) IN (
-      SELECT job_id, idx FROM fetch_items WHERE state = 'queued'
-      ORDER BY queued_at, job_id, idx LIMIT ${limit}
-      FOR UPDATE SKIP LOCKED)
-    RETURNING *`;
-  // RETURNING follows no ORDER BY: restore the queue's order.
-  return [...rows].sort((a, b) => a.queued_at - b.queued_at || (a.job_id < b.job_id ? -1 : a.job_id > b.job_id ? 1 : a.idx - b.idx));
+export function claimFetchItems(sql: Sql, limit: number): Promise<FetchItemRow[]> {
+  return new PgFetchJobs(sql).claim(limit);
 }

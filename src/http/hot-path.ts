@@ -3,9 +3,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { DistfileIndex, ServableBlob } from '../db/index.js';
-import { SMALL_BLOB_BYTES, type OpenFile } from '../store/blob-reader.js';
-import type { BlobStore } from '../store/blob-store.js';
+import type { NameIndex, ServableBlob } from '../db/index.js';
+import { isPromise, type Awaitable } from '../db/origin-index.js';
+import { SMALL_BLOB_BYTES, type BlobReader, type OpenFile } from '../store/blob-reader.js';
+import type { BlobSource } from '../store/remote-reader.js';
 import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
 import { clientAddress, trustFunction } from './client-address.js';
@@ -28,15 +29,19 @@ export interface HotLookup {
 }
 export type HandedOver = IncomingMessage & { [HOT_LOOKUP]?: HotLookup };
 
-export function lookup(index: DistfileIndex, target: BlobTarget): ServableBlob | undefined {
-  const blob = target.kind === 'hash' ? index.servableByHash(target.sha512) : index.servableByName(target.filename);
-  return blob && blob.quarantined_at === null ? blob : undefined;
+/** The servable blob a path names; synchronous when the index answers synchronously (SQLite, a cache hit). */
+export function lookup(index: NameIndex, target: BlobTarget): Awaitable<ServableBlob | undefined> {
+  const found = target.kind === 'hash' ? index.servableByHash(target.sha512) : index.servableByName(target.filename);
+  return isPromise(found) ? found.then(servable) : servable(found);
 }
+
+const servable = (blob: ServableBlob | undefined) => (blob && blob.quarantined_at === null ? blob : undefined);
 
 export interface HotPathDeps {
   config: Config;
-  index: DistfileIndex;
-  store: BlobStore;
+  index: NameIndex;
+  /** Local files are answered here; a blob only a remote storage holds is handed to fastify's route. */
+  source: BlobSource;
   logger: Logger;
   metrics?: Metrics | undefined;
   /** True once the server is draining: answers then carry Connection: close, as fastify's do. */
@@ -78,7 +83,7 @@ export type HotHandler = (req: IncomingMessage, res: ServerResponse, fallback: (
  * every other route) goes to fastify untouched; nothing is written before that decision.
  */
 export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
-  const { config, index, store, logger, metrics, closing, watch } = deps;
+  const { config, index, source, logger, metrics, closing, watch } = deps;
   const trust = trustFunction(config.trustProxy);
   const nameCacheControl = `public, max-age=${config.nameMaxAge}`;
   const layoutBody = Buffer.from(LAYOUT_CONF);
@@ -144,7 +149,27 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
       return;
     }
 
-    const blob = lookup(index, target);
+    const found = lookup(index, target);
+    // SQLite answers at once and the request goes on in this tick; a database on the network is awaited.
+    if (!isPromise(found)) return serve(req, res, fallback, target, found, started);
+    found.then(
+      (blob) => serve(req, res, fallback, target, blob, started),
+      (err: unknown) => {
+        logger.error({ err }, 'index lookup failed');
+        fallback(req, res);
+      },
+    );
+  };
+
+  function serve(
+    req: IncomingMessage,
+    res: ServerResponse,
+    fallback: (req: IncomingMessage, res: ServerResponse) => void,
+    target: BlobTarget,
+    blob: ServableBlob | undefined,
+    started: number,
+  ): void {
+    const method = req.method;
     const handOver = () => {
       (req as HandedOver)[HOT_LOOKUP] = { target, blob };
       fallback(req, res);
@@ -175,8 +200,10 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
       return;
     }
 
+    const reader = source.local(blob);
+    if (!reader) return handOver();
     if (blob.size <= SMALL_BLOB_BYTES) {
-      store.reader.small(blob).then(
+      reader.small(blob).then(
         (read) => {
           // Missing, wrong size or damaged: fastify's route logs it and answers 404.
           if (!('bytes' in read)) {
@@ -193,7 +220,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
       return;
     }
 
-    store.reader.acquire(blob).then(
+    reader.acquire(blob).then(
       (file) => {
         if (!file || file.size !== blob.size) {
           file?.release();
@@ -206,16 +233,23 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
           res.end();
           return;
         }
-        send(file, blob, range, res, !range && watch ? watch.body(blob, logger) : undefined);
+        send(reader, file, blob, range, res, !range && watch ? watch.body(blob, logger) : undefined);
       },
       () => handOver(),
     );
-  };
+  }
 
-  function send(file: OpenFile, blob: ServableBlob, range: ByteRange | undefined, res: ServerResponse, onChunk?: (chunk: Buffer, last: boolean) => boolean) {
+  function send(
+    reader: BlobReader,
+    file: OpenFile,
+    blob: ServableBlob,
+    range: ByteRange | undefined,
+    res: ServerResponse,
+    onChunk?: (chunk: Buffer, last: boolean) => boolean,
+  ) {
     const start = range ? range.start : 0;
     const end = range ? range.end : blob.size - 1;
-    store.reader.pump(
+    reader.pump(
       file,
       start,
       end,

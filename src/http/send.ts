@@ -1,9 +1,11 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
 import type { ServableBlob } from '../db/index.js';
 import { AppError } from '../errors.js';
-import { SMALL_BLOB_BYTES } from '../store/blob-reader.js';
-import type { BlobStore } from '../store/blob-store.js';
+import { SMALL_BLOB_BYTES, type BlobReader } from '../store/blob-reader.js';
+import type { BlobSource, RemoteReader } from '../store/remote-reader.js';
+import type { BodyWatch } from './hot-path.js';
 
 export const IMMUTABLE = 'public, max-age=31536000, immutable';
 
@@ -163,9 +165,10 @@ export interface SendOptions {
 export async function sendBlob(
   request: FastifyRequest,
   reply: FastifyReply,
-  store: BlobStore,
+  source: BlobSource,
   blob: ServableBlob,
   options: SendOptions,
+  watch?: BodyWatch,
 ): Promise<FastifyReply> {
   const fixed = fixedHeaders(blob, options.cacheControl);
   reply.headers(fixed.object);
@@ -183,17 +186,39 @@ export async function sendBlob(
   }
   const range = decision.status === 206 ? decision.range : undefined;
 
+  const reader = source.local(blob);
+  if (reader) {
+    const sent = await sendFile(request, reply, reader, blob, range, source.remote !== undefined);
+    if (sent !== undefined) return sent;
+    // A read-cache file gone from under us (another process evicted it): the storage still has the bytes.
+    source.remote!.lost(blob);
+  }
+  if (source.remote) return sendRemote(request, reply, source.remote, blob, range, watch);
+  return missingOnDisk(request, reply, blob, { onDisk: undefined });
+}
+
+/** From a local file with the fast path; undefined when the file is missing and a remote storage may answer. */
+async function sendFile(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  reader: BlobReader,
+  blob: ServableBlob,
+  range: ByteRange | undefined,
+  fallBack: boolean,
+): Promise<FastifyReply | undefined> {
   if (blob.size <= SMALL_BLOB_BYTES) {
-    const read = await store.reader.small(blob);
+    const read = await reader.small(blob);
+    if (fallBack && 'onDisk' in read && read.onDisk === undefined) return undefined;
     if (!('bytes' in read)) return missingOnDisk(request, reply, blob, read);
     setLength(reply, range, blob.size);
     if (request.method === 'HEAD') return reply.send();
     return reply.send(range ? read.bytes.subarray(range.start, range.end + 1) : read.bytes);
   }
 
-  const file = await store.reader.acquire(blob);
+  const file = await reader.acquire(blob);
   if (!file || file.size !== blob.size) {
     file?.release();
+    if (fallBack && !file) return undefined;
     return missingOnDisk(request, reply, blob, { onDisk: file?.size });
   }
   setLength(reply, range, blob.size);
@@ -206,7 +231,7 @@ export async function sendBlob(
   // The descriptor is the reader's (shared while hot): the stream releases it, never closes it.
   const start = range ? range.start : 0;
   const end = range ? range.end : blob.size - 1;
-  const stream = store.reader.stream(file, start, end);
+  const stream = reader.stream(file, start, end);
   // A file that shrank after the stat ends the read stream early but cleanly; piping that end would
   // finish the response short and keep the connection alive, so a cache would store a truncated file
   // (and a pipelined response would be read as its missing bytes). Registered before reply.send, so it
@@ -217,6 +242,46 @@ export async function sendBlob(
       reply.raw.destroy();
     }
   });
+  return reply.send(stream);
+}
+
+/**
+ * From the remote storage: small blobs whole and verified, others streamed (a range as a ranged GET).
+ * HEAD asks the storage for the size, so a blob missing there answers 404 as on local disk.
+ */
+async function sendRemote(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  remote: RemoteReader,
+  blob: ServableBlob,
+  range: ByteRange | undefined,
+  watch: BodyWatch | undefined,
+): Promise<FastifyReply> {
+  if (blob.size <= SMALL_BLOB_BYTES) {
+    const read = await remote.small(blob);
+    if (!('bytes' in read)) {
+      if ('damaged' in read) watch?.damaged(blob, request.log as Logger, read.damaged);
+      return missingOnDisk(request, reply, blob, read);
+    }
+    setLength(reply, range, blob.size);
+    if (request.method === 'HEAD') return reply.send();
+    return reply.send(range ? read.bytes.subarray(range.start, range.end + 1) : read.bytes);
+  }
+  if (request.method === 'HEAD') {
+    const size = await remote.size(blob);
+    if (size !== blob.size) return missingOnDisk(request, reply, blob, { onDisk: size });
+    setLength(reply, range, blob.size);
+    return reply.send();
+  }
+  const stream = await remote.stream(blob, range, (actual) => {
+    request.log.error({ sha512: blob.sha512, actualSha512: actual }, 'stored blob damaged: connection cut before the last byte');
+    watch?.damaged(blob, request.log as Logger, actual);
+  });
+  if (!stream) return missingOnDisk(request, reply, blob, { onDisk: undefined });
+  stream.once('error', (err) => {
+    if (!reply.raw.destroyed) request.log.error({ err, sha512: blob.sha512 }, 'reading a blob from the storage failed mid-response');
+  });
+  setLength(reply, range, blob.size);
   return reply.send(stream);
 }
 

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { FetchItemRow, FetchJobStore, NewItem } from '../db/fetch-jobs.js';
+import type { FetchItemRow, FetchJobQueue, NewItem } from '../db/fetch-jobs.js';
+import { isPromise } from '../db/origin-index.js';
 import { AppError, isAppError } from '../errors.js';
-import type { BlobStore } from '../store/blob-store.js';
 import type { Digests, ExpectedDigests, Mismatch } from '../store/digests.js';
 import { isBlake2bHex, isSha512Hex } from '../domain/hashes.js';
 import { filenameProblem } from '../domain/names.js';
@@ -12,8 +12,7 @@ import type { Ingest } from './ingest.js';
 
 export interface FetchJobsDeps {
   ingest: Ingest;
-  jobs: FetchJobStore;
-  store: BlobStore;
+  jobs: FetchJobQueue;
   fetcher: Fetcher;
   stats: UpstreamStats;
   /** Items downloaded at once (the fetcher's limits still apply per request). */
@@ -28,6 +27,7 @@ export interface FetchJobsDeps {
 }
 
 interface Running {
+  item: FetchItemRow;
   controller: AbortController;
   bytes: number;
   total: number | undefined;
@@ -40,36 +40,79 @@ const ITEM_FIELDS = new Set(['url', 'filename', 'size', 'sha512', 'blake2b', 'mi
 
 /**
  * Runs fetch jobs: every item is downloaded through the store's write recipe (Ingest),
- * trying its URL then its mirrors. State lives in SQLite so jobs survive restarts;
+ * trying its URL then its mirrors. State lives in the index so jobs survive restarts (and, on
+ * PostgreSQL, any replica may run any job: claims are exclusive);
  * byte progress of a running item lives only in memory (it would be stale after a restart anyway).
  */
 export class FetchJobs {
   private readonly running = new Map<string, Running>();
   private stopping = false;
   private started = false;
+  /** One claim at a time: a second pump asked for meanwhile runs when it is done. */
+  private pumping = false;
+  private pumpAgain = false;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private unwatch: Promise<(() => Promise<void>) | undefined> | undefined;
 
   constructor(private readonly deps: FetchJobsDeps) {}
 
   start(): void {
     if (this.started) return;
     this.started = true;
-    const requeued = this.deps.jobs.requeueInterrupted();
-    if (requeued > 0) this.deps.log?.info({ requeued }, 'fetch items interrupted by a restart are queued again');
+    const { jobs, log } = this.deps;
+    const requeued = jobs.requeueInterrupted();
+    const begin = (n: number) => {
+      if (n > 0) log?.info({ requeued: n }, 'fetch items interrupted by a restart are queued again');
+      this.pump();
+    };
+    if (isPromise(requeued)) {
+      requeued.then(begin, (err: unknown) => {
+        log?.error({ err }, 'could not re-queue interrupted fetch items');
+        this.pump();
+      });
+    } else begin(requeued);
+    // Another replica queued a job: start it now rather than at the next renewal round.
+    this.unwatch = jobs.watch?.(() => this.pump()).catch((err: unknown) => {
+      log?.warn({ err }, 'not told of jobs other replicas queue; polling only');
+      return undefined;
+    });
+    if (jobs.renewEveryMs !== undefined) {
+      this.renewTimer = setInterval(() => void this.renew(), jobs.renewEveryMs);
+      this.renewTimer.unref();
+    }
+  }
+
+  /**
+   * Where claims are leases (PostgreSQL): keeps ours alive, puts back those of replicas that died, and
+   * looks for work (a missed notification costs one round, not a stuck queue).
+   */
+  private async renew(): Promise<void> {
+    const { jobs, log } = this.deps;
+    try {
+      await jobs.renew([...this.running.values()].map((r) => r.item));
+      const requeued = await jobs.requeueInterrupted();
+      if (requeued > 0) log?.info({ requeued }, 'fetch items whose runner stopped renewing its claim are queued again');
+    } catch (err) {
+      log?.warn({ err }, 'could not renew fetch item claims');
+    }
     this.pump();
   }
 
   /** Aborts running downloads; their items go back to queued and restart from zero next time. */
   async stop(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.renewTimer);
+    const unwatch = await this.unwatch;
+    await unwatch?.().catch(() => undefined);
     const pending = [...this.running.values()];
     for (const r of pending) r.controller.abort(new UpstreamError('aborted', 'the server is stopping', ''));
     await Promise.allSettled(pending.map((r) => r.done));
   }
 
-  submit(body: unknown, by: string | null): ReturnType<FetchJobs['view']> {
+  async submit(body: unknown, by: string | null): Promise<Awaited<ReturnType<FetchJobs['view']>>> {
     const items = parseItems(body);
     const id = randomUUID();
-    this.deps.jobs.create(id, items, by);
+    await this.deps.jobs.create(id, items, by);
     this.deps.log?.info({ job: id, items: items.length, by }, 'fetch job queued');
     this.pump();
     this.deps.onQueued?.();
@@ -81,10 +124,10 @@ export class FetchJobs {
     this.pump();
   }
 
-  view(id: string) {
-    const job = this.deps.jobs.job(id);
+  async view(id: string) {
+    const job = await this.deps.jobs.job(id);
     if (!job) throw new AppError('JOB_NOT_FOUND', 'no fetch job has that id', { id });
-    const items = this.deps.jobs.items(id).map((row) => this.itemView(row));
+    const items = (await this.deps.jobs.items(id)).map((row) => this.itemView(row));
     const count = (state: string) => items.filter((i) => i.state === state).length;
     const done = count('done');
     const failed = count('failed');
@@ -125,19 +168,55 @@ export class FetchJobs {
     };
   }
 
+  /** Claims what there is room for. Synchronous on SQLite (a job submitted is downloading before its view is built). */
   private pump(): void {
     if (!this.started || this.stopping) return;
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
     const free = this.deps.concurrency - this.running.size;
     if (free <= 0) return;
-    for (const item of this.deps.jobs.nextQueued(free)) {
-      if (!this.deps.jobs.start(item)) continue;
-      const running: Running = { controller: new AbortController(), bytes: 0, total: undefined, done: Promise.resolve() };
+    this.pumping = true;
+    const settle = () => {
+      this.pumping = false;
+      if (!this.pumpAgain) return;
+      this.pumpAgain = false;
+      this.pump();
+    };
+    let claimed;
+    try {
+      claimed = this.deps.jobs.claim(free);
+    } catch (err) {
+      this.deps.log?.error({ err }, 'could not claim fetch items');
+      settle();
+      return;
+    }
+    if (!isPromise(claimed)) {
+      this.launch(claimed);
+      settle();
+      return;
+    }
+    claimed
+      .then(
+        (items) => this.launch(items),
+        (err: unknown) => this.deps.log?.error({ err }, 'could not claim fetch items'),
+      )
+      .finally(settle);
+  }
+
+  private launch(items: FetchItemRow[]): void {
+    for (const item of items) {
+      const running: Running = { item, controller: new AbortController(), bytes: 0, total: undefined, done: Promise.resolve() };
       this.running.set(key(item), running);
+      // Claimed while stopping: straight back to the queue, for the next start (or another replica).
+      if (this.stopping) running.controller.abort(new UpstreamError('aborted', 'the server is stopping', ''));
       running.done = this.run(item, running)
-        .catch((err: unknown) => {
+        .catch(async (err: unknown) => {
           this.deps.log?.error({ err, job: item.job_id, item: item.idx }, 'fetch item crashed');
-          this.deps.jobs.fail(item, 'internal error');
+          await this.deps.jobs.fail(item, 'internal error');
         })
+        .catch((err: unknown) => this.deps.log?.error({ err, job: item.job_id, item: item.idx }, 'could not record a crashed fetch item'))
         .finally(() => {
           this.running.delete(key(item));
           // setImmediate: a burst of instantly-answered items must not recurse.
@@ -148,7 +227,11 @@ export class FetchJobs {
 
   private async run(item: FetchItemRow, running: Running): Promise<void> {
     const { ingest, jobs, stats, log } = this.deps;
-    const by = jobs.job(item.job_id)?.created_by ?? null;
+    if (running.controller.signal.aborted) {
+      await jobs.requeue(item);
+      return;
+    }
+    const by = (await jobs.job(item.job_id))?.created_by ?? null;
     const expected: ExpectedDigests = {
       ...(item.expected_size !== null ? { size: item.expected_size } : {}),
       ...(item.expected_sha512 !== null ? { sha512: item.expected_sha512 } : {}),
@@ -158,7 +241,7 @@ export class FetchJobs {
 
     const reused = await this.fromStore(item, expected, candidates, by);
     if (reused) {
-      jobs.done(item, reused.digests, reused.source);
+      await jobs.done(item, reused.digests, reused.source);
       stats.add('fetchItemsDone');
       stats.add('fetchItemsReused');
       log?.info({ job: item.job_id, item: item.idx, sha512: reused.digests.sha512, source: reused.source }, 'fetch item answered from the store');
@@ -193,20 +276,20 @@ export class FetchJobs {
         } finally {
           res.body.destroy();
         }
-        jobs.rememberUrl(url, result.digests.sha512);
-        jobs.done(item, result.digests, url);
+        await jobs.rememberUrl(url, result.digests.sha512);
+        await jobs.done(item, result.digests, url);
         stats.add('fetchItemsDone');
         return;
       } catch (err) {
         if (signal.aborted) {
-          jobs.requeue(item);
+          await jobs.requeue(item);
           return;
         }
         if (!(err instanceof UpstreamError) && !isAppError(err)) throw err;
         reasons.push(`${url}: ${describe(err)}`);
       }
     }
-    jobs.fail(item, reasons.join('; '));
+    await jobs.fail(item, reasons.join('; '));
     stats.add('fetchItemsFailed');
     log?.warn({ job: item.job_id, item: item.idx, reasons }, 'fetch item failed');
   }
@@ -221,16 +304,16 @@ export class FetchJobs {
     candidates: string[],
     by: string | null,
   ): Promise<{ digests: Digests; source: string } | undefined> {
-    const hashes = expected.sha512 ? [expected.sha512] : candidates.map((u) => this.deps.jobs.urlHash(u));
+    const hashes = expected.sha512 ? [expected.sha512] : await Promise.all(candidates.map((u) => this.deps.jobs.urlHash(u)));
     for (const sha512 of hashes) {
       if (!sha512) continue;
-      const blob = this.deps.ingest.index.blob(sha512);
+      const blob = await this.deps.ingest.index.blob(sha512);
       if (!blob || blob.quarantined_at !== null) continue;
       if (expected.size !== undefined && blob.size !== expected.size) continue;
       if (expected.blake2b !== undefined && blob.blake2b !== expected.blake2b) continue;
-      // The index may outlive the bytes (a damaged disk): only what is really there counts.
-      if ((await this.deps.store.sizeOf(sha512)) !== blob.size) continue;
-      return { digests: this.deps.ingest.link(item.filename, sha512, by), source: 'store' };
+      // The index may outlive the bytes (a damaged disk, a lost object): only what is really there counts.
+      if ((await this.deps.ingest.storage.stat(sha512))?.size !== blob.size) continue;
+      return { digests: await this.deps.ingest.link(item.filename, sha512, by), source: 'store' };
     }
     return undefined;
   }

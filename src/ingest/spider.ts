@@ -1,8 +1,6 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import { FetchJobStore } from '../db/fetch-jobs.js';
-import type { DB } from '../db/open.js';
-import type { BlobStore } from '../store/blob-store.js';
+import type { FetchJobQueue } from '../db/fetch-jobs.js';
 import { AddressPolicy } from '../upstream/address-guard.js';
 import { createAgent, Fetcher, type FetcherOptions } from '../upstream/fetcher.js';
 import { timeFetches } from '../upstream/fetch-timing.js';
@@ -28,8 +26,8 @@ export interface Spider {
 /** Everything that talks to upstream servers, built from configuration. */
 export function createSpider(
   config: Config,
-  /** `jobs`: the queue to run (default: every job in the database; sync-repo passes a scoped one). */
-  deps: { db: DB; store: BlobStore; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void; jobs?: FetchJobStore },
+  /** `jobs`: the queue to run (the server: `OriginIndex.jobs`, every job in the index; sync-repo passes a scoped one). */
+  deps: { jobs: FetchJobQueue; ingest: Ingest; logger: Logger; flightLock?: FlightLock; onJobQueued?: () => void },
 ): Spider {
   const stats = new UpstreamStats();
   // One connection pool; separate limiters so queued spider jobs can never starve pull-through misses.
@@ -47,8 +45,7 @@ export function createSpider(
   const log = deps.logger.child({ component: 'upstream' });
   const fetchJobs = new FetchJobs({
     ingest: deps.ingest,
-    jobs: deps.jobs ?? new FetchJobStore(deps.db),
-    store: deps.store,
+    jobs: deps.jobs,
     fetcher: timeFetches(new Fetcher(common), stats),
     stats,
     concurrency: config.fetchConcurrency,

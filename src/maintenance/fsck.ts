@@ -1,8 +1,7 @@
-import { statSync } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
-import type { DB } from '../db/open.js';
-import type { BlobStore } from '../store/blob-store.js';
-import type { MaintenanceQueries } from './queries.js';
+import { readdir } from 'node:fs/promises';
+import { allRows, type MaintenanceIndex } from '../db/maintenance.js';
+import type { BlobStorage } from '../store/storage.js';
+import { hashStored, localStoreOf, quarantineStored, stillAbsent } from './storage-ops.js';
 
 export type FsckIssueKind =
   /** A blob file with no index row. */
@@ -39,39 +38,23 @@ const ORPHAN_RULE = 'not pinned: gc reclaims it after the grace period unless a 
 const ORPHAN_ACTION = `re-hash and index it as an orphan (${ORPHAN_RULE})`;
 const ORPHAN_DONE = `indexed as an orphan (${ORPHAN_RULE})`;
 
-function isMissing(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
-}
-
-export async function fsck(
-  store: BlobStore,
-  db: DB,
-  queries: MaintenanceQueries,
-  options: { repair: boolean },
-): Promise<FsckReport> {
+/** Reconciles the store and the index both ways; temp files are a local-disk concept (a bucket's are swept at start). */
+export async function fsck(storage: BlobStorage, queries: MaintenanceIndex, options: { repair: boolean }): Promise<FsckReport> {
   const { repair } = options;
   const report: FsckReport = { blobsOnDisk: 0, rows: 0, tempsInFlight: 0, issues: [] };
   const add = (issue: FsckIssue) => report.issues.push(issue);
 
-  // Disk → index.
-  for await (const sha512 of store.list()) {
+  // Store → index.
+  for await (const sha512 of storage.list()) {
     report.blobsOnDisk++;
-    const file = store.pathOf(sha512);
-    let info;
-    try {
-      info = await stat(file);
-    } catch (err) {
-      if (isMissing(err)) continue; // removed (gc, quarantine) since the directory was read
-      throw err;
-    }
-    const row = queries.blobState(sha512);
+    const info = await storage.stat(sha512);
+    if (info === undefined) continue; // removed (gc, quarantine) since it was listed
+    const row = await queries.blobState(sha512);
     if (row && row.quarantined_at === null) {
       if (row.size !== info.size) {
         let repaired = false;
-        if (repair && queries.markQuarantined(sha512)) {
-          await store.quarantine(sha512).catch((err: unknown) => {
-            if (!isMissing(err)) throw err;
-          });
+        if (repair && (await queries.markQuarantined(sha512))) {
+          await quarantineStored(storage, sha512);
           repaired = true;
         }
         add({
@@ -87,8 +70,8 @@ export async function fsck(
     if (row === undefined) {
       // An upload links its file just before it records the row: hashing takes a moment, so by the
       // time we judge, an in-flight upload has long recorded it.
-      const digests = repair ? await store.hash(sha512).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err))) : undefined;
-      if (queries.blobState(sha512) !== undefined) continue;
+      const digests = repair ? await hashStored(storage, sha512) : undefined;
+      if ((await queries.blobState(sha512)) !== undefined) continue;
       if (!repair) {
         add({ kind: 'unindexed-blob', subject: sha512, detail: `${info.size} bytes on disk, no index row`, repaired: false, action: ORPHAN_ACTION });
         continue;
@@ -98,10 +81,10 @@ export async function fsck(
         // An upload that died between placing its file and recording its row, or whose row could not
         // be written: its client saw an error and will retry. Aged from the file, so gc reclaims it
         // after the grace period unless that retry (a name or a hash upload) or a link claims it.
-        queries.upsertFromDisk(digests, info.mtimeMs, { pinned: false });
+        await queries.upsertFromDisk(digests, info.mtimeMs, { pinned: false });
         add({ kind: 'unindexed-blob', subject: sha512, detail: `${info.size} bytes on disk, no index row`, repaired: true, action: ORPHAN_DONE });
       } else {
-        await store.quarantine(sha512);
+        await quarantineStored(storage, sha512);
         add({ kind: 'misnamed-blob', subject: sha512, detail: `bytes hash to ${digests.sha512}`, repaired: true, action: 'moved to quarantine' });
       }
       continue;
@@ -112,52 +95,37 @@ export async function fsck(
       add({ kind: 'quarantined-present', subject: sha512, detail: 'quarantined in the index but still under blobs/', repaired: false, action: 're-hash: clear the quarantine if good, else move the file to quarantine' });
       continue;
     }
-    const digests = await store.hash(sha512).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
+    const digests = await hashStored(storage, sha512);
     if (digests === undefined) continue;
     if (digests.sha512 === sha512) {
-      queries.clearQuarantine(sha512);
-      queries.markVerified(sha512);
+      await queries.clearQuarantine(sha512);
+      await queries.markVerified(sha512);
       add({ kind: 'quarantined-present', subject: sha512, detail: 'quarantined in the index but still under blobs/', repaired: true, action: 'bytes are good: quarantine cleared, servable again' });
     } else {
-      await store.quarantine(sha512).catch((err: unknown) => {
-        if (!isMissing(err)) throw err;
-      });
+      await quarantineStored(storage, sha512);
       add({ kind: 'quarantined-present', subject: sha512, detail: 'quarantined in the index but still under blobs/', repaired: true, action: 'bytes are bad: moved to quarantine' });
     }
   }
 
-  // Index → disk.
-  const markMissing = db.transaction((sha512: string, file: string): boolean => {
-    // Re-checked under the write lock: a re-upload that re-linked the file meanwhile wins.
-    try {
-      statSync(file);
-      return false;
-    } catch (err) {
-      if (!isMissing(err)) throw err;
-    }
-    return queries.markQuarantined(sha512);
-  });
-  for (const row of queries.allRows()) {
+  // Index → store.
+  for await (const row of allRows(queries)) {
     report.rows++;
     if (row.quarantined_at !== null) continue;
-    const file = store.pathOf(row.sha512);
-    try {
-      await stat(file);
-      continue;
-    } catch (err) {
-      if (!isMissing(err)) throw err;
-    }
-    const repaired = repair ? markMissing.immediate(row.sha512, file) : false;
-    if (repair && !repaired && queries.blobState(row.sha512)?.quarantined_at === null) continue; // file is back
+    if ((await storage.stat(row.sha512)) !== undefined) continue;
+    // Re-checked with the row locked: a re-upload that put the blob back meanwhile wins.
+    const repaired = repair ? await queries.markQuarantinedIfAbsent(row.sha512, stillAbsent(storage, row.sha512)) : false;
+    if (repair && !repaired && (await queries.blobState(row.sha512))?.quarantined_at === null) continue; // blob is back
     add({
       kind: 'missing-blob',
       subject: row.sha512,
-      detail: `indexed (${row.size} bytes${namesSuffix(queries.attachedNames(row.sha512))}) but not on disk`,
+      detail: `indexed (${row.size} bytes${namesSuffix(await queries.attachedNames(row.sha512))}) but not on disk`,
       repaired,
       action: 'mark quarantined: 404 until re-uploaded, name history kept',
     });
   }
 
+  const store = localStoreOf(storage);
+  if (!store) return report;
   // Temps.
   for (const temp of await store.temps()) {
     if (temp.stale) add({ kind: 'stale-temp', subject: temp.name, detail: 'temp file owned by no running upload', repaired: false, action: 'delete' });

@@ -1,17 +1,15 @@
-import { link, rename, stat, unlink } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { DB } from '../db/open.js';
-import type { BlobStore } from '../store/blob-store.js';
-import type { MaintenanceQueries } from './queries.js';
+import type { MaintenanceIndex } from '../db/maintenance.js';
+import { isPromise, type Awaitable } from '../db/origin-index.js';
+import type { BlobStorage, TrashedBlob } from '../store/storage.js';
+import { localStoreOf } from './storage-ops.js';
 
 export interface GcCandidate {
   sha512: string;
   size: number;
   ingestedAt: number;
   quarantined: boolean;
-  /** A file under blobs/ with no index row; ingestedAt is its mtime. */
+  /** A stored blob with no index row; ingestedAt is when it was written. */
   orphan?: boolean;
 }
 
@@ -24,8 +22,8 @@ export interface GcResult {
 }
 
 /** Blobs no attached name references, not pinned, ingested before `cutoff` (ms). */
-export function gcCandidates(queries: MaintenanceQueries, cutoff: number): GcCandidate[] {
-  return queries.gcCandidates(cutoff).map((r) => ({
+export async function gcCandidates(queries: MaintenanceIndex, cutoff: number): Promise<GcCandidate[]> {
+  return (await queries.gcCandidates(cutoff)).map((r) => ({
     sha512: r.sha512,
     size: r.size,
     ingestedAt: r.ingested_at,
@@ -34,23 +32,20 @@ export function gcCandidates(queries: MaintenanceQueries, cutoff: number): GcCan
 }
 
 /**
- * Blob files with no index row, last written before `cutoff` (ms): left by an upload that died
- * between placing its file and recording its row, or whose row could not be written. A retry of that
- * upload (by name or by hash) records a row and so claims the file; until then nothing refers to it.
+ * Stored blobs with no index row, last written before `cutoff` (ms): left by an upload that died
+ * between placing its blob and recording its row, or whose row could not be written. A retry of that
+ * upload (by name or by hash) records a row and so claims the blob; until then nothing refers to it.
+ * The listing is paged (S3 answers a thousand keys a request).
  */
-export async function orphanCandidates(store: BlobStore, queries: MaintenanceQueries, cutoff: number): Promise<GcCandidate[]> {
+export async function orphanCandidates(storage: BlobStorage, queries: MaintenanceIndex, cutoff: number): Promise<GcCandidate[]> {
   const out: GcCandidate[] = [];
-  for await (const sha512 of store.list()) {
-    if (queries.blobState(sha512) !== undefined) continue;
-    const info = await stat(store.pathOf(sha512)).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
+  for await (const sha512 of storage.list()) {
+    if ((await queries.blobState(sha512)) !== undefined) continue;
+    const info = await storage.stat(sha512);
     if (info === undefined || info.mtimeMs >= cutoff) continue;
     out.push({ sha512, size: info.size, ingestedAt: Math.floor(info.mtimeMs), quarantined: false, orphan: true });
   }
   return out;
-}
-
-function isMissing(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
 }
 
 /**
@@ -63,62 +58,56 @@ export const GC_SETTLE_MS = 6000;
  * Removes the candidates, in three phases:
  * 1. Per blob, in one write transaction: re-check it is still collectable (no name attached since
  *    the selection, not pinned, not re-ingested) and delete the row. From then on no name can be
- *    attached (attach needs the row) and downloads 404. Then rename the file out of blobs/ into
- *    tmp/ (atomic; after a crash it is a stale temp that the next start removes). The path is now
- *    free, so a re-upload of the same bytes links a fresh copy of its own.
+ *    attached (attach needs the row) and downloads 404. Then move the blob to the store's trash
+ *    (on disk: a rename into tmp/, which after a crash is a stale temp the next start removes; in a
+ *    bucket: trash/gc/, swept the same way). The hash is now free, so a re-upload of the same bytes
+ *    places a fresh copy of its own.
  * 2. Wait `settleMs`. The dangerous writer is a re-upload whose link(2) hit EEXIST on the file
  *    just before phase 1 moved it: it skipped writing, and is about to record a row that points
  *    at our file. It records within busy_timeout, or fails.
- * 3. Look at each row again. If one came back, put the file back (link; EEXIST means the
- *    re-upload already placed its own copy), then unlink the moved file.
+ * 3. Look at each row again. If one came back, restore the blob (unless the re-upload already
+ *    placed its own copy), else purge it from the trash.
  * Unlinking right after deleting the row would leave such a re-upload's row pointing at nothing.
  */
 export async function collect(
-  store: BlobStore,
-  db: DB,
-  queries: MaintenanceQueries,
+  storage: BlobStorage,
+  queries: MaintenanceIndex,
   candidates: GcCandidate[],
   cutoff: number,
   settleMs = GC_SETTLE_MS,
 ): Promise<GcResult> {
   const result: GcResult = { removed: [], kept: [], restored: [] };
-  const deleteIfCollectable = db.transaction((candidate: GcCandidate): boolean => {
+  // Full-disk headroom is a local-disk concept: a bucket has no reserve file to give back.
+  const reserve = localStoreOf(storage)?.reserve;
+  const deleteIfCollectable = (candidate: GcCandidate): Awaitable<boolean> => {
     // An orphan is still one while no upload has recorded a row for it.
-    if (candidate.orphan) return queries.blobState(candidate.sha512) === undefined;
-    if (!queries.gcStillCollectable(candidate.sha512, cutoff)) return false;
-    return queries.deleteBlob(candidate.sha512);
-  });
-  const moved: { sha512: string; final: string; trash: string }[] = [];
+    if (!candidate.orphan) return queries.deleteIfCollectable(candidate.sha512, cutoff);
+    const state = queries.blobState(candidate.sha512);
+    return isPromise(state) ? state.then((s) => s === undefined) : state === undefined;
+  };
+  const moved: TrashedBlob[] = [];
   for (const candidate of candidates) {
     // On a full disk the deletion may need the reserve's room: gc is what gives space back.
-    if (!(await store.reserve.whenFull(() => deleteIfCollectable.immediate(candidate)))) {
+    const deleted = reserve ? await reserve.whenFull(() => deleteIfCollectable(candidate)) : await deleteIfCollectable(candidate);
+    if (!deleted) {
       result.kept.push(candidate);
       continue;
     }
     result.removed.push(candidate);
-    const final = store.pathOf(candidate.sha512);
-    const trash = path.join(store.tmpDir, `${process.pid}-gc-${randomBytes(8).toString('hex')}.tmp`);
-    try {
-      await rename(final, trash);
-      moved.push({ sha512: candidate.sha512, final, trash });
-    } catch (err) {
-      // Quarantined blobs live in quarantine/; a file already gone has nothing to remove.
-      if (!isMissing(err)) throw err;
-    }
+    // Quarantined blobs live in the quarantine; one already gone has nothing to remove.
+    const trashed = await storage.trash(candidate.sha512, 'gc');
+    if (trashed) moved.push(trashed);
   }
   if (moved.length > 0 && settleMs > 0) await sleep(settleMs);
-  for (const { sha512, final, trash } of moved) {
-    if (queries.blobState(sha512) !== undefined) {
-      try {
-        await link(trash, final);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      }
-      result.restored.push(sha512);
+  for (const trashed of moved) {
+    if ((await queries.blobState(trashed.sha512)) !== undefined) {
+      await storage.restore(trashed);
+      result.restored.push(trashed.sha512);
+    } else {
+      await storage.purge(trashed);
     }
-    await unlink(trash);
   }
   // With space back, the reserve returns (and with it, uploads) if it had been used.
-  await store.reserve.ensure();
+  await reserve?.ensure();
   return result;
 }

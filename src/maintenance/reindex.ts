@@ -1,8 +1,6 @@
-import { statSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import type { DB } from '../db/open.js';
-import type { BlobStore } from '../store/blob-store.js';
-import type { MaintenanceQueries } from './queries.js';
+import { allRows, type MaintenanceIndex } from '../db/maintenance.js';
+import type { BlobStorage } from '../store/storage.js';
+import { hashStored, quarantineStored, stillAbsent } from './storage-ops.js';
 
 export interface ReindexReport {
   /** Files under blobs/ whose bytes match their name: now indexed. */
@@ -27,58 +25,46 @@ export interface ReindexHooks {
  * New rows are pinned, because without names nothing proves a blob is unreferenced and gc
  * would otherwise delete the whole store once the grace period passed.
  */
-export async function reindex(store: BlobStore, db: DB, queries: MaintenanceQueries, hooks: ReindexHooks = {}): Promise<ReindexReport> {
+export async function reindex(storage: BlobStorage, queries: MaintenanceIndex, hooks: ReindexHooks = {}): Promise<ReindexReport> {
   const report: ReindexReport = { indexed: 0, added: 0, bytes: 0, quarantined: [], dropped: [] };
 
   let files = 0;
   let totalBytes = 0;
-  for await (const sha512 of store.list()) {
-    const info = await stat(store.pathOf(sha512)).catch(() => undefined);
+  for await (const sha512 of storage.list()) {
+    const info = await storage.stat(sha512);
     if (!info) continue;
     files++;
     totalBytes += info.size;
   }
   hooks.onTotal?.(files, totalBytes);
 
-  for await (const sha512 of store.list()) {
-    const info = await stat(store.pathOf(sha512)).catch(() => undefined);
+  for await (const sha512 of storage.list()) {
+    const info = await storage.stat(sha512);
     if (!info) continue;
-    let digests;
-    try {
-      digests = await store.hash(sha512);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-      throw err;
-    }
+    const digests = await hashStored(storage, sha512);
+    if (digests === undefined) continue;
     hooks.onBlob?.(sha512, info.size);
     if (digests.sha512 === sha512) {
-      const existed = queries.blobState(sha512) !== undefined;
-      queries.upsertFromDisk(digests, info.mtimeMs, { pinned: true });
+      const existed = (await queries.blobState(sha512)) !== undefined;
+      await queries.upsertFromDisk(digests, info.mtimeMs, { pinned: true });
       report.indexed++;
       report.bytes += digests.size;
       if (!existed) report.added++;
     } else {
-      queries.markQuarantined(sha512);
-      await store.quarantine(sha512);
+      await queries.markQuarantined(sha512);
+      await quarantineStored(storage, sha512);
       report.quarantined.push(sha512);
     }
   }
 
-  // Rows whose blob is not on disk. Re-checked under the write lock so a blob an upload linked
+  // Rows whose blob is not stored. Re-checked with the row locked so a blob an upload placed
   // after our walk keeps its row.
-  const dropIfAbsent = db.transaction((sha512: string): boolean => {
-    try {
-      statSync(store.pathOf(sha512));
-      return false;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-    return queries.deleteBlob(sha512);
-  });
   const absent: string[] = [];
-  for (const row of queries.allRows()) {
-    if (await stat(store.pathOf(row.sha512)).then(() => false, () => true)) absent.push(row.sha512);
+  for await (const row of allRows(queries)) {
+    if ((await storage.stat(row.sha512)) === undefined) absent.push(row.sha512);
   }
-  for (const sha512 of absent) if (dropIfAbsent.immediate(sha512)) report.dropped.push(sha512);
+  for (const sha512 of absent) {
+    if (await queries.deleteIfAbsent(sha512, stillAbsent(storage, sha512))) report.dropped.push(sha512);
+  }
   return report;
 }

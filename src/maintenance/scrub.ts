@@ -1,10 +1,11 @@
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { AuditLog } from '../db/audit.js';
-import type { DB } from '../db/open.js';
-import type { BlobStore } from '../store/blob-store.js';
-import { MaintenanceQueries, type ScrubCursor } from './queries.js';
+import type { AuditEntry } from '../db/audit.js';
+import { localLocks, type ClusterLocks } from '../db/locks.js';
+import type { MaintenanceIndex, ScrubCursor } from '../db/maintenance.js';
+import type { Awaitable } from '../db/origin-index.js';
+import type { BlobStorage } from '../store/storage.js';
 import { TokenBucket, throttled } from './throttle.js';
 import { verifyBlob } from './verify.js';
 
@@ -24,8 +25,12 @@ export const scrubCounters = {
 };
 
 export interface ScrubOptions {
-  store: BlobStore;
-  db: DB;
+  storage: BlobStorage;
+  /** Changes are announced as `scrub`. */
+  maintenance: MaintenanceIndex;
+  audit: { record(entry: AuditEntry): Awaitable<void> };
+  /** One scrub pass at a time across replicas sharing the index (default: no lock, one process). */
+  locks?: ClusterLocks | undefined;
   bytesPerSecond: number;
   /** Rest between full passes; a pass over a small store would otherwise re-hash it at once. */
   pauseMs: number;
@@ -41,13 +46,11 @@ const PAGE = 100;
 export class Scrubber {
   private readonly abort = new AbortController();
   private loop: Promise<void> | undefined;
-  private readonly queries: MaintenanceQueries;
+  private readonly queries: MaintenanceIndex;
   private readonly bucket: TokenBucket;
-  private readonly audit: AuditLog;
 
   constructor(private readonly options: ScrubOptions) {
-    this.queries = new MaintenanceQueries(options.db, { actor: 'scrub' });
-    this.audit = new AuditLog(options.db);
+    this.queries = options.maintenance.as('scrub');
     // One second of burst: short bursts are harmless, long ones are what starve downloads.
     this.bucket = new TokenBucket(options.bytesPerSecond);
   }
@@ -65,7 +68,7 @@ export class Scrubber {
   }
 
   private async run(): Promise<void> {
-    const { store, log } = this.options;
+    const locks = this.options.locks ?? localLocks;
     const signal = this.abort.signal;
     const throttle = throttled(this.bucket, signal);
     // A single large blob at a low rate takes a long time: every chunk counts as progress.
@@ -81,49 +84,9 @@ export class Scrubber {
     try {
       while (!signal.aborted) {
         const passStart = Date.now();
-        let cursor: ScrubCursor = { verified: -1, sha512: '' };
-        const pass = { blobs: 0, bytes: 0, corrupt: 0, missing: 0 };
-        for (;;) {
-          const page = this.queries.scrubPage(cursor, passStart, PAGE);
-          if (page.length === 0) break;
-          for (const ref of page) {
-            if (signal.aborted) return;
-            cursor = { verified: ref.v, sha512: ref.sha512 };
-            let outcome;
-            try {
-              outcome = await verifyBlob(store, this.queries, ref, { wrap });
-            } catch (err) {
-              if (signal.aborted) return;
-              scrubCounters.errors++;
-              log?.warn({ err, sha512: ref.sha512 }, 'scrub could not verify a blob');
-              continue;
-            }
-            if (outcome.status === 'skipped') continue;
-            pass.blobs++;
-            pass.bytes += ref.size;
-            scrubCounters.blobsVerified++;
-            scrubCounters.bytesVerified += ref.size;
-            if (outcome.status === 'corrupt') {
-              pass.corrupt++;
-              scrubCounters.corruptFound++;
-              log?.error(
-                { sha512: ref.sha512, names: outcome.names, quarantinedTo: outcome.quarantinedTo, actualSha512: outcome.actualSha512 },
-                'scrub found a corrupt blob: quarantined, it will 404 until re-uploaded',
-              );
-              try {
-                this.audit.record({ actor: 'scrub', action: 'scrub.quarantine', sha512: ref.sha512, detail: `now hashes to ${outcome.actualSha512}` });
-              } catch (err) {
-                log?.error({ err, sha512: ref.sha512 }, 'could not write the audit record');
-              }
-            } else if (outcome.status === 'missing') {
-              pass.missing++;
-              scrubCounters.missingFound++;
-              log?.error({ sha512: ref.sha512, names: outcome.names }, 'scrub found a blob row whose file is missing (run fastpull fsck)');
-            }
-          }
-        }
-        scrubCounters.passesCompleted++;
-        if (pass.blobs > 0) log?.info({ ...pass, ms: Date.now() - passStart }, 'scrub pass complete');
+        // Another replica scrubbing the same store already covers it: this one rests and asks again later.
+        const held = await locks.run('scrub', () => this.pass(passStart, wrap, signal));
+        if (held.ran && held.value === 'stopped') return;
         scrubCounters.resting = true;
         await sleep(Math.max(100, this.options.pauseMs), undefined, { signal });
         scrubCounters.resting = false;
@@ -135,5 +98,54 @@ export class Scrubber {
       scrubCounters.running = false;
       scrubCounters.resting = false;
     }
+  }
+
+  /** One pass over every blob not verified since it began; 'stopped' when aborted midway. */
+  private async pass(passStart: number, wrap: (stream: Readable) => AsyncIterable<Buffer>, signal: AbortSignal): Promise<'done' | 'stopped'> {
+    const { storage, log } = this.options;
+    let cursor: ScrubCursor = { verified: -1, sha512: '' };
+    const pass = { blobs: 0, bytes: 0, corrupt: 0, missing: 0 };
+    for (;;) {
+      const page = await this.queries.scrubPage(cursor, passStart, PAGE);
+      if (page.length === 0) break;
+      for (const ref of page) {
+        if (signal.aborted) return 'stopped';
+        cursor = { verified: ref.v, sha512: ref.sha512 };
+        let outcome;
+        try {
+          outcome = await verifyBlob(storage, this.queries, ref, { wrap });
+        } catch (err) {
+          if (signal.aborted) return 'stopped';
+          scrubCounters.errors++;
+          log?.warn({ err, sha512: ref.sha512 }, 'scrub could not verify a blob');
+          continue;
+        }
+        if (outcome.status === 'skipped') continue;
+        pass.blobs++;
+        pass.bytes += ref.size;
+        scrubCounters.blobsVerified++;
+        scrubCounters.bytesVerified += ref.size;
+        if (outcome.status === 'corrupt') {
+          pass.corrupt++;
+          scrubCounters.corruptFound++;
+          log?.error(
+            { sha512: ref.sha512, names: outcome.names, quarantinedTo: outcome.quarantinedTo, actualSha512: outcome.actualSha512 },
+            'scrub found a corrupt blob: quarantined, it will 404 until re-uploaded',
+          );
+          try {
+            await this.options.audit.record({ actor: 'scrub', action: 'scrub.quarantine', sha512: ref.sha512, detail: `now hashes to ${outcome.actualSha512}` });
+          } catch (err) {
+            log?.error({ err, sha512: ref.sha512 }, 'could not write the audit record');
+          }
+        } else if (outcome.status === 'missing') {
+          pass.missing++;
+          scrubCounters.missingFound++;
+          log?.error({ sha512: ref.sha512, names: outcome.names }, 'scrub found a blob row whose file is missing (run fastpull fsck)');
+        }
+      }
+    }
+    scrubCounters.passesCompleted++;
+    if (pass.blobs > 0) log?.info({ ...pass, ms: Date.now() - passStart }, 'scrub pass complete');
+    return 'done';
   }
 }

@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { DB } from '../db/open.js';
-import type { BlobStore } from '../store/blob-store.js';
-import { MaintenanceQueries } from './queries.js';
+import type { MaintenanceIndex } from '../db/maintenance.js';
+import type { BlobStorage } from '../store/storage.js';
 import { verifyBlob } from './verify.js';
 
 /** Counted like the scrub's finds (plain totals; the metrics bridge reads them). */
@@ -17,17 +16,17 @@ export interface ServedBlob {
  * FASTPULL_VERIFY_ON_SERVE: every full body the download path sends is hashed as it streams. The check
  * runs before the last chunk is written, so a body that does not hash to its name never completes:
  * the caller destroys the connection (a CDN keeps nothing), and the blob is then judged by the very
- * code `fastpull verify` runs (re-hash from disk, quarantine, move aside), which logs what it found.
+ * code `fastpull verify` runs (re-hash from the store, quarantine, move aside), which logs what it found.
  */
-export function createServeVerifier(deps: { store: BlobStore; db: DB; logger: Logger }) {
-  const queries = new MaintenanceQueries(deps.db);
+export function createServeVerifier(deps: { storage: BlobStorage; maintenance: MaintenanceIndex; logger: Logger }) {
+  const queries = deps.maintenance;
   const judging = new Set<string>();
 
   /** Re-hashes the blob from disk as `verify` would, and quarantines it if damaged. */
   const judge = (blob: ServedBlob, log: Logger, seen: string | undefined) => {
     if (judging.has(blob.sha512)) return;
     judging.add(blob.sha512);
-    verifyBlob(deps.store, queries, { sha512: blob.sha512, size: blob.size })
+    verifyBlob(deps.storage, queries, { sha512: blob.sha512, size: blob.size })
       .then((outcome) => {
         if (outcome.status === 'corrupt') {
           serveVerifyCounters.corruptFound++;

@@ -26,6 +26,10 @@ export class LocalBlobStorage implements BlobStorage {
 
   constructor(readonly store: BlobStore) {}
 
+  get reserve(): BlobStore['reserve'] {
+    return this.store.reserve;
+  }
+
   get location(): string {
     return this.store.blobsDir;
   }
@@ -35,6 +39,7 @@ export class LocalBlobStorage implements BlobStorage {
   }
 
   write(source: Readable | AsyncIterable<Buffer>, options: StorageWriteOptions = {}): Promise<StorageWriteResult> {
+    // The local store asks with the digests it computed; the interface asks by hash alone.
     const { replaceExisting, ...rest } = options;
     return this.store.write(source, replaceExisting ? { ...rest, replaceExisting: (d) => replaceExisting(d.sha512) } : rest);
   }
@@ -119,6 +124,10 @@ export class LocalBlobStorage implements BlobStorage {
 
   removeStale(): Promise<number> {
     return this.store.removeStaleTemps();
+  }
+
+  unplace(sha512: string, claimed: () => boolean | Promise<boolean>): Promise<void> {
+    return this.store.unplace(sha512, claimed);
   }
 }
 

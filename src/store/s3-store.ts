@@ -15,8 +15,9 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { randomBytes } from 'node:crypto';
+import type { Agent } from 'node:http';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { isSha512Hex } from '../domain/hashes.js';
@@ -57,6 +58,8 @@ export interface S3StorageOptions {
   /** Server-side copies (trash, restore) above this go part by part, in parts of `copyPartSize`. */
   maxSingleCopy?: number;
   copyPartSize?: number;
+  /** The client's connection pool, when the caller made it: only observed (sockets in use, for tests and status). */
+  agent?: Agent;
 }
 
 const MIN_PART_SIZE = 5 * 1024 * 1024;
@@ -68,6 +71,8 @@ const MAX_SINGLE_COPY = 5 * 1024 ** 3;
 const COPY_PART_SIZE = 512 * 1024 ** 2;
 const STALE_AFTER_MS = 24 * 3600 * 1000;
 const SPOOL_SUFFIX = '.spool';
+/** A marker in the spool directory naming an upload this process has under way (see `sweep`). */
+const UPLOAD_SUFFIX = '.upload';
 const BLOB_KEY = /^([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{128})$/;
 /** Every blob key sorts at or before this one (relative to the prefix); trash/ sorts after it. */
 const LAST_BLOB_KEY = `ff/ff/ff/${'f'.repeat(128)}`;
@@ -99,6 +104,7 @@ export class S3BlobStorage implements BlobStorage {
   private readonly queueSize: number;
   private readonly maxSingleCopy: number;
   private readonly copyPartSize: number;
+  private readonly agent: Agent | undefined;
 
   constructor(options: S3StorageOptions) {
     this.client = options.client;
@@ -113,6 +119,17 @@ export class S3BlobStorage implements BlobStorage {
     this.queueSize = options.queueSize ?? 4;
     this.maxSingleCopy = options.maxSingleCopy ?? MAX_SINGLE_COPY;
     this.copyPartSize = options.copyPartSize ?? COPY_PART_SIZE;
+    this.agent = options.agent;
+  }
+
+  close(): void {
+    this.client.destroy();
+  }
+
+  /** Sockets to the endpoint carrying a request or a body right now (undefined when the pool is not ours to see). */
+  get socketsInUse(): number | undefined {
+    if (!this.agent) return undefined;
+    return Object.values(this.agent.sockets).reduce((n, list) => n + (list?.length ?? 0), 0);
   }
 
   key(sha512: string): string {
@@ -131,20 +148,20 @@ export class S3BlobStorage implements BlobStorage {
   }
 
   async write(source: Readable | AsyncIterable<Buffer>, options: StorageWriteOptions = {}): Promise<StorageWriteResult> {
-    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting } = options;
+    const { expected = {}, maxBytes = Number.MAX_SAFE_INTEGER, replaceExisting, onProgress } = options;
     const chunks: AsyncIterable<Buffer> = source instanceof Readable ? source.iterator({ destroyOnReturn: false }) : source;
     const declared = expected.sha512 !== undefined && isSha512Hex(expected.sha512) ? expected.sha512 : undefined;
-    if (declared === undefined) return this.spoolAndUpload(chunks, expected, maxBytes, replaceExisting);
+    if (declared === undefined) return this.spoolAndUpload(chunks, expected, maxBytes, replaceExisting, onProgress);
 
     const existing = await this.stat(declared);
-    const trusted = existing !== undefined && (expected.size === undefined || existing.size === expected.size) && !replaceExisting?.(declared);
+    const trusted = existing !== undefined && (expected.size === undefined || existing.size === expected.size) && !(await replaceExisting?.(declared));
     if (trusted) {
       // Already stored: the client's bytes must still be what it declared, but need not travel again.
-      const verifier = verifying(chunks, expected, maxBytes);
+      const verifier = verifying(chunks, expected, maxBytes, onProgress);
       await drain(verifier);
       return { digests: verifier.digests(), created: false };
     }
-    const verifier = verifying(chunks, expected, maxBytes);
+    const verifier = verifying(chunks, expected, maxBytes, onProgress);
     await this.upload(declared, Readable.from(verifier), expected.size ?? maxBytes);
     return { digests: verifier.digests(), created: true };
   }
@@ -223,6 +240,14 @@ export class S3BlobStorage implements BlobStorage {
     return true;
   }
 
+  async unplace(sha512: string, claimed: () => boolean | Promise<boolean>): Promise<void> {
+    // S3 has no rename to hold the object aside while asking (as the local store does): a writer of the same
+    // bytes that deduplicated against it and records its row between the question and the delete leaves a
+    // row without bytes, which fsck reports. The window is one request long.
+    if (await claimed()) return;
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(sha512) }));
+  }
+
   /** In-progress multipart uploads under the prefix (for the sweep, and for tests proving none is left). */
   async *multipartUploads(): AsyncGenerator<{ key: string; uploadId: string; initiated: Date | undefined }> {
     let keyMarker: string | undefined;
@@ -266,6 +291,16 @@ export class S3BlobStorage implements BlobStorage {
 
   /** Uploads a body to the final key; the multipart upload is aborted on any failure, never left behind. */
   private async upload(sha512: string, body: Readable, sizeHint: number): Promise<void> {
+    const marker = path.join(this.spoolDir, `${process.pid}-${randomBytes(8).toString('hex')}${UPLOAD_SUFFIX}`);
+    await writeFile(marker, JSON.stringify({ key: this.key(sha512), startedAt: Date.now() }), { mode: 0o600 });
+    try {
+      await this.uploadNow(sha512, body, sizeHint);
+    } finally {
+      await unlink(marker).catch(() => undefined);
+    }
+  }
+
+  private async uploadNow(sha512: string, body: Readable, sizeHint: number): Promise<void> {
     const upload = new Upload({
       client: this.client,
       params: { Bucket: this.bucket, Key: this.key(sha512), Body: body, ContentType: 'application/octet-stream' },
@@ -292,19 +327,20 @@ export class S3BlobStorage implements BlobStorage {
     chunks: AsyncIterable<Buffer>,
     expected: ExpectedDigests,
     maxBytes: number,
-    replaceExisting: ((sha512: string) => boolean) | undefined,
+    replaceExisting: ((sha512: string) => boolean | Promise<boolean>) | undefined,
+    onProgress: ((received: number) => void) | undefined,
   ): Promise<StorageWriteResult> {
     const spool = path.join(this.spoolDir, `${process.pid}-${randomBytes(8).toString('hex')}${SPOOL_SUFFIX}`);
     let handle: FileHandle | undefined;
     try {
       handle = await open(spool, 'wx', 0o600);
-      const verifier = verifying(chunks, expected, maxBytes);
+      const verifier = verifying(chunks, expected, maxBytes, onProgress);
       for await (const chunk of verifier) await handle.write(chunk);
       await handle.close();
       handle = undefined;
       const digests = verifier.digests();
       const existing = await this.stat(digests.sha512);
-      if (existing && existing.size === digests.size && !replaceExisting?.(digests.sha512)) return { digests, created: false };
+      if (existing && existing.size === digests.size && !(await replaceExisting?.(digests.sha512))) return { digests, created: false };
       await this.upload(digests.sha512, createReadStream(spool, { highWaterMark: 1024 * 1024 }), digests.size);
       return { digests, created: true };
     } catch (err) {
@@ -351,22 +387,34 @@ export class S3BlobStorage implements BlobStorage {
 
   /**
    * Removes abandoned work: spool files of dead processes (ours too at start-up), multipart uploads and gc
-   * trash older than `staleAfterMs`. Younger uploads may belong to another replica that is still writing.
+   * trash older than `staleAfterMs`. Younger uploads may belong to another replica that is still writing,
+   * except those a dead process of this host left a marker for: they are aborted at once.
    */
   private async sweep(atStart: boolean): Promise<number> {
     let removed = 0;
     const now = Date.now();
+    /** Keys a crashed local writer was uploading, and when it started. */
+    const crashed = new Map<string, number>();
     for (const name of await readdir(this.spoolDir).catch(() => [] as string[])) {
       const pid = Number(name.split('-', 1)[0]);
+      const file = path.join(this.spoolDir, name);
       let stale = !Number.isInteger(pid) || (pid === process.pid ? atStart : !processAlive(pid));
-      if (!stale) stale = ((await stat(path.join(this.spoolDir, name)).catch(() => undefined))?.mtimeMs ?? now) < now - this.staleAfterMs;
-      if (stale && (await unlink(path.join(this.spoolDir, name)).then(() => true, () => false))) removed++;
+      if (!stale) stale = ((await stat(file).catch(() => undefined))?.mtimeMs ?? now) < now - this.staleAfterMs;
+      if (!stale) continue;
+      if (name.endsWith(UPLOAD_SUFFIX)) {
+        const marker = await readFile(file, 'utf8').then((text) => JSON.parse(text) as { key?: unknown; startedAt?: unknown }, () => undefined);
+        if (typeof marker?.key === 'string' && typeof marker.startedAt === 'number') crashed.set(marker.key, Math.min(crashed.get(marker.key) ?? Infinity, marker.startedAt));
+      }
+      if (await unlink(file).then(() => true, () => false)) removed++;
     }
     // Listings give whole seconds, and Swift rounds them up: a time may be up to 1 s later than the event.
     const bar = now - this.staleAfterMs + 1000;
     const stale: { key: string; uploadId: string }[] = [];
     for await (const u of this.multipartUploads()) {
-      if ((u.initiated?.getTime() ?? 0) <= bar) stale.push(u);
+      const initiated = u.initiated?.getTime() ?? 0;
+      const crashedAt = crashed.get(u.key);
+      // Initiated after the marker was written (give or take the listing's whole second): that writer's.
+      if (initiated <= bar || (crashedAt !== undefined && initiated >= crashedAt - 2000)) stale.push(u);
     }
     for (const u of stale) {
       await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.key, UploadId: u.uploadId })).catch((err: unknown) => {
@@ -403,6 +451,7 @@ function verifying(
   source: AsyncIterable<Buffer>,
   expected: ExpectedDigests,
   maxBytes: number,
+  onProgress?: (received: number) => void,
 ): AsyncGenerator<Buffer> & { digests(): Digests } {
   let result: Digests | undefined;
   async function* run(): AsyncGenerator<Buffer> {
@@ -417,6 +466,7 @@ function verifying(
           mismatches: [{ field: 'size', expected: expected.size, actual: `more than ${expected.size}` }],
         });
       }
+      onProgress?.(total);
       hasher.update(chunk);
       yield chunk;
     }

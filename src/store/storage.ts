@@ -53,6 +53,21 @@ export interface BlobStorage {
 
   /** Removes abandoned in-flight writes (temp files, multipart uploads, gc trash) older than the driver's bar. */
   removeStale(): Promise<number>;
+
+  /**
+   * Takes back a blob this process just wrote (`created`) when its index row could not be recorded, unless
+   * `claimed` says a concurrent writer of the same bytes recorded one meanwhile: no blob stays without its row.
+   */
+  unplace(sha512: string, claimed: () => boolean | Promise<boolean>): Promise<void>;
+
+  /**
+   * Headroom on the data disk that blob writes may not use (local driver only: S3 blobs do not fill it),
+   * released so the index can still record a detach or a gc deletion on a full disk.
+   */
+  /** Releases what the driver holds open (S3: its socket pool); the storage is unusable afterwards. */
+  close?(): void;
+
+  readonly reserve?: { whenFull<T>(write: () => T | Promise<T>, onRelease?: () => void): Promise<T> } | undefined;
 }
 
 export interface StorageWriteOptions {
@@ -64,7 +79,9 @@ export interface StorageWriteOptions {
    * (e.g. quarantined) and is replaced by the verified bytes. Depends on the hash alone, so a driver may
    * ask before reading the body (S3: to decide between uploading and only verifying).
    */
-  replaceExisting?: (sha512: string) => boolean;
+  replaceExisting?: (sha512: string) => boolean | Promise<boolean>;
+  /** Told the bytes received so far before each chunk is stored; throwing aborts the write (nothing stored). */
+  onProgress?: (received: number) => void;
 }
 
 export interface StorageWriteResult {

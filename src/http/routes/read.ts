@@ -1,9 +1,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../../config.js';
-import type { DistfileIndex } from '../../db/index.js';
+import type { NameIndex } from '../../db/index.js';
 import { AppError } from '../../errors.js';
-import type { BlobStore } from '../../store/blob-store.js';
-import { HOT_LOOKUP, lookup, type HandedOver } from '../hot-path.js';
+import type { BlobSource } from '../../store/remote-reader.js';
+import { HOT_LOOKUP, lookup, type BodyWatch, type HandedOver } from '../hot-path.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from '../read-path.js';
 import { IMMUTABLE, sendBlob } from '../send.js';
 
@@ -14,9 +14,10 @@ export interface MissHandler {
 
 export interface ReadRouteDeps {
   config: Config;
-  index: DistfileIndex;
-  store: BlobStore;
+  index: NameIndex;
+  source: BlobSource;
   missHandler?: MissHandler | undefined;
+  watch?: BodyWatch | undefined;
 }
 
 declare module 'fastify' {
@@ -30,7 +31,7 @@ export { lookup };
 
 /** GET/HEAD for every path form Portage, Funtoo ebuilds and CDN pulls use. */
 export async function readRoutes(app: FastifyInstance, deps: ReadRouteDeps): Promise<void> {
-  const { config, index, store, missHandler } = deps;
+  const { config, index, source, missHandler, watch } = deps;
   const nameCacheControl = `public, max-age=${config.nameMaxAge}`;
   const layoutCacheControl = `public, max-age=${config.layoutMaxAge}`;
 
@@ -52,14 +53,12 @@ export async function readRoutes(app: FastifyInstance, deps: ReadRouteDeps): Pro
         throw new AppError('NOT_FOUND', 'no such distfile');
       default: {
         request.routeKind = target.kind;
-        const blob = handed ? handed.blob : lookup(index, target);
+        const blob = handed ? handed.blob : await lookup(index, target);
         if (!blob) {
           if (missHandler && (await missHandler.handle(target, request, reply))) return reply;
           throw new AppError('NOT_FOUND', 'no such distfile');
         }
-        return sendBlob(request, reply, store, blob, {
-          cacheControl: target.kind === 'hash' ? IMMUTABLE : nameCacheControl,
-        });
+        return sendBlob(request, reply, source, blob, { cacheControl: target.kind === 'hash' ? IMMUTABLE : nameCacheControl }, watch);
       }
     }
   }

@@ -1,7 +1,8 @@
 import type { Statement } from 'better-sqlite3';
-import { recordEvent } from '../db/events.js';
-import type { DB } from '../db/open.js';
 import type { Digests } from '../store/digests.js';
+import { recordEvent } from './events.js';
+import type { DB } from './open.js';
+import type { Awaitable } from './origin-index.js';
 
 export interface BlobRef {
   sha512: string;
@@ -13,11 +14,62 @@ export interface ScrubCursor {
   sha512: string;
 }
 
+export type BlobState = { size: number; quarantined_at: number | null };
+export type RowRef = BlobRef & { quarantined_at: number | null };
+export type GcRow = BlobRef & { ingested_at: number; quarantined_at: number | null };
+
+/**
+ * The index as maintenance sees it (verify, scrub, fsck, reindex, gc, stats): whole-table scans and the
+ * changes they make, each change announced in the outbox in its own transaction. SQLite answers
+ * synchronously, PostgreSQL with promises; callers await either.
+ */
+export interface MaintenanceIndex {
+  /** Who the changes made through this handle are announced as (`scrub`, `cli:<user>`). */
+  readonly actor: string | null;
+  /** The same index, announcing its changes as `actor`. */
+  as(actor: string | null): MaintenanceIndex;
+  page(after: string, cutoff: number, limit: number): Awaitable<BlobRef[]>;
+  count(cutoff: number): Awaitable<{ blobs: number; bytes: number }>;
+  sample(limit: number): Awaitable<BlobRef[]>;
+  scrubPage(cursor: ScrubCursor, cutoff: number, limit: number): Awaitable<(BlobRef & { v: number })[]>;
+  markVerified(sha512: string, at?: number): Awaitable<void>;
+  markQuarantined(sha512: string, at?: number): Awaitable<boolean>;
+  /**
+   * Quarantines a row whose blob is gone, asking `stillAbsent` under the write lock (SQLite) or with the row
+   * locked (PostgreSQL) so a re-upload that put the blob back meanwhile wins.
+   */
+  markQuarantinedIfAbsent(sha512: string, stillAbsent: () => Awaitable<boolean>): Awaitable<boolean>;
+  clearQuarantine(sha512: string): Awaitable<void>;
+  blobState(sha512: string): Awaitable<BlobState | undefined>;
+  /** One page of every blob row, in sha512 order after `after`. */
+  rowsPage(after: string, limit: number): Awaitable<RowRef[]>;
+  upsertFromDisk(digests: Digests, ingestedAt: number, options: { pinned: boolean }, verifiedAt?: number): Awaitable<void>;
+  deleteBlob(sha512: string): Awaitable<boolean>;
+  /** Deletes the row when its blob is still absent (asked as markQuarantinedIfAbsent does). */
+  deleteIfAbsent(sha512: string, stillAbsent: () => Awaitable<boolean>): Awaitable<boolean>;
+  gcCandidates(cutoff: number): Awaitable<GcRow[]>;
+  /** Re-checks under the write lock that gc may still take it (no name since, not pinned, not re-ingested), then deletes it. */
+  deleteIfCollectable(sha512: string, cutoff: number): Awaitable<boolean>;
+  attachedNames(sha512: string): Awaitable<string[]>;
+  stats(largest: number): Awaitable<Stats>;
+}
+
+/** Every blob row, paged so no statement stays open while the caller writes. */
+export async function* allRows(index: Pick<MaintenanceIndex, 'rowsPage'>, pageSize = 1000): AsyncGenerator<RowRef> {
+  let after = '';
+  for (;;) {
+    const rows = await index.rowsPage(after, pageSize);
+    if (rows.length === 0) return;
+    yield* rows;
+    after = rows[rows.length - 1]!.sha512;
+  }
+}
+
 /**
  * Prepared statements for maintenance work (verify, scrub, fsck, reindex, gc, stats).
  * Kept apart from DistfileIndex: these scan whole tables and are never on the download path.
  */
-export class MaintenanceQueries {
+export class MaintenanceQueries implements MaintenanceIndex {
   private readonly stmt: {
     pageBySha: Statement<[{ after: string; cutoff: number; limit: number }], BlobRef>;
     countBySha: Statement<[{ cutoff: number }], { blobs: number; bytes: number | null }>;
@@ -96,6 +148,10 @@ export class MaintenanceQueries {
     };
   }
 
+  as(actor: string | null): MaintenanceQueries {
+    return new MaintenanceQueries(this.db, { actor });
+  }
+
   /** Blobs (not quarantined) last verified before `cutoff`, in sha512 order after `after`. */
   page(after: string, cutoff: number, limit: number): BlobRef[] {
     return this.stmt.pageBySha.all({ after, cutoff, limit });
@@ -144,15 +200,44 @@ export class MaintenanceQueries {
     return this.stmt.blobState.get(sha512);
   }
 
-  /** Every blob row, in pages, so no statement stays open while the caller writes. */
-  *allRows(pageSize = 1000): Generator<BlobRef & { quarantined_at: number | null }> {
-    let after = '';
-    for (;;) {
-      const rows = this.stmt.allRows.all({ after, limit: pageSize });
-      if (rows.length === 0) return;
-      yield* rows;
-      after = rows[rows.length - 1]!.sha512;
-    }
+  rowsPage(after: string, limit: number): RowRef[] {
+    return this.stmt.allRows.all({ after, limit });
+  }
+
+  /**
+   * A synchronous check (local disk) runs under the write lock; an asynchronous one (an object store
+   * HEAD) cannot, so it runs first and the row's state is re-checked in the transaction.
+   */
+  markQuarantinedIfAbsent(sha512: string, stillAbsent: () => Awaitable<boolean>): Awaitable<boolean> {
+    return this.underLock(stillAbsent, () => this.markQuarantined(sha512));
+  }
+
+  deleteIfAbsent(sha512: string, stillAbsent: () => Awaitable<boolean>): Awaitable<boolean> {
+    return this.underLock(stillAbsent, () => this.deleteBlob(sha512));
+  }
+
+  deleteIfCollectable(sha512: string, cutoff: number): boolean {
+    return this.db
+      .transaction(() => this.stmt.gcStillCollectable.get({ sha512, cutoff }) !== undefined && this.deleteBlob(sha512))
+      .immediate();
+  }
+
+  stats(largest: number): Stats {
+    return sqliteStats(this.db, largest);
+  }
+
+  private underLock(check: () => Awaitable<boolean>, change: () => boolean): Awaitable<boolean> {
+    let pending: Promise<boolean> | undefined;
+    const result = this.db
+      .transaction(() => {
+        const absent = check();
+        if (typeof absent === 'boolean') return absent && change();
+        pending = absent;
+        return false;
+      })
+      .immediate();
+    const later = pending as Promise<boolean> | undefined;
+    return later === undefined ? result : later.then((absent) => absent && this.db.transaction(change).immediate());
   }
 
   /**
@@ -198,4 +283,80 @@ export class MaintenanceQueries {
   attachedNames(sha512: string): string[] {
     return this.stmt.namesOf.all(sha512).map((r) => r.filename);
   }
+}
+
+export interface Stats {
+  blobs: number;
+  /** Distinct file names ever seen. */
+  names: number;
+  /** Distinct file names with at least one attached hash (servable by name). */
+  attachedNames: number;
+  /** (name, hash) pairs currently attached. */
+  attachedPairs: number;
+  quarantined: number;
+  pinned: number;
+  /** Sum of blob sizes in the index, quarantined ones excluded. */
+  bytesStored: number;
+  quarantinedBytes: number;
+  /** Blobs that no attached name references. */
+  unreferencedBlobs: number;
+  unreferencedBytes: number;
+  /**
+   * Bytes dedup saved: if each attached (name, hash) pair had its own copy, the store would hold
+   * sum over blobs of size × attached pairs; it holds each blob once. So: sum of size × (pairs − 1)
+   * over blobs with at least one attached pair.
+   */
+  dedupSavedBytes: number;
+  /** Blobs referenced by more than one attached name. */
+  sharedBlobs: number;
+  largest: { filename: string; sha512: string; size: number }[];
+}
+
+export function sqliteStats(db: DB, largest = 10): Stats {
+  const one = <T>(sql: string) => db.prepare(sql).get() as T;
+  const counts = one<{ blobs: number; quarantined: number; pinned: number; bytes: number | null; qbytes: number | null }>(
+    `SELECT count(*) AS blobs, count(quarantined_at) AS quarantined, sum(pinned) AS pinned,
+            sum(CASE WHEN quarantined_at IS NULL THEN size END) AS bytes,
+            sum(CASE WHEN quarantined_at IS NOT NULL THEN size END) AS qbytes
+     FROM blobs`,
+  );
+  const names = one<{ names: number; attached: number; pairs: number }>(
+    `SELECT count(DISTINCT filename) AS names,
+            count(DISTINCT CASE WHEN detached_at IS NULL THEN filename END) AS attached,
+            count(CASE WHEN detached_at IS NULL THEN 1 END) AS pairs
+     FROM names`,
+  );
+  const refs = one<{ saved: number | null; shared: number; unref: number; unrefBytes: number | null }>(
+    `SELECT sum(CASE WHEN r.n > 1 THEN b.size * (r.n - 1) ELSE 0 END) AS saved,
+            count(CASE WHEN r.n > 1 THEN 1 END) AS shared,
+            count(CASE WHEN r.n IS NULL THEN 1 END) AS unref,
+            sum(CASE WHEN r.n IS NULL THEN b.size END) AS unrefBytes
+     FROM blobs b LEFT JOIN (SELECT sha512, count(*) AS n FROM names WHERE detached_at IS NULL GROUP BY sha512) r
+       ON r.sha512 = b.sha512`,
+  );
+  const top = db
+    .prepare(
+      `SELECT filename, sha512, size FROM (
+         SELECT n.filename, n.sha512, b.size,
+                row_number() OVER (PARTITION BY n.filename ORDER BY n.seq DESC) AS rn
+         FROM names n JOIN blobs b ON b.sha512 = n.sha512
+         WHERE n.detached_at IS NULL)
+       WHERE rn = 1 ORDER BY size DESC, filename LIMIT ?`,
+    )
+    .all(largest) as Stats['largest'];
+  return {
+    blobs: counts.blobs,
+    names: names.names,
+    attachedNames: names.attached,
+    attachedPairs: names.pairs,
+    quarantined: counts.quarantined,
+    pinned: counts.pinned ?? 0,
+    bytesStored: counts.bytes ?? 0,
+    quarantinedBytes: counts.qbytes ?? 0,
+    unreferencedBlobs: refs.unref,
+    unreferencedBytes: refs.unrefBytes ?? 0,
+    dedupSavedBytes: refs.saved ?? 0,
+    sharedBlobs: refs.shared,
+    largest: top,
+  };
 }
