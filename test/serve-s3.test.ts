@@ -325,9 +325,9 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     expect(existsSync(file)).toBe(true);
 
     // What verify or another replica does to the row (the cache is not told: it sees the new version).
-    server.db.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h);
+    server.db!.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h);
     expect((await get(`${server.baseUrl}/${h}`)).status).toBe(404);
-    server.db.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?').run(h);
+    server.db!.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?').run(h);
     const head = await get(`${server.baseUrl}/${h}`, {}, 'HEAD');
     expect(head.status).toBe(200);
     await vi.waitFor(() => expect(existsSync(file)).toBe(false));
