@@ -290,6 +290,30 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     expect((await b.items('job-1')).map((r) => [r.state, r.claimed_by])).toEqual([['downloading', 'replica-b'], ['downloading', 'replica-b']]);
   });
 
+  it('an upload of unknown size is stopped mid-body when PostgreSQL refuses its growing hold; nothing is stored', async () => {
+    const [sql] = await pools(1);
+    const shared = await sharedStore();
+    const MiB = 1024 * 1024;
+    const guard = new StorageGuard(new PgUploadHolds(sql!, 'replica-a', LEASE_MS), 10 * MiB);
+    const ingest = new Ingest(shared.store, shared.index);
+    const body = (mib: number, seed: number) =>
+      (async function* () {
+        for (let i = 0; i < mib; i++) yield Buffer.alloc(MiB, seed + i);
+      })();
+    const tooBig = (await guard.admit(undefined))!;
+    await expect(ingest.ingest(body(12, 1), { lease: tooBig, maxBytes: 1e9 })).rejects.toMatchObject({ code: 'INSUFFICIENT_STORAGE' });
+    tooBig.release();
+    expect(await shared.store.temps()).toEqual([]);
+    await until(async () => (await guard.bytesHeld()) === 0, 'the refused hold to go');
+    // One that fits is stored, and its hold gives way to the stored bytes.
+    const fits = (await guard.admit(undefined))!;
+    const { digests } = await ingest.ingest(body(3, 50), { lease: fits, maxBytes: 1e9, filename: 'fits.tgz' });
+    fits.release();
+    expect(digests.size).toBe(3 * MiB);
+    expect(shared.index.servableByName('fits.tgz')?.sha512).toBe(digests.sha512);
+    await until(async () => (await guard.bytesHeld()) === 0, 'the hold of the stored upload to go');
+  });
+
   it('100 concurrent misses spread over two replicas cause one upstream fetch; the other replica serves the stored blob', async () => {
     const [sqlA, sqlB] = await pools(2);
     const shared = await sharedStore();
