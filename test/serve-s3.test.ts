@@ -145,7 +145,7 @@ describe.skipIf(skip)('serve with s3 storage', () => {
     await swift!.client.send(new PutObjectCommand({ Bucket: bucket, Key: s3Of(server).key(h), Body: randomBytes(bytes.length) }));
     const res = await request(`${server.baseUrl}/${h}`);
     await expect(res.body.arrayBuffer()).rejects.toThrow();
-    await vi.waitFor(() => expect(server.index.blob(h)?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
+    await vi.waitFor(async () => expect((await server.index.blob(h))?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
     expect((await get(`${server.baseUrl}/${h}`)).status).toBe(404);
     // The object moves to trash/quarantine/ after the row that makes reads 404.
     await vi.waitFor(async () => expect(await s3Of(server).stat(h)).toBeUndefined(), { timeout: 20_000, interval: 100 });
