@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { statfs } from 'node:fs/promises';
-import type { DistfileIndex } from '../db/index.js';
+import type { NameIndex } from '../db/index.js';
 import { AppError, isAppError } from '../errors.js';
 import { compareDigests, type Digests, type ExpectedDigests, type Mismatch } from '../store/digests.js';
 import type { BlobStorage } from '../store/storage.js';
@@ -57,19 +57,6 @@ function describeMismatches(mismatches: Mismatch[], claimSource: string): string
 }
 
 /**
- * Bulk import of a scanned tree into the store and index (the import counterpart of Ingest).
- *
- * Resume rule (what a re-run skips without reading bytes):
- * - a named file whose name currently resolves, in the index, to a stored, unquarantined blob of the
- *   same size (and to the Manifest's sha512 when a Manifest names it);
- * - a hash-addressed file (content-hash path, BLOS) whose sha512 is indexed, unquarantined and on
- *   disk with the file's size.
- * Both are safe because the index only ever records a blob after its bytes were verified and made
- * durable, so an interrupted run leaves either a complete, verified entry or nothing (stale temp files
- * are removed on the next start). The one thing the shortcut cannot see is a named source file replaced
- * by different bytes of exactly the same size; `--rehash` covers that.
- */
-/**
  * Where an import puts verified bytes: the local BlobStore (hard links possible, free space checked on its
  * filesystem) or any BlobStorage through `storageImportTarget`.
  */
@@ -103,10 +90,23 @@ export function storageImportTarget(storage: BlobStorage): ImportTarget {
   };
 }
 
+/**
+ * Bulk import of a scanned tree into the store and index (the import counterpart of Ingest).
+ *
+ * Resume rule (what a re-run skips without reading bytes):
+ * - a named file whose name currently resolves, in the index, to a stored, unquarantined blob of the
+ *   same size (and to the Manifest's sha512 when a Manifest names it);
+ * - a hash-addressed file (content-hash path, BLOS) whose sha512 is indexed, unquarantined and on
+ *   disk with the file's size.
+ * Both are safe because the index only ever records a blob after its bytes were verified and made
+ * durable, so an interrupted run leaves either a complete, verified entry or nothing (stale temp files
+ * are removed on the next start). The one thing the shortcut cannot see is a named source file replaced
+ * by different bytes of exactly the same size; `--rehash` covers that.
+ */
 export class Importer {
   constructor(
     readonly store: ImportTarget,
-    readonly index: DistfileIndex,
+    readonly index: NameIndex,
   ) {}
 
   async run(scan: TreeScan, options: ImportOptions = {}): Promise<ImportSummary> {
@@ -157,22 +157,22 @@ export class Importer {
     };
     await Promise.all(Array.from({ length: Math.max(1, options.jobs ?? 2) }, worker));
     if (summary.stopped === undefined && options.signal?.aborted) summary.stopped = 'interrupted';
-    if (options.manifests) this.attachManifestNames(options.manifests, options.by ?? 'import', summary);
+    if (options.manifests) await this.attachManifestNames(options.manifests, options.by ?? 'import', summary);
     return summary;
   }
 
-  private alreadyPresent(candidate: Candidate, manifest: DistEntry | undefined): boolean {
+  private async alreadyPresent(candidate: Candidate, manifest: DistEntry | undefined): Promise<string | undefined> {
     if (candidate.filename !== undefined) {
-      const current = this.index.servableByName(candidate.filename);
-      if (!current || current.quarantined_at !== null || current.size !== candidate.size) return false;
-      if (manifest?.sha512 !== undefined && manifest.sha512 !== current.sha512) return false;
-      return true;
+      const current = await this.index.servableByName(candidate.filename);
+      if (!current || current.quarantined_at !== null || current.size !== candidate.size) return undefined;
+      if (manifest?.sha512 !== undefined && manifest.sha512 !== current.sha512) return undefined;
+      return current.sha512;
     }
     const sha512 = candidate.claimed?.sha512;
-    if (sha512 === undefined) return false;
-    const row = this.index.blob(sha512);
-    if (!row || row.quarantined_at !== null || row.size !== candidate.size) return false;
-    return candidate.claimed?.size === undefined || candidate.claimed.size === candidate.size;
+    if (sha512 === undefined) return undefined;
+    const row = await this.index.blob(sha512);
+    if (!row || row.quarantined_at !== null || row.size !== candidate.size) return undefined;
+    return candidate.claimed?.size === undefined || candidate.claimed.size === candidate.size ? sha512 : undefined;
   }
 
   private async importOne(
@@ -182,12 +182,9 @@ export class Importer {
     summary: ImportSummary,
   ): Promise<{ outcome: Outcome; reason?: string }> {
     const manifest = candidate.filename !== undefined ? options.manifests?.byName.get(candidate.filename) : undefined;
-    if (!options.rehash && this.alreadyPresent(candidate, manifest)) {
-      // The index row alone is not proof: the blob file must still be there with its size.
-      const sha512 =
-        candidate.filename !== undefined ? this.index.servableByName(candidate.filename)!.sha512 : candidate.claimed!.sha512!;
-      if ((await this.store.sizeOf(sha512)) === candidate.size) return { outcome: 'present' };
-    }
+    const present = options.rehash ? undefined : await this.alreadyPresent(candidate, manifest);
+    // The index row alone is not proof: the blob file must still be there with its size.
+    if (present !== undefined && (await this.store.sizeOf(present)) === candidate.size) return { outcome: 'present' };
 
     const expected: ExpectedDigests = { ...candidate.claimed };
     let claimSource = candidate.claimSource ?? 'the tree';
@@ -234,8 +231,8 @@ export class Importer {
     }
 
     const wasCurrent =
-      candidate.filename !== undefined && this.index.servableByName(candidate.filename)?.sha512 === digests.sha512;
-    this.index.recordBlob(digests, {
+      candidate.filename !== undefined && (await this.index.servableByName(candidate.filename))?.sha512 === digests.sha512;
+    await this.index.recordBlob(digests, {
       ...(candidate.filename !== undefined && !wasCurrent ? { filename: candidate.filename } : {}),
       by: options.by ?? 'import',
       // Stored by hash alone (BLOS, content-hash): referenced by hash URLs, so kept even without a name.
@@ -260,12 +257,12 @@ export class Importer {
    * Every Manifest entry whose blob is stored (imported now or earlier) gets its name, once the stored
    * blob's size and BLAKE2B agree with the entry; a disagreement is reported and nothing is attached.
    */
-  private attachManifestNames(manifests: ManifestSet, by: string, summary: ImportSummary): void {
+  private async attachManifestNames(manifests: ManifestSet, by: string, summary: ImportSummary): Promise<void> {
     for (const entry of manifests.entries) {
-      const row = entry.sha512 ? this.index.blob(entry.sha512) : undefined;
+      const row = entry.sha512 ? await this.index.blob(entry.sha512) : undefined;
       if (!row || row.quarantined_at !== null) {
         // Only a BLAKE2B in the Manifest: the name (if the tree gave it) is all there is to check.
-        const byName = entry.sha512 ? undefined : this.index.servableByName(entry.filename);
+        const byName = entry.sha512 ? undefined : await this.index.servableByName(entry.filename);
         if (byName && byName.size === entry.size && (!entry.blake2b || byName.blake2b === entry.blake2b)) continue;
         summary.manifestMissing.push(entry);
         continue;
@@ -283,9 +280,9 @@ export class Importer {
         });
         continue;
       }
-      const attached = this.index.history(entry.filename).some((h) => h.sha512 === row.sha512 && h.detached_at === null);
+      const attached = (await this.index.history(entry.filename)).some((h) => h.sha512 === row.sha512 && h.detached_at === null);
       if (!attached) {
-        this.index.attach(entry.filename, row.sha512, by);
+        await this.index.attach(entry.filename, row.sha512, by);
         summary.namesAttached++;
       }
     }
