@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openOriginIndex, type OriginIndex } from '../src/db/origin-index.js';
+import { collect, gcCandidates } from '../src/maintenance/gc.js';
 import { Scrubber, scrubCounters } from '../src/maintenance/scrub.js';
 import { BlobStore } from '../src/store/blob-store.js';
 import { LocalBlobStorage } from '../src/store/local-storage.js';
@@ -376,6 +377,27 @@ describe.each([local, s3Postgres])('the maintenance area on $name', (combo) => {
     expect(await m.deleteIfCollectable(sha, cutoff)).toBe(true);
     expect(await m.blobState(sha)).toBeUndefined();
     expect(await events(s, sha)).toEqual(['blob.deleted']);
+  });
+});
+
+describe.each([local, s3Postgres])('gc against a concurrent re-upload on $name', (combo) => {
+  it.skipIf(combo.skip)('puts the blob back when a re-upload that found it stored records its row while gc settles', async () => {
+    const s = await combo.setup();
+    const body = pseudoRandomBytes(20_000, 40);
+    const sha = await seed(s, body, { age: DAY });
+    const cutoff = Date.now();
+    const running = collect(s.storage, s.index.maintenance, await gcCandidates(s.index.maintenance, cutoff), cutoff, 1500);
+    // The re-upload saw the blob stored (dedup) and skipped writing; its row lands only after gc trashed the blob.
+    await until(async () => (await s.storage.stat(sha)) === undefined);
+    await insertRow(s, body, { name: 'again.tar' });
+    const result = await running;
+    expect(result.removed.map((c) => c.sha512)).toEqual([sha]);
+    expect(result.restored).toEqual([sha]);
+    expect((await s.storage.stat(sha))?.size).toBe(body.length);
+    const back = await s.storage.read(sha);
+    const chunks: Buffer[] = [];
+    for await (const chunk of back!) chunks.push(chunk as Buffer);
+    expect(Buffer.concat(chunks).equals(body)).toBe(true);
   });
 });
 
