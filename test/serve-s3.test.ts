@@ -2,7 +2,7 @@ import { DeleteObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -334,6 +334,21 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     expect((await get(`${server.baseUrl}/${h}`)).body.equals(bytes)).toBe(true);
     expect(await server.readCache!.fill(refOf(server, h))).toBe(true);
     expect(server.readCache!.holds(refOf(server, h))).toBe(true);
+  }, 60_000);
+
+  it('serves a small blob from the bucket when its read-cache copy was damaged on local disk, and drops the copy', async () => {
+    const { server, cacheDir } = await serveCached();
+    const small = randomBytes(5000);
+    const h = await putBlob(server, 'rot-local-1.0.tar.gz', small);
+    expect((await get(`${server.baseUrl}/${h}`)).body.equals(small)).toBe(true);
+    expect(await server.readCache!.put(refOf(server, h), small)).toBe(true);
+    const file = blobFile(path.join(cacheDir, 'blobs'), h);
+    await writeFile(file, randomBytes(small.length));
+    const res = await get(`${server.baseUrl}/${h}`);
+    expect(res.status).toBe(200);
+    expect(res.body.equals(small)).toBe(true);
+    expect(server.readCache!.holds(refOf(server, h))).toBe(false);
+    await vi.waitFor(() => expect(existsSync(file)).toBe(false));
   }, 60_000);
 
   it('never caches a damaged object, and cuts the response before its last byte', async () => {
