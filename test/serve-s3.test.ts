@@ -281,10 +281,10 @@ describe.skipIf(skip)('serve with s3 storage', () => {
 
 describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
   /** A server with a fresh 64 MiB read cache. */
-  const serveCached = async () => {
+  const serveCached = async (overrides: Partial<Config> = {}) => {
     const cacheDir = path.join(await makeDataDir(), 'cache');
     cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
-    return { server: await serve({ cacheDir, cacheMaxBytes: 64 * MiB }), cacheDir };
+    return { server: await serve({ cacheDir, cacheMaxBytes: 64 * MiB, ...overrides }), cacheDir };
   };
   const refOf = (server: TestServer, h: string) => {
     const row = server.index.servableByHash(h)!;
@@ -365,6 +365,16 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     expect(existsSync(blobFile(path.join(cacheDir, 'blobs'), h))).toBe(false);
     expect(server.readCache!.usage.blobs).toBe(0);
     expect(await readdir(path.join(cacheDir, 'tmp'))).toEqual([]);
+  }, 60_000);
+
+  it('with FASTPULL_VERIFY_ON_SERVE, a fill that finds a damaged object has it quarantined (a range GET checks no hash)', async () => {
+    const { server, cacheDir } = await serveCached({ verifyOnServe: true });
+    const bytes = randomBytes(1 * MiB);
+    const h = await putBlob(server, 'rot-fill-1.0.tar.gz', bytes);
+    await swift!.client.send(new PutObjectCommand({ Bucket: bucket, Key: s3Of(server).key(h), Body: randomBytes(bytes.length) }));
+    expect((await get(`${server.baseUrl}/${h}`, { range: 'bytes=0-99' })).status).toBe(206);
+    await vi.waitFor(() => expect(server.index.blob(h)?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
+    expect(existsSync(blobFile(path.join(cacheDir, 'blobs'), h))).toBe(false);
   }, 60_000);
 
   it('evicts the least recently used blobs past FASTPULL_CACHE_MAX_BYTES, and keeps its entries across a restart', async () => {
