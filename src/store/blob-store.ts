@@ -19,7 +19,7 @@ export interface WriteOptions {
    * Asked when a blob with the same hash is already on disk: true means the stored copy is not
    * trusted (e.g. quarantined, or unknown to the index) and the freshly verified bytes replace it.
    */
-  replaceExisting?: (digests: Digests) => boolean;
+  replaceExisting?: (digests: Digests) => boolean | Promise<boolean>;
   /** Told the bytes received so far before each chunk is written; throwing aborts the write. */
   onProgress?: (received: number) => void;
 }
@@ -226,7 +226,7 @@ export class BlobStore {
   }
 
   /** Moves a verified temp file into place; false if the same blob already existed. */
-  private async commit(tmp: string, digests: Digests, replaceExisting?: (digests: Digests) => boolean): Promise<boolean> {
+  private async commit(tmp: string, digests: Digests, replaceExisting?: (digests: Digests) => boolean | Promise<boolean>): Promise<boolean> {
     const final = this.pathOf(digests.sha512);
     const dir = path.dirname(final);
     const firstCreated = await mkdir(dir, { recursive: true });
@@ -237,7 +237,7 @@ export class BlobStore {
       // Same hash already stored. A size that disagrees means the stored copy was damaged, and a copy the
       // caller does not trust may be damaged at the same size: replace either with the bytes just verified.
       const existing = await stat(final);
-      if (existing.size === digests.size && !replaceExisting?.(digests)) return false;
+      if (existing.size === digests.size && !(await replaceExisting?.(digests))) return false;
       await rename(tmp, final);
     }
     await fsyncDir(dir);

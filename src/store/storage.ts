@@ -79,7 +79,7 @@ export interface StorageWriteOptions {
    * (e.g. quarantined) and is replaced by the verified bytes. Depends on the hash alone, so a driver may
    * ask before reading the body (S3: to decide between uploading and only verifying).
    */
-  replaceExisting?: (sha512: string) => boolean;
+  replaceExisting?: (sha512: string) => boolean | Promise<boolean>;
   /** Told the bytes received so far before each chunk is stored; throwing aborts the write (nothing stored). */
   onProgress?: (received: number) => void;
 }
