@@ -375,7 +375,7 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     const h = await putBlob(server, 'rot-fill-1.0.tar.gz', bytes);
     await swift!.client.send(new PutObjectCommand({ Bucket: bucket, Key: s3Of(server).key(h), Body: randomBytes(bytes.length) }));
     expect((await get(`${server.baseUrl}/${h}`, { range: 'bytes=0-99' })).status).toBe(206);
-    await vi.waitFor(() => expect(server.index.blob(h)?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
+    await vi.waitFor(async () => expect((await server.index.blob(h))?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
     expect(existsSync(blobFile(path.join(cacheDir, 'blobs'), h))).toBe(false);
   }, 60_000);
 
