@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { inject } from 'vitest';
@@ -204,10 +205,15 @@ export async function targetFor(dataDir: string): Promise<BackendTarget | undefi
   return target;
 }
 
-/** Adds the backend of the server over FASTPULL_DATA_DIR to a child's environment, unless it names its own. */
-export function withBackendEnv(env: Record<string, string>): Record<string, string> {
-  if (env.FASTPULL_STORAGE !== undefined || env.FASTPULL_DATABASE_URL !== undefined || env.FASTPULL_DATA_DIR === undefined) return env;
-  const target = targetOf(env.FASTPULL_DATA_DIR);
+/**
+ * Adds the backend of the data dir in FASTPULL_DATA_DIR to a child's environment, unless it names its own: the
+ * server's over that dir, or (s3+postgres runs) a fresh one for an existing dir no server used yet, so that a CLI
+ * run before the server starts (token create) writes where the server will read. A missing dir stays as it is.
+ */
+export async function withBackendEnv(env: Record<string, string>): Promise<Record<string, string>> {
+  const dataDir = env.FASTPULL_DATA_DIR;
+  if (env.FASTPULL_STORAGE !== undefined || env.FASTPULL_DATABASE_URL !== undefined || dataDir === undefined) return env;
+  const target = targetOf(dataDir) ?? (existsSync(dataDir) ? await targetFor(dataDir) : undefined);
   return target ? { ...backendEnv(target), ...env } : env;
 }
 

@@ -15,8 +15,8 @@ export interface CliResult {
  * environment given here plus PATH/HOME, so the caller's FASTPULL_* variables never leak in.
  * A FASTPULL_DATA_DIR of a test server brings that server's bucket prefix and database along (s3+postgres runs).
  */
-export function runCli(args: string[], env: Record<string, string> = {}, input?: string): Promise<CliResult> {
-  return runNode(['--import', 'tsx', CLI, ...args], withBackendEnv(env), { input: input ?? '' });
+export async function runCli(args: string[], env: Record<string, string> = {}, input?: string): Promise<CliResult> {
+  return runNode(['--import', 'tsx', CLI, ...args], await withBackendEnv(env), { input: input ?? '' });
 }
 
 /**
