@@ -37,7 +37,8 @@ export interface Server {
   app: FastifyInstance;
   /** The index, whichever engine holds it. */
   originIndex: OriginIndex;
-  db: DB;
+  /** The SQLite handle of the embedded index (tests and SQLite-only tools); undefined when the index is in PostgreSQL. */
+  db: DB | undefined;
   /** Where blobs live (FASTPULL_STORAGE): local disk or an S3 bucket. */
   blobStorage: BlobStorage;
   /** The local driver's store (fast read path, reserve, maintenance); undefined with s3 storage. */
@@ -71,7 +72,6 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const { blobStorage, store, readCache, source } = await openBlobs(config, logger);
 
   const originIndex = await openOriginIndex(config);
-  const db = sqliteHandle(originIndex);
   const index = originIndex.names;
   const ingest = new Ingest(blobStorage, index, logger);
   const metrics = new Metrics({
@@ -216,7 +216,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   return {
     app,
     originIndex,
-    db,
+    db: originIndex.sqlite,
     blobStorage,
     store,
     readCache,
@@ -340,16 +340,4 @@ function bridgeMaintenanceMetrics(metrics: Metrics, scrubEnabled: boolean): void
     resting: scrubCounters.resting,
     lastProgressAt: scrubCounters.lastProgressAt,
   }));
-}
-
-/**
- * The SQLite handle for the areas not yet behind the index interface; each area moves to `originIndex.<area>`
- * and this goes when the last one has. Until then a PostgreSQL index is refused with a clear message.
- */
-function sqliteHandle(originIndex: OriginIndex): DB {
-  if (originIndex.sqlite === undefined) {
-    void originIndex.close();
-    throw new Error(`FASTPULL_DATABASE_URL (${originIndex.location}): serving from PostgreSQL is not wired yet`);
-  }
-  return originIndex.sqlite;
 }

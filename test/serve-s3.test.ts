@@ -145,7 +145,7 @@ describe.skipIf(skip)('serve with s3 storage', () => {
     await swift!.client.send(new PutObjectCommand({ Bucket: bucket, Key: s3Of(server).key(h), Body: randomBytes(bytes.length) }));
     const res = await request(`${server.baseUrl}/${h}`);
     await expect(res.body.arrayBuffer()).rejects.toThrow();
-    await vi.waitFor(() => expect(server.index.blob(h)?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
+    await vi.waitFor(async () => expect((await server.index.blob(h))?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
     expect((await get(`${server.baseUrl}/${h}`)).status).toBe(404);
     // The object moves to trash/quarantine/ after the row that makes reads 404.
     await vi.waitFor(async () => expect(await s3Of(server).stat(h)).toBeUndefined(), { timeout: 20_000, interval: 100 });
@@ -325,9 +325,9 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     expect(existsSync(file)).toBe(true);
 
     // What verify or another replica does to the row (the cache is not told: it sees the new version).
-    server.db.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h);
+    server.db!.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h);
     expect((await get(`${server.baseUrl}/${h}`)).status).toBe(404);
-    server.db.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?').run(h);
+    server.db!.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?').run(h);
     const head = await get(`${server.baseUrl}/${h}`, {}, 'HEAD');
     expect(head.status).toBe(200);
     await vi.waitFor(() => expect(existsSync(file)).toBe(false));
