@@ -1,9 +1,7 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { loadConfig } from '../config.js';
-import { AuditLog } from '../db/audit.js';
-import { DistfileIndex } from '../db/index.js';
-import { databaseFile, openDatabase } from '../db/open.js';
+import { openOriginIndex } from '../db/origin-index.js';
 import { Importer } from '../ingest/import.js';
 import { readManifests, type ManifestSet } from '../ingest/manifest.js';
 import { detectTreeKind, scanTree, TREE_KINDS, type TreeKind } from '../ingest/tree.js';
@@ -109,7 +107,8 @@ export async function importCommand(args: string[]): Promise<number> {
   const store = localBlobStore(config);
   // Also clears temp files an interrupted import left behind; a running server's own temps survive (its pid lives).
   await store.init();
-  const db = openDatabase(databaseFile(config.dataDir));
+  // The index the configuration names: SQLite in the data directory, or PostgreSQL (FASTPULL_DATABASE_URL).
+  const originIndex = await openOriginIndex(config);
   try {
     const kind = (values.kind as TreeKind | undefined) ?? (await detectTreeKind(root));
     const scan = await scanTree(root, kind);
@@ -129,7 +128,7 @@ export async function importCommand(args: string[]): Promise<number> {
       if (note.kind !== 'ignored' || note.rel === 'layout.conf') progress.log(`${note.kind}: ${note.rel}: ${note.reason}`);
     }
 
-    const importer = new Importer(store, new DistfileIndex(db));
+    const importer = new Importer(store, originIndex.names);
     const actor = cliActor();
     // First Ctrl-C: finish the files in progress and print the summary (a re-run continues from there).
     // Second: quit at once; the temp files left behind are removed by the next run or server start.
@@ -167,7 +166,7 @@ export async function importCommand(args: string[]): Promise<number> {
     const corrupt = byKind('corrupt');
     const failed = byKind('failed');
     const ignored = byKind('ignored');
-    new AuditLog(db).record({
+    await originIndex.audit.record({
       actor,
       action: 'import',
       detail:
@@ -206,6 +205,6 @@ export async function importCommand(args: string[]): Promise<number> {
     if (summary.stopped === 'interrupted') return 130;
     return corrupt.length + failed.length > 0 || summary.stopped !== undefined ? 1 : 0;
   } finally {
-    db.close();
+    await originIndex.close();
   }
 }
