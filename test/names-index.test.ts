@@ -256,7 +256,7 @@ describe.skipIf(skipPg)('the download path over PostgreSQL', () => {
 });
 
 describe.skipIf(skipPg)('CLI commands on the configured index', () => {
-  it('fastpull import records into PostgreSQL when FASTPULL_DATABASE_URL is set, not into a SQLite file', async () => {
+  it('fastpull import records into PostgreSQL when FASTPULL_DATABASE_URL is set, not into a SQLite file; purge reads it', async () => {
     pg ??= await startPostgres();
     const url = await pg.createDatabase('import_cli');
     const tree = await mkdtemp(path.join(tmpdir(), 'fp-names-tree-'));
@@ -280,6 +280,12 @@ describe.skipIf(skipPg)('CLI commands on the configured index', () => {
     const again = await runCli(['import', tree], env);
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toMatch(/already present: +2/);
+
+    // fastpull purge names the paths of the names attached in that same index.
+    const purge = await runCli(['purge', '--dry-run', sha512('foo\n')], env);
+    expect(purge.code, purge.stderr).toBe(0);
+    expect(purge.stdout.split('\n')).toContain('/distfiles/foo-1.0.tar.gz');
+    expect(purge.stderr).not.toMatch(/no index/);
   }, 60_000);
 });
 

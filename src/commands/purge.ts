@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../config.js';
-import { DistfileIndex } from '../db/index.js';
+import { DistfileIndex, type NameIndex } from '../db/index.js';
 import { databaseFile, openDatabase } from '../db/open.js';
+import { openOriginIndex } from '../db/origin-index.js';
 import { backoffMs } from '../events/dispatcher.js';
 import { createEventAgent } from '../events/http.js';
 import { purgePathsFor } from '../events/paths.js';
@@ -34,14 +35,16 @@ export async function purgeCommand(args: string[]): Promise<number> {
     const retries = values.retries === undefined ? 4 : intOption(values.retries, 'retries', 0);
     const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {});
 
+    // PostgreSQL when configured; else SQLite, read-only and only if it exists (a purge creates no index).
+    const shared = config.databaseUrl !== undefined ? await openOriginIndex(config) : undefined;
     const dbFile = databaseFile(config.dataDir);
-    const db = existsSync(dbFile) ? openDatabase(dbFile, { migrate: false, readonly: true }) : undefined;
+    const db = !shared && existsSync(dbFile) ? openDatabase(dbFile, { migrate: false, readonly: true }) : undefined;
+    const index: NameIndex | undefined = shared?.names ?? (db ? new DistfileIndex(db) : undefined);
     const paths: string[] = [];
     try {
-      const index = db ? new DistfileIndex(db) : undefined;
       for (const subject of positionals) {
         if (isSha512Hex(subject)) {
-          const names = index ? [...new Set(index.namesOfBlob(subject).filter((n) => n.detached_at === null).map((n) => n.filename))] : [];
+          const names = index ? [...new Set((await index.namesOfBlob(subject)).filter((n) => n.detached_at === null).map((n) => n.filename))] : [];
           paths.push(...purgePathsFor({ sha512: subject, names }));
         } else {
           const problem = filenameProblem(subject);
@@ -51,10 +54,11 @@ export async function purgeCommand(args: string[]): Promise<number> {
       }
     } finally {
       db?.close();
+      await shared?.close();
     }
     const unique = [...new Set(paths)];
     for (const p of unique) console.log(p);
-    if (!db) console.error(`no index at ${dbFile}: names attached to a sha512 are not known, only its hash paths are purged`);
+    if (!index) console.error(`no index at ${dbFile}: names attached to a sha512 are not known, only its hash paths are purged`);
     if (values['dry-run']) return 0;
 
     const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);
