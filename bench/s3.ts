@@ -261,7 +261,8 @@ export async function s3Table(r: S3BenchResult): Promise<string> {
       `${r.connections} connections, against a **direct S3 GET** of the same object: this process reading it with the origin's own driver ` +
       `(\`openStorage(config).read\`, one GetObject on an S3Client built from the same settings) in ${r.connections} concurrent loops. ` +
       `Median of ${r.rounds} × ${r.duration} s, the readers taking turns. MB/s is bytes on the wire for wrk (headers included) and body ` +
-      'bytes for the SDK; CPU is the reader’s own (the origin’s process tree; this process for the direct GET), not Swift’s.',
+      'bytes for the SDK; CPU is the reader’s own (the origin’s process tree; this process for the direct GET), not Swift’s. ' +
+      '“+ FASTPULL_CACHE_DIR” is a second origin over the same bucket and index with a local read cache, which the 1 s warm-up fills.',
     '',
   );
   if (r.originSkipped) out.push(`Origin rows not measured: ${r.originSkipped}.`, '');

@@ -22,7 +22,7 @@ import type { BlobStore } from './store/blob-store.js';
 import { LocalBlobStorage } from './store/local-storage.js';
 import { openStorage } from './store/open-storage.js';
 import { ReadCache } from './store/read-cache.js';
-import { localSource, RemoteReader } from './store/remote-reader.js';
+import { localSource, RemoteReader, type BlobSource } from './store/remote-reader.js';
 import type { BlobStorage } from './store/storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
@@ -210,6 +210,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       }
       await originIndex.close();
       readCache?.close();
+      blobStorage.close?.();
       logger.info('fastpull origin stopped');
     })());
   return {
@@ -238,7 +239,10 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
  * The blob storage FASTPULL_STORAGE names, swept of what crashed writers left (temp files, multipart
  * uploads), and where downloads read: the local store's files, or the bucket behind the read cache.
  */
-async function openBlobs(config: Config, logger: Logger) {
+async function openBlobs(
+  config: Config,
+  logger: Logger,
+): Promise<{ blobStorage: BlobStorage; store: BlobStore | undefined; readCache: ReadCache | undefined; source: BlobSource }> {
   if (config.storage.kind === 's3' && config.accelRedirect !== undefined) {
     throw new Error(
       'FASTPULL_ACCEL_REDIRECT: nginx can only send blobs from local disk, and FASTPULL_STORAGE is s3; unset one of them ' +

@@ -310,6 +310,12 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     expect(owners.every((r) => (r as { sha512: string }).sha512 === sha512(data))).toBe(true);
     expect(results.filter((r) => r === true)).toHaveLength(50);
     expect(shared.index.servableByName('big.tgz')?.sha512).toBe(sha512(data));
+
+    // A request that missed just before the commit asks for the key after the flight ended: it becomes the owner,
+    // finds the blob stored, and downloads nothing.
+    const late = await replicas[1]!.flight(target)!;
+    expect(await late.result).toBe(true);
+    expect(up.count('/dist/big.tgz')).toBe(1);
   });
 
   it('a flight whose owner dies is given up by its waiters, and the next miss takes it over', async () => {
@@ -380,5 +386,43 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     await until(async () => (await queueA.items('orphaned'))[0]?.state === 'done', "the dead replica's item to be finished by the survivor");
     expect((await queueA.items('orphaned'))[0]).toMatchObject({ attempts: 2, claimed_by: null, lease_until: null });
     expect(shared.index.servableByName('again.tgz')?.sha512).toBe(sha512(files[0]!));
+  });
+
+  it('a replica stopping mid-download hands its items straight back: another replica resumes them without waiting for a lease', async () => {
+    const [sqlA, sqlB] = await pools(2);
+    const shared = await sharedStore();
+    const data = bytes(4000, 5);
+    let started!: () => void;
+    const downloading = new Promise<void>((resolve) => (started = resolve));
+    const up = await upstream({
+      '/slow.tgz': (_req, res, hit) => {
+        res.writeHead(200, { 'content-length': data.length });
+        if (hit > 1) return void res.end(data);
+        // The first download never ends: it is cut off by its replica's stop.
+        res.write(data.subarray(0, 100));
+        started();
+        return new Promise<void>(() => undefined);
+      },
+    });
+    const runner = (jobs: FetchJobQueue) => {
+      const stats = new UpstreamStats();
+      return new FetchJobs({ ingest: new Ingest(shared.store, shared.index), jobs, fetcher: fetcherFor(stats), stats, concurrency: 1, maxBytes: 1e9 });
+    };
+    // Leases far longer than the test: only the hand-back can get the item to B in time.
+    const queueA = new PgFetchJobs(sqlA!, 'replica-a', 600_000);
+    const onA = runner(queueA);
+    onA.start();
+    const job = await onA.submit({ url: `${up.url}/slow.tgz`, filename: 'slow.tgz' }, 'spider');
+    await downloading;
+    const onB = runner(new PgFetchJobs(sqlB!, 'replica-b', 600_000));
+    cleanup.push(() => onB.stop());
+    onB.start();
+    // B's start-up round finds nothing to claim (A holds the item); from then on only news can bring it work.
+    await until(async () => (await queueA.items(job.id))[0]?.state === 'downloading', 'A to hold the item');
+    await sleep(500);
+    await onA.stop();
+    await until(async () => (await onB.view(job.id)).state === 'done', 'replica B to finish the item A handed back');
+    expect((await queueA.items(job.id))[0]).toMatchObject({ attempts: 2, source: `${up.url}/slow.tgz` });
+    expect(shared.index.servableByName('slow.tgz')?.sha512).toBe(sha512(data));
   });
 });

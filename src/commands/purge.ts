@@ -1,8 +1,7 @@
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../config.js';
-import { DistfileIndex, type NameIndex } from '../db/index.js';
-import { databaseFile, openDatabase } from '../db/open.js';
+import { databaseFile } from '../db/open.js';
 import { openOriginIndex } from '../db/origin-index.js';
 import { backoffMs } from '../events/dispatcher.js';
 import { createEventAgent } from '../events/http.js';
@@ -35,16 +34,14 @@ export async function purgeCommand(args: string[]): Promise<number> {
     const retries = values.retries === undefined ? 4 : intOption(values.retries, 'retries', 0);
     const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {});
 
-    // PostgreSQL when configured; else SQLite, read-only and only if it exists (a purge creates no index).
-    const shared = config.databaseUrl !== undefined ? await openOriginIndex(config) : undefined;
     const dbFile = databaseFile(config.dataDir);
-    const db = !shared && existsSync(dbFile) ? openDatabase(dbFile, { migrate: false, readonly: true }) : undefined;
-    const index: NameIndex | undefined = shared?.names ?? (db ? new DistfileIndex(db) : undefined);
+    // A data directory without an index (a fresh machine) still purges hash paths; none is created for it.
+    const index = config.databaseUrl !== undefined || existsSync(dbFile) ? await openOriginIndex(config) : undefined;
     const paths: string[] = [];
     try {
       for (const subject of positionals) {
         if (isSha512Hex(subject)) {
-          const names = index ? [...new Set((await index.namesOfBlob(subject)).filter((n) => n.detached_at === null).map((n) => n.filename))] : [];
+          const names = index ? await index.events.attachedNames(subject) : [];
           paths.push(...purgePathsFor({ sha512: subject, names }));
         } else {
           const problem = filenameProblem(subject);
@@ -53,8 +50,7 @@ export async function purgeCommand(args: string[]): Promise<number> {
         }
       }
     } finally {
-      db?.close();
-      await shared?.close();
+      await index?.close();
     }
     const unique = [...new Set(paths)];
     for (const p of unique) console.log(p);

@@ -1,8 +1,9 @@
+import { createReadStream } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import type { NameIndex } from '../db/index.js';
 import { AppError, isAppError } from '../errors.js';
-import type { BlobStore } from '../store/blob-store.js';
 import { compareDigests, type Digests, type ExpectedDigests, type Mismatch } from '../store/digests.js';
+import type { BlobStorage } from '../store/storage.js';
 import type { DistEntry, ManifestSet } from './manifest.js';
 import type { Candidate, TreeNote, TreeScan } from './tree.js';
 
@@ -68,9 +69,43 @@ function describeMismatches(mismatches: Mismatch[], claimSource: string): string
  * are removed on the next start). The one thing the shortcut cannot see is a named source file replaced
  * by different bytes of exactly the same size; `--rehash` covers that.
  */
+/**
+ * Where an import puts verified bytes: the local BlobStore (hard links possible, free space checked on its
+ * filesystem) or any BlobStorage through `storageImportTarget`.
+ */
+export interface ImportTarget {
+  importFile(
+    source: string,
+    options: { expected?: ExpectedDigests; link?: boolean; onBytes?: (n: number) => void },
+  ): Promise<{ digests: Digests; created: boolean; linked: boolean }>;
+  sizeOf(sha512: string): Promise<number | undefined>;
+  /** The directory whose filesystem a copy must leave `minFreeBytes` on; undefined for an object store. */
+  readonly root?: string | undefined;
+}
+
+/** Any BlobStorage (a bucket) as an import target: every file is copied (streamed, verified), never linked. */
+export function storageImportTarget(storage: BlobStorage): ImportTarget {
+  return {
+    root: undefined,
+    async importFile(source, { expected = {}, onBytes }) {
+      const counted = async function* (stream: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+        for await (const chunk of stream) {
+          onBytes?.(chunk.length);
+          yield chunk;
+        }
+      };
+      const result = await storage.write(counted(createReadStream(source, { highWaterMark: 1024 * 1024 })), { expected });
+      return { ...result, linked: false };
+    },
+    async sizeOf(sha512) {
+      return (await storage.stat(sha512))?.size;
+    },
+  };
+}
+
 export class Importer {
   constructor(
-    readonly store: BlobStore,
+    readonly store: ImportTarget,
     readonly index: NameIndex,
   ) {}
 
@@ -169,7 +204,9 @@ export class Importer {
       const mismatches = compareDigests(expected, digests);
       if (mismatches.length > 0) return { outcome: 'corrupt', reason: describeMismatches(mismatches, claimSource) };
     } else {
-      if (!options.link && options.minFreeBytes !== undefined) await this.assertRoom(candidate.size, options.minFreeBytes);
+      if (!options.link && options.minFreeBytes !== undefined && this.store.root !== undefined) {
+        await this.assertRoom(this.store.root, candidate.size, options.minFreeBytes);
+      }
       let settle: (d: Digests | undefined) => void = () => undefined;
       byInode.set(candidate.inode, new Promise((resolve) => (settle = resolve)));
       try {
@@ -205,8 +242,8 @@ export class Importer {
     return { outcome: created || newName ? 'imported' : 'present' };
   }
 
-  private async assertRoom(size: number, minFreeBytes: number): Promise<void> {
-    const fs = await statfs(this.store.root);
+  private async assertRoom(root: string, size: number, minFreeBytes: number): Promise<void> {
+    const fs = await statfs(root);
     const free = fs.bavail * fs.bsize;
     if (free - size < minFreeBytes) {
       throw new AppError(

@@ -328,17 +328,22 @@ export class BlobStore {
   }
 
   /** Every blob hash found on disk (for fsck/reindex); ignores anything not shaped like a blob. */
-  async *list(): AsyncGenerator<string> {
-    const hex2 = /^[0-9a-f]{2}$/;
-    for (const a of await readdirSafe(this.blobsDir)) {
-      if (!hex2.test(a)) continue;
-      for (const b of await readdirSafe(path.join(this.blobsDir, a))) {
-        if (!hex2.test(b)) continue;
-        for (const c of await readdirSafe(path.join(this.blobsDir, a, b))) {
-          if (!hex2.test(c)) continue;
-          for (const name of await readdirSafe(path.join(this.blobsDir, a, b, c))) {
-            if (isSha512Hex(name) && name.startsWith(a + b + c)) yield name;
-          }
+  list(): AsyncGenerator<string> {
+    return blobsUnder(this.blobsDir);
+  }
+}
+
+/** Every hash filed in an `ab/cd/ef/<sha512>` tree, in order; anything not shaped like a blob is ignored. */
+export async function* blobsUnder(root: string): AsyncGenerator<string> {
+  const hex2 = /^[0-9a-f]{2}$/;
+  for (const a of await readdirSafe(root)) {
+    if (!hex2.test(a)) continue;
+    for (const b of await readdirSafe(path.join(root, a))) {
+      if (!hex2.test(b)) continue;
+      for (const c of await readdirSafe(path.join(root, a, b))) {
+        if (!hex2.test(c)) continue;
+        for (const name of await readdirSafe(path.join(root, a, b, c))) {
+          if (isSha512Hex(name) && name.startsWith(a + b + c)) yield name;
         }
       }
     }

@@ -122,6 +122,10 @@ export class S3BlobStorage implements BlobStorage {
     this.agent = options.agent;
   }
 
+  close(): void {
+    this.client.destroy();
+  }
+
   /** Sockets to the endpoint carrying a request or a body right now (undefined when the pool is not ours to see). */
   get socketsInUse(): number | undefined {
     if (!this.agent) return undefined;

@@ -64,6 +64,9 @@ export interface BlobStorage {
    * Headroom on the data disk that blob writes may not use (local driver only: S3 blobs do not fill it),
    * released so the index can still record a detach or a gc deletion on a full disk.
    */
+  /** Releases what the driver holds open (S3: its socket pool); the storage is unusable afterwards. */
+  close?(): void;
+
   readonly reserve?: { whenFull<T>(write: () => T | Promise<T>, onRelease?: () => void): Promise<T> } | undefined;
 }
 
