@@ -37,7 +37,8 @@ export interface Server {
   app: FastifyInstance;
   /** The index, whichever engine holds it. */
   originIndex: OriginIndex;
-  db: DB;
+  /** The SQLite handle of the embedded index (tests and SQLite-only tools); undefined when the index is in PostgreSQL. */
+  db: DB | undefined;
   /** Where blobs live (FASTPULL_STORAGE): local disk or an S3 bucket. */
   blobStorage: BlobStorage;
   /** The local driver's store (fast read path, reserve, maintenance); undefined with s3 storage. */
@@ -71,7 +72,6 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const { blobStorage, store, readCache, source } = await openBlobs(config, logger);
 
   const originIndex = await openOriginIndex(config);
-  const db = sqliteHandle(originIndex);
   const index = originIndex.names;
   const ingest = new Ingest(blobStorage, index, logger);
   const metrics = new Metrics({
@@ -116,6 +116,9 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
   const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, source });
   bridgeMaintenanceMetrics(metrics, config.scrubBytesPerSecond > 0);
+  const watch = config.verifyOnServe ? createServeVerifier({ storage: blobStorage, maintenance: originIndex.maintenance, logger }) : undefined;
+  // A fill of the read cache reads whole blobs too: damage it finds is judged like a damaged download.
+  if (readCache && watch) readCache.onDamaged = (blob, actual) => watch.damaged(blob, logger, actual);
   const app = await buildApp({
     config,
     logger,
@@ -131,7 +134,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
-    ...(config.verifyOnServe ? { watch: createServeVerifier({ storage: blobStorage, maintenance: originIndex.maintenance, logger }) } : {}),
+    ...(watch ? { watch } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;
@@ -216,7 +219,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   return {
     app,
     originIndex,
-    db,
+    db: originIndex.sqlite,
     blobStorage,
     store,
     readCache,
@@ -340,16 +343,4 @@ function bridgeMaintenanceMetrics(metrics: Metrics, scrubEnabled: boolean): void
     resting: scrubCounters.resting,
     lastProgressAt: scrubCounters.lastProgressAt,
   }));
-}
-
-/**
- * The SQLite handle for the areas not yet behind the index interface; each area moves to `originIndex.<area>`
- * and this goes when the last one has. Until then a PostgreSQL index is refused with a clear message.
- */
-function sqliteHandle(originIndex: OriginIndex): DB {
-  if (originIndex.sqlite === undefined) {
-    void originIndex.close();
-    throw new Error(`FASTPULL_DATABASE_URL (${originIndex.location}): serving from PostgreSQL is not wired yet`);
-  }
-  return originIndex.sqlite;
 }

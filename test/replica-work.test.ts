@@ -267,6 +267,53 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     return up;
   }
 
+  it("a replica leaves the items a live replica is downloading alone, and takes back those of a dead one", async () => {
+    const [sqlA, sqlB] = await pools(2);
+    const a = new PgFetchJobs(sqlA!, 'replica-a', LEASE_MS);
+    const b = new PgFetchJobs(sqlB!, 'replica-b', LEASE_MS);
+    await a.create('job-1', items(2), 'spider');
+    const mine = await a.claim(5);
+    expect(mine.map((r) => [r.idx, r.claimed_by])).toEqual([[0, 'replica-a'], [1, 'replica-a']]);
+    // Twice a lease, renewed as a live runner does: B starting (or polling) takes nothing.
+    for (let i = 0; i < 8; i++) {
+      await sleep(LEASE_MS / 4);
+      await a.renew(mine);
+      expect(await b.requeueInterrupted()).toBe(0);
+    }
+    expect(await b.claim(5)).toEqual([]);
+    // A stops renewing (it died): once the lease has run out, B puts the items back and claims them.
+    await until(async () => (await b.requeueInterrupted()) === 2, "A's lease to run out");
+    const taken = await b.claim(5);
+    expect(taken.map((r) => [r.idx, r.claimed_by, r.attempts])).toEqual([[0, 'replica-b', 2], [1, 'replica-b', 2]]);
+    // A coming back to life cannot hand back what is no longer its own.
+    await a.requeue(mine[0]!);
+    expect((await b.items('job-1')).map((r) => [r.state, r.claimed_by])).toEqual([['downloading', 'replica-b'], ['downloading', 'replica-b']]);
+  });
+
+  it('an upload of unknown size is stopped mid-body when PostgreSQL refuses its growing hold; nothing is stored', async () => {
+    const [sql] = await pools(1);
+    const shared = await sharedStore();
+    const MiB = 1024 * 1024;
+    const guard = new StorageGuard(new PgUploadHolds(sql!, 'replica-a', LEASE_MS), 10 * MiB);
+    const ingest = new Ingest(shared.store, shared.index);
+    const body = (mib: number, seed: number) =>
+      (async function* () {
+        for (let i = 0; i < mib; i++) yield Buffer.alloc(MiB, seed + i);
+      })();
+    const tooBig = (await guard.admit(undefined))!;
+    await expect(ingest.ingest(body(12, 1), { lease: tooBig, maxBytes: 1e9 })).rejects.toMatchObject({ code: 'INSUFFICIENT_STORAGE' });
+    tooBig.release();
+    expect(await shared.store.temps()).toEqual([]);
+    await until(async () => (await guard.bytesHeld()) === 0, 'the refused hold to go');
+    // One that fits is stored, and its hold gives way to the stored bytes.
+    const fits = (await guard.admit(undefined))!;
+    const { digests } = await ingest.ingest(body(3, 50), { lease: fits, maxBytes: 1e9, filename: 'fits.tgz' });
+    fits.release();
+    expect(digests.size).toBe(3 * MiB);
+    expect(shared.index.servableByName('fits.tgz')?.sha512).toBe(digests.sha512);
+    await until(async () => (await guard.bytesHeld()) === 0, 'the hold of the stored upload to go');
+  });
+
   it('100 concurrent misses spread over two replicas cause one upstream fetch; the other replica serves the stored blob', async () => {
     const [sqlA, sqlB] = await pools(2);
     const shared = await sharedStore();

@@ -135,7 +135,7 @@ describe('status and search API', () => {
 
   // SQLite's query planner (EXPLAIN QUERY PLAN); the PostgreSQL twin's indexes are the names area's.
   it.skipIf(TEST_BACKEND !== 'local')('searches by a range on the names_current index, never a table scan', () => {
-    const plan = server.db
+    const plan = server.db!
       .prepare(`EXPLAIN QUERY PLAN ${NAMES_WITH_PREFIX_SQL}`)
       .all('foo', 'foo\u{10ffff}', 20)
       .map((row: any) => row.detail as string);
@@ -284,7 +284,7 @@ describe('status and search API', () => {
 
   // SQLite's query planner, as above.
   it.skipIf(TEST_BACKEND !== 'local')('searches case-insensitively by a range on names_current_nocase, never a table scan', () => {
-    const plan = server.db
+    const plan = server.db!
       .prepare(`EXPLAIN QUERY PLAN ${NAMES_WITH_PREFIX_NOCASE_SQL}`)
       .all({ lo: 'foo', hi: 'foo\u{10ffff}', after: '', limit: 20 })
       .map((row: any) => row.detail as string);

@@ -15,8 +15,8 @@ const USAGE = `usage: fastpull import <dir> [--kind flat|glep75|blos] [--link] [
                        [--data-dir DIR] [--progress-interval SECONDS]
   every file is re-hashed; one that contradicts its claimed hash is reported and skipped. Names are
   attached by cli:<user>, and the run is recorded in the audit log.
-  Blobs go where FASTPULL_STORAGE says (local disk, or s3://BUCKET/PREFIX: copied, never linked); the
-  index must be SQLite for now (import, then fastpull migrate-index).
+  Blobs go where FASTPULL_STORAGE says (local disk, or s3://BUCKET/PREFIX: copied, never linked), names
+  into the index FASTPULL_DATABASE_URL names (SQLite by default).
   --kind K                 flat (a DISTDIR), glep75 (a mirror, every layout in its layout.conf) or blos
                            (Funtoo's store); detected when left out
   --link                   hard-link verified files into the store instead of copying (the source must
@@ -116,7 +116,6 @@ export async function importCommand(args: string[]): Promise<number> {
   await storage.init();
   // On local disk the store itself imports: it can hard-link (--link) and checks free space.
   const target = storage instanceof LocalBlobStorage ? storage.store : storageImportTarget(storage);
-  // The index the configuration names: SQLite in the data directory, or PostgreSQL (FASTPULL_DATABASE_URL).
   const originIndex = await openOriginIndex(config);
   try {
     const kind = (values.kind as TreeKind | undefined) ?? (await detectTreeKind(root));

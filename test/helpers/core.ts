@@ -56,8 +56,8 @@ export async function filesUnder(dir: string): Promise<string[]> {
 }
 
 export function rowCounts(server: TestServer): { blobs: number; names: number } {
-  const blobs = (server.db.prepare('SELECT count(*) AS n FROM blobs').get() as { n: number }).n;
-  const names = (server.db.prepare('SELECT count(*) AS n FROM names').get() as { n: number }).n;
+  const blobs = (server.db!.prepare('SELECT count(*) AS n FROM blobs').get() as { n: number }).n;
+  const names = (server.db!.prepare('SELECT count(*) AS n FROM names').get() as { n: number }).n;
   return { blobs, names };
 }
 
