@@ -184,7 +184,7 @@ describe('pull-through', () => {
     );
     // Headers went out as bytes arrived; the body must never complete.
     expect(outcome.ok).toBe(false);
-    expect(s.index.blob(hash)).toBeUndefined();
+    expect(await s.index.blob(hash)).toBeUndefined();
     expect(await blobFiles(s)).toBe(0);
     expect(s.spider.stats.counters.pullFailures).toBe(1);
 
@@ -211,7 +211,7 @@ describe('pull-through', () => {
     // Bytes did flow before the verdict, but never the whole body.
     expect(received).toBeGreaterThan(0);
     expect(received).toBeLessThan(evil.length);
-    expect(s.index.blob(hash)).toBeUndefined();
+    expect(await s.index.blob(hash)).toBeUndefined();
     expect(await blobFiles(s)).toBe(0);
     // The failure is remembered like a miss: the next request is a quick 404, not a second bad download.
     expect((await get(`${s.baseUrl}/${shardedPath(hash)}`)).status).toBe(404);
