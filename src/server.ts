@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { BootstrapAuthenticator } from './auth/tokens.js';
 import { DbAuthenticator, TokenStore } from './auth/token-store.js';
 import type { Config } from './config.js';
-import { DistfileIndex } from './db/index.js';
+import type { NameIndex } from './db/index.js';
 import type { Outbox } from './db/events.js';
 import type { DB } from './db/open.js';
 import { openOriginIndex, type OriginIndex } from './db/origin-index.js';
@@ -22,7 +22,7 @@ import type { BlobStore } from './store/blob-store.js';
 import { LocalBlobStorage } from './store/local-storage.js';
 import { openStorage } from './store/open-storage.js';
 import { ReadCache } from './store/read-cache.js';
-import { localSource, RemoteReader } from './store/remote-reader.js';
+import { localSource, RemoteReader, type BlobSource } from './store/remote-reader.js';
 import type { BlobStorage } from './store/storage.js';
 import { Scrubber, scrubCounters } from './maintenance/scrub.js';
 import { StorageGuard, storageState } from './maintenance/watermark.js';
@@ -37,14 +37,16 @@ export interface Server {
   app: FastifyInstance;
   /** The index, whichever engine holds it. */
   originIndex: OriginIndex;
-  db: DB;
+  /** The SQLite handle of the embedded index (tests and SQLite-only tools); undefined when the index is in PostgreSQL. */
+  db: DB | undefined;
   /** Where blobs live (FASTPULL_STORAGE): local disk or an S3 bucket. */
   blobStorage: BlobStorage;
   /** The local driver's store (fast read path, reserve, maintenance); undefined with s3 storage. */
   store: BlobStore | undefined;
   /** FASTPULL_CACHE_DIR in front of s3 storage. */
   readCache: ReadCache | undefined;
-  index: DistfileIndex;
+  /** Blobs and names (originIndex.names). */
+  index: NameIndex;
   ingest: Ingest;
   logger: Logger;
   metrics: Metrics;
@@ -70,8 +72,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   const { blobStorage, store, readCache, source } = await openBlobs(config, logger);
 
   const originIndex = await openOriginIndex(config);
-  const db = sqliteHandle(originIndex);
-  const index = new DistfileIndex(db);
+  const index = originIndex.names;
   const ingest = new Ingest(blobStorage, index, logger);
   const metrics = new Metrics({
     counters: originIndex.counters,
@@ -209,12 +210,13 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
       }
       await originIndex.close();
       readCache?.close();
+      blobStorage.close?.();
       logger.info('fastpull origin stopped');
     })());
   return {
     app,
     originIndex,
-    db,
+    db: originIndex.sqlite,
     blobStorage,
     store,
     readCache,
@@ -237,7 +239,10 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
  * The blob storage FASTPULL_STORAGE names, swept of what crashed writers left (temp files, multipart
  * uploads), and where downloads read: the local store's files, or the bucket behind the read cache.
  */
-async function openBlobs(config: Config, logger: Logger) {
+async function openBlobs(
+  config: Config,
+  logger: Logger,
+): Promise<{ blobStorage: BlobStorage; store: BlobStore | undefined; readCache: ReadCache | undefined; source: BlobSource }> {
   if (config.storage.kind === 's3' && config.accelRedirect !== undefined) {
     throw new Error(
       'FASTPULL_ACCEL_REDIRECT: nginx can only send blobs from local disk, and FASTPULL_STORAGE is s3; unset one of them ' +
@@ -335,16 +340,4 @@ function bridgeMaintenanceMetrics(metrics: Metrics, scrubEnabled: boolean): void
     resting: scrubCounters.resting,
     lastProgressAt: scrubCounters.lastProgressAt,
   }));
-}
-
-/**
- * The SQLite handle for the areas not yet behind the index interface; each area moves to `originIndex.<area>`
- * and this goes when the last one has. Until then a PostgreSQL index is refused with a clear message.
- */
-function sqliteHandle(originIndex: OriginIndex): DB {
-  if (originIndex.sqlite === undefined) {
-    void originIndex.close();
-    throw new Error(`FASTPULL_DATABASE_URL (${originIndex.location}): serving from PostgreSQL is not wired yet`);
-  }
-  return originIndex.sqlite;
 }

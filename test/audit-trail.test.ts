@@ -3,7 +3,8 @@ import { userInfo, tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
-import { blobPath, content, detach, flipBit, openIndex, sha512, waitFor } from './helpers/integrity.js';
+import { indexRows } from './helpers/backend.js';
+import { content, detach, flipBit, putBlob, sha512, waitFor } from './helpers/integrity.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 
 interface AuditRow {
@@ -21,14 +22,8 @@ describe('audit trail of commands and the background scrub', () => {
   let server: TestServer;
   let work: string;
   const cli = (...args: string[]) => runCli(args, { FASTPULL_DATA_DIR: server.dataDir });
-  const audit = (action: string): AuditRow[] => {
-    const db = openIndex(server.dataDir);
-    try {
-      return db.prepare('SELECT actor, action, filename, sha512, detail FROM audit_log WHERE action = ? ORDER BY id').all(action) as AuditRow[];
-    } finally {
-      db.close();
-    }
-  };
+  const audit = (action: string): Promise<AuditRow[]> =>
+    indexRows<AuditRow>(server, 'SELECT actor, action, filename, sha512, detail FROM audit_log WHERE action = ? ORDER BY id', [action]);
 
   beforeAll(async () => {
     server = await startTestServer();
@@ -42,8 +37,8 @@ describe('audit trail of commands and the background scrub', () => {
   it('token create and revoke: actor cli:<user>', async () => {
     expect((await cli('token', 'create', '--name', 'spider', '--scope', 'upload')).code).toBe(0);
     expect((await cli('token', 'revoke', 'spider')).code).toBe(0);
-    expect(audit('token.create')).toEqual([expect.objectContaining({ actor: ME, detail: 'spider: upload' })]);
-    expect(audit('token.revoke')).toEqual([expect.objectContaining({ actor: ME, detail: 'spider' })]);
+    expect(await audit('token.create')).toEqual([expect.objectContaining({ actor: ME, detail: 'spider: upload' })]);
+    expect(await audit('token.revoke')).toEqual([expect.objectContaining({ actor: ME, detail: 'spider' })]);
   });
 
   it('import: one record for the run, and the names it attached carry the same actor', async () => {
@@ -52,15 +47,10 @@ describe('audit trail of commands and the background scrub', () => {
     await writeFile(path.join(tree, 'imported-1.0.tar.gz'), content('imported', 3000));
     const res = await cli('import', tree);
     expect(res.code, res.stdout + res.stderr).toBe(0);
-    const [row] = audit('import');
+    const [row] = await audit('import');
     expect(row).toMatchObject({ actor: ME });
     expect(row!.detail).toContain(`${tree} (flat): 1 imported, 0 already present`);
-    const db = openIndex(server.dataDir);
-    try {
-      expect(db.prepare('SELECT attached_by FROM names WHERE filename = ?').get('imported-1.0.tar.gz')).toEqual({ attached_by: ME });
-    } finally {
-      db.close();
-    }
+    expect(await indexRows(server, 'SELECT attached_by FROM names WHERE filename = ?', ['imported-1.0.tar.gz'])).toEqual([{ attached_by: ME }]);
   });
 
   it('gc: one record per removed blob', { timeout: 30_000 }, async () => {
@@ -70,19 +60,17 @@ describe('audit trail of commands and the background scrub', () => {
     const res = await cli('gc', '--grace', '0');
     expect(res.code, res.stdout + res.stderr).toBe(0);
     expect(res.stdout).toMatch(/removed 1 blobs/);
-    expect(audit('gc.remove')).toEqual([expect.objectContaining({ actor: ME, sha512: sha512(body) })]);
+    expect(await audit('gc.remove')).toEqual([expect.objectContaining({ actor: ME, sha512: sha512(body) })]);
   });
 
   it('fsck --repair: one record per repair; a plain fsck records nothing', async () => {
     const stray = content('stray', 50);
-    const file = blobPath(server.dataDir, sha512(stray));
-    await mkdir(path.dirname(file), { recursive: true });
-    await writeFile(file, stray);
+    await putBlob(server.dataDir, sha512(stray), stray);
     expect((await cli('fsck')).code).toBe(1);
-    expect(audit('fsck.repair')).toEqual([]);
+    expect(await audit('fsck.repair')).toEqual([]);
     const res = await cli('fsck', '--repair');
     expect(res.code, res.stdout + res.stderr).toBe(0);
-    expect(audit('fsck.repair')).toEqual([expect.objectContaining({ actor: ME, sha512: sha512(stray), detail: expect.stringMatching(/^unindexed-blob: /) })]);
+    expect(await audit('fsck.repair')).toEqual([expect.objectContaining({ actor: ME, sha512: sha512(stray), detail: expect.stringMatching(/^unindexed-blob: /) })]);
   });
 
   it('verify: a quarantine is recorded', async () => {
@@ -90,7 +78,7 @@ describe('audit trail of commands and the background scrub', () => {
     expect((await server.upload('victim.tar', body)).status).toBe(201);
     await flipBit(server.dataDir, sha512(body), 10);
     expect((await cli('verify')).code).toBe(1);
-    expect(audit('verify.quarantine')).toEqual([expect.objectContaining({ actor: ME, sha512: sha512(body) })]);
+    expect(await audit('verify.quarantine')).toEqual([expect.objectContaining({ actor: ME, sha512: sha512(body) })]);
   });
 
   it('the background scrub records its quarantines as actor "scrub"', { timeout: 30_000 }, async () => {
@@ -99,8 +87,8 @@ describe('audit trail of commands and the background scrub', () => {
       const body = content('scrubbed', 5000);
       expect((await scrubbing.upload('scrubbed.tar', body)).status).toBe(201);
       await flipBit(server.dataDir, sha512(body), 100);
-      expect(await waitFor(async () => audit('scrub.quarantine').length > 0)).toBe(true);
-      expect(audit('scrub.quarantine')).toEqual([expect.objectContaining({ actor: 'scrub', sha512: sha512(body) })]);
+      expect(await waitFor(async () => (await audit('scrub.quarantine')).length > 0)).toBe(true);
+      expect(await audit('scrub.quarantine')).toEqual([expect.objectContaining({ actor: 'scrub', sha512: sha512(body) })]);
     } finally {
       await scrubbing.close();
     }

@@ -149,8 +149,8 @@ describe('an index write that fails after the blob was placed', () => {
     const server = await startTestServer();
     try {
       // SQLite's own "database or disk is full": the index may not grow by one more page.
-      const pages = server.db.pragma('page_count', { simple: true }) as number;
-      server.db.pragma(`max_page_count = ${pages}`);
+      const pages = server.db!.pragma('page_count', { simple: true }) as number;
+      server.db!.pragma(`max_page_count = ${pages}`);
       const accepted: Buffer[] = [];
       let refused: { bytes: Buffer; json: any } | undefined;
       for (let i = 0; i < 500 && refused === undefined; i++) {
@@ -183,7 +183,7 @@ describe('an index write that fails after the blob was placed', () => {
         expect(existsSync(blobPath(server.dataDir, sha512(bytes)))).toBe(true);
         expect((await download(server.baseUrl, `/${sha512(bytes)}`)).body.equals(bytes)).toBe(true);
       }
-      const rows = server.db.prepare('SELECT count(*) AS n FROM blobs').get() as { n: number };
+      const rows = server.db!.prepare('SELECT count(*) AS n FROM blobs').get() as { n: number };
       expect(rows.n).toBe(accepted.length);
       expect((await filesUnder(path.join(server.dataDir, 'blobs'))).length).toBe(accepted.length);
     } finally {

@@ -12,9 +12,11 @@ import { connectPostgres, migratePostgres, type Sql } from '../src/db/postgres-i
 import { EventDispatcher } from '../src/events/dispatcher.js';
 import { createEventAgent } from '../src/events/http.js';
 import { WebhookTarget, type DeliveryTarget } from '../src/events/targets.js';
+import { hashPaths, namePaths } from '../src/events/paths.js';
 import { eventRoutes } from '../src/http/routes/events.js';
 import { SHARED_SCHEMAS } from '../src/http/schemas.js';
 import { sha512 } from './helpers/core.js';
+import { runCli } from './helpers/cli.js';
 import { startRecorder, type Recorded } from './helpers/recorder.js';
 import { ADMIN_TOKEN } from './helpers/server.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
@@ -36,6 +38,8 @@ interface Engine {
    * event is written, with its id and the commit that ends the transaction.
    */
   recordOpen(event: NewEvent): Promise<{ id: number; commit(): Promise<void> }>;
+  /** The environment that points a CLI command at this index. */
+  cliEnv: Record<string, string>;
 }
 
 const dirs: string[] = [];
@@ -62,11 +66,14 @@ async function openSqlite(): Promise<Engine> {
     },
     // SQLite has one writer: an open write transaction holds every other writer back, so no slow-writer case.
     recordOpen: () => Promise.reject(new Error('not on SQLite')),
+    cliEnv: { FASTPULL_DATA_DIR: dir },
   };
 }
 
 async function openPostgres(): Promise<Engine> {
   const url = await pg!.createDatabase(`outbox_${++databases}`);
+  const dir = await mkdtemp(path.join(tmpdir(), 'fp-outbox-'));
+  dirs.push(dir);
   const sql = connectPostgres(url, { max: 2 });
   pools.push(sql);
   await migratePostgres(sql);
@@ -94,6 +101,7 @@ async function openPostgres(): Promise<Engine> {
         });
         done.then(() => undefined, reject);
       }) as Promise<{ id: number; commit(): Promise<void> }>,
+    cliEnv: { FASTPULL_DATA_DIR: dir, FASTPULL_DATABASE_URL: url },
   };
 }
 
@@ -355,6 +363,32 @@ describe.each([
       [1, '2'],
       [2, '1'],
     ]);
+  });
+
+  it.skipIf(skip)('fastpull purge reads the names attached to a hash from the index', async () => {
+    const engine = await open();
+    const cdn = await startRecorder();
+    cleanup.push(() => cdn.close());
+    const h = await blob(engine, 'purged', 6);
+    await attach(engine, 'foo@2.0+x.tar.gz', h, 1);
+    await attach(engine, 'old-name.tar.gz', h, 2, 3);
+    const env = {
+      ...engine.cliEnv,
+      FASTPULL_CDN: 'cdn77',
+      FASTPULL_CDN77_API_URL: cdn.url,
+      FASTPULL_CDN77_RESOURCE_ID: '1234',
+      FASTPULL_CDN77_TOKEN: 'cdn-token',
+      FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8',
+    };
+    const expected = [...hashPaths(h), ...namePaths('foo@2.0+x.tar.gz'), ...namePaths('bar 1.0.tar.gz')];
+    const dry = await runCli(['purge', '--dry-run', h, 'bar 1.0.tar.gz'], env);
+    expect(dry.code, dry.stderr).toBe(0);
+    // Detached names serve nothing, so nothing of theirs is cached: only the attached one is purged.
+    expect(dry.stdout.trim().split('\n')).toEqual(expected);
+    expect(cdn.requests).toEqual([]);
+    const sent = await runCli(['purge', h, 'bar 1.0.tar.gz'], env);
+    expect(sent.code, sent.stderr).toBe(0);
+    expect(cdn.requests.map((q) => [q.url, JSON.parse(q.body).paths])).toEqual([['/v3/cdn/1234/job/purge', expected]]);
   });
 
   it.skipIf(skip)('GET /api/v1/events pages through the outbox', async () => {

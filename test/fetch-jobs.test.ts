@@ -1,8 +1,7 @@
 import { rm } from 'node:fs/promises';
-import path from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { filesUnder } from './helpers/core.js';
+import { countRows, indexExec, storedBlobs } from './helpers/backend.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 import { blake2b, bytes, LOOPBACK_CIDRS, serve, sha512, sleep, startUpstream, type Upstream } from './helpers/upstream.js';
 
@@ -46,7 +45,7 @@ async function settled(s: TestServer, id: string, until = (job: any) => job.coun
   throw new Error(`job ${id} did not settle`);
 }
 
-const blobCount = async (dataDir: string): Promise<number> => (await filesUnder(path.join(dataDir, 'blobs'))).length;
+const blobCount = async (server: TestServer): Promise<number> => (await storedBlobs(server)).length;
 
 describe('POST /api/v1/fetches validation', () => {
   it.each([
@@ -68,8 +67,7 @@ describe('POST /api/v1/fetches validation', () => {
     expect(res.status).toBe(400);
     expect(res.json.error).toBe(code);
     expect(typeof res.json.message).toBe('string');
-    const rows = s.db.prepare('SELECT count(*) AS n FROM fetch_items').get() as { n: number };
-    expect(rows.n).toBe(0);
+    expect(await countRows(s, 'fetch_items')).toBe(0);
   });
 
   it('requires the upload scope to submit and a token to read', async () => {
@@ -124,7 +122,7 @@ describe('fetch jobs', () => {
     expect(job.items[0].state).toBe('failed');
     expect(job.items[0].reason).toMatch(/digest mismatch: sha512 expected/);
     expect(job.items[0].reason).toContain(`${up.url}/x.tgz`);
-    expect(await blobCount(s.dataDir)).toBe(0);
+    expect(await blobCount(s)).toBe(0);
     expect((await get(`${s.baseUrl}/distfiles/x.tgz`)).status).toBe(404);
     expect(s.spider.stats.counters.fetchItemsFailed).toBe(1);
   });
@@ -210,7 +208,7 @@ describe('fetch jobs', () => {
     expect(midway.items[0].total).toBe(data.length);
     await first.stop();
     release = true;
-    expect(await blobCount(dataDir)).toBe(0);
+    expect(await blobCount(first)).toBe(0);
 
     const second = await startTestServer({ dataDir, fetchAllowCidrs: LOOPBACK_CIDRS });
     cleanup.push(() => second.stop());
@@ -231,7 +229,7 @@ describe('fetch jobs', () => {
     // Simulate a crash: the row says downloading, and no process is working on it.
     await first.spider.stopJobs();
     const id = (await api(first, 'POST', '/fetches', { url: `${up.url}/c.tgz`, filename: 'c.tgz' })).json.id;
-    first.db.prepare(`UPDATE fetch_items SET state = 'downloading' WHERE job_id = ?`).run(id);
+    await indexExec(first, `UPDATE fetch_items SET state = 'downloading' WHERE job_id = ?`, [id]);
     await first.stop();
     const second = await startTestServer({ dataDir, fetchAllowCidrs: LOOPBACK_CIDRS });
     cleanup.push(() => second.stop());

@@ -4,6 +4,7 @@ import { connect } from 'node:net';
 import path from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { scratchDir } from './helpers/backend.js';
 import { runCli } from './helpers/cli.js';
 import { startServeProcess } from './helpers/serve-process.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
@@ -76,8 +77,8 @@ describe('healthz and readyz', () => {
   });
 
   it('fails the writable check when uploads could not land in the data dir', async () => {
-    // Root ignores permission bits, so make the temp dir impossible to write by replacing it with a file.
-    const tmp = path.join(server.dataDir, 'tmp');
+    // Root ignores permission bits, so make the temp (s3: spool) dir impossible to write by replacing it with a file.
+    const tmp = scratchDir(server);
     await rm(tmp, { recursive: true });
     await writeFile(tmp, 'not a directory');
     try {
@@ -138,7 +139,7 @@ describe('readyz failures that need their own server', () => {
   it('fails the database check when the database does not answer', async () => {
     const server = await startTestServer({ minFreeBytes: 1 });
     try {
-      server.db.close();
+      await server.originIndex.close();
       const r = await readyz(server.baseUrl);
       expect(r.status).toBe(503);
       expect(r.json.failing).toEqual(['database']);

@@ -1,16 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { readdir, readlink, truncate, writeFile } from 'node:fs/promises';
+import { readdir, readlink, truncate } from 'node:fs/promises';
 import net from 'node:net';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { blobKey, damageBlob, indexExec, TEST_BACKEND } from './helpers/backend.js';
 import { errorBody, pseudoRandomBytes, sha512 } from './helpers/core.js';
 import { Agent, request } from 'undici';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 
 const NOT_FOUND_MAX_AGE = 17;
 
-const blobPath = (server: TestServer, h: string) =>
-  path.join(server.dataDir, 'blobs', h.slice(0, 2), h.slice(2, 4), h.slice(4, 6), h);
 const NAME_MAX_AGE = 123;
 
 describe('HTTP semantics of blob responses', () => {
@@ -313,7 +311,7 @@ describe('damaged blobs', () => {
   it('answers 404 (GET and HEAD) when the file on disk no longer has the indexed size', async () => {
     const data = pseudoRandomBytes(4096, 3);
     const up = await server.upload('shrunk-1.0.tar.gz', data);
-    await truncate(path.join(server.dataDir, 'blobs', ...up.json.urls.contentHash.split('/').slice(2)), 100);
+    await damageBlob(server, up.json.sha512, data.subarray(0, 100));
     for (const method of ['GET', 'HEAD'] as const) {
       const res = await get(server.baseUrl + up.json.urls.flat, {}, method);
       expect(res.status, method).toBe(404);
@@ -327,8 +325,8 @@ describe('damaged blobs', () => {
   it('never serves a quarantined blob, by hash or by name, and will not link a name to it', async () => {
     const up = await server.upload('quarantined-1.0.tar.gz', 'suspect bytes');
     // Rotted in place at the same size, and flagged by a scrub that left the file where it was.
-    await writeFile(blobPath(server, up.json.sha512), 'SUSPECT BYTES');
-    server.db.prepare('UPDATE blobs SET quarantined_at = ? WHERE sha512 = ?').run(Date.now(), up.json.sha512);
+    await damageBlob(server, up.json.sha512, 'SUSPECT BYTES');
+    await indexExec(server, 'UPDATE blobs SET quarantined_at = ? WHERE sha512 = ?', [Date.now(), up.json.sha512]);
     for (const p of Object.values(up.json.urls as Record<string, string>)) {
       for (const method of ['GET', 'HEAD'] as const) {
         expect((await get(server.baseUrl + p, {}, method)).status, `${method} ${p}`).toBe(404);
@@ -347,7 +345,8 @@ describe('damaged blobs', () => {
     expect((await get(server.baseUrl + up.json.urls.hash)).body.toString()).toBe('suspect bytes');
   });
 
-  it('destroys the connection, never ends it cleanly, when the file shrinks mid-download', async () => {
+  // A file truncated while being read: an object store serves the object as it was when the GET began.
+  it.skipIf(TEST_BACKEND !== 'local')('destroys the connection, never ends it cleanly, when the file shrinks mid-download', async () => {
     // Bigger than loopback socket buffers can hold (tcp_rmem max here is 32 MiB), so the server is still
     // reading the file when we truncate it.
     const size = 64 * 1024 * 1024;
@@ -355,7 +354,7 @@ describe('damaged blobs', () => {
     const h = sha512(data);
     const up = await server.upload('big-1.0.tar.gz', data);
     expect(up.status).toBe(201);
-    const file = path.join(server.dataDir, 'blobs', h.slice(0, 2), h.slice(2, 4), h.slice(4, 6), h);
+    const file = blobKey(server, h);
 
     // Two pipelined requests on one connection: if the first ended "cleanly" short, the second
     // response would follow on the same socket and a cache would take the short body as whole.
@@ -398,7 +397,8 @@ describe('damaged blobs', () => {
     expect(all.includes('HTTP/1.1 200', headerEnd)).toBe(false);
   });
 
-  it('closes the blob file when a client hangs up mid-download (no descriptor leak)', async () => {
+  // The local store's descriptor cache; the s3 driver holds no files open.
+  it.skipIf(TEST_BACKEND !== 'local')('closes the blob file when a client hangs up mid-download (no descriptor leak)', async () => {
     const data = randomBytes(16 * 1024 * 1024);
     const up = await server.upload('leak-check-1.0.tar.gz', data);
     const h = up.json.sha512 as string;

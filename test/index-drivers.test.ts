@@ -3,29 +3,22 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DistfileIndex } from '../src/db/index.js';
-import { SqliteIndexDriver, type IndexDriver } from '../src/db/index-driver.js';
+import { DistfileIndex, type NameIndex } from '../src/db/index.js';
 import { openDatabase } from '../src/db/open.js';
-import {
-  connectPostgres,
-  listenBlobChanges,
-  migratePostgres,
-  PostgresIndexDriver,
-  POSTGRES_MIGRATIONS_DIR,
-  type Sql,
-} from '../src/db/postgres-index.js';
+import { connectPostgres, listenBlobChanges, migratePostgres, POSTGRES_MIGRATIONS_DIR, type Sql } from '../src/db/postgres-index.js';
+import { PostgresNameIndex } from '../src/db/postgres/names.js';
 import { listMigrations, MIGRATIONS_DIR } from '../src/db/migrate.js';
 import { claimFetchItems, withClusterLock } from '../src/db/postgres-work.js';
-import { blake2b, sha256, sha512 } from './helpers/core.js';
+import { digestsOf, sha512 } from './helpers/core.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 import { skipWithoutService } from './helpers/services.js';
 
-/** One body of index tests for both drivers: same answers from SQLite and PostgreSQL. */
+/** One body of index tests for both engines: same answers from SQLite and PostgreSQL. */
 interface Flavour {
-  open(): Promise<{ driver: IndexDriver; quarantine(sha512: string): Promise<void> }>;
+  open(): Promise<{ driver: NameIndex; quarantine(sha512: string): Promise<void> }>;
 }
 
-const opened: IndexDriver[] = [];
+const opened: { close(): unknown }[] = [];
 const dirs: string[] = [];
 let pg: Postgres | undefined;
 let databases = 0;
@@ -36,8 +29,8 @@ const sqlite: Flavour = {
     const dir = await mkdtemp(path.join(tmpdir(), 'fp-index-'));
     dirs.push(dir);
     const db = openDatabase(path.join(dir, 'index.sqlite'));
-    const driver = new SqliteIndexDriver(new DistfileIndex(db));
-    opened.push(driver);
+    const driver = new DistfileIndex(db);
+    opened.push(db);
     return { driver, quarantine: async (h) => void db.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h) };
   },
 };
@@ -46,8 +39,8 @@ const postgresFlavour: Flavour = {
   async open() {
     const sql = connectPostgres(await pg!.createDatabase(`index_${++databases}`));
     await migratePostgres(sql);
-    const driver = new PostgresIndexDriver(sql);
-    opened.push(driver);
+    const driver = new PostgresNameIndex(sql);
+    opened.push({ close: () => sql.end({ timeout: 5 }) });
     return { driver, quarantine: async (h) => void (await sql`UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ${h}`) };
   },
 };
@@ -58,15 +51,12 @@ afterAll(async () => {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-const digests = (text: string) => {
-  const b = Buffer.from(text);
-  return { size: b.length, sha512: sha512(b), blake2b: blake2b(b), sha256: sha256(b) };
-};
+const digests = digestsOf;
 
 describe.each([
   { name: 'sqlite', flavour: sqlite, skip: false },
   { name: 'postgres', flavour: postgresFlavour, skip: skipPg },
-])('index driver: $name', ({ name, flavour, skip }) => {
+])('names index: $name', ({ name, flavour, skip }) => {
   beforeAll(async () => {
     if (!skip && name === 'postgres') pg ??= await startPostgres();
   }, 60_000);
@@ -181,12 +171,12 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'fp-counters-'));
     dirs.push(dir);
     const db = openDatabase(path.join(dir, 'index.sqlite'));
-    const lite = new SqliteIndexDriver(new DistfileIndex(db));
-    opened.push(lite);
+    const lite = new DistfileIndex(db);
+    opened.push(db);
     const pgSql = connectPostgres(await pg!.createDatabase('counters'), { max: 3 });
     await migratePostgres(pgSql);
-    const post = new PostgresIndexDriver(pgSql);
-    opened.push(post);
+    const post = new PostgresNameIndex(pgSql);
+    opened.push({ close: () => pgSql.end({ timeout: 5 }) });
     const counts = async () => ({
       sqlite: db.prepare('SELECT * FROM index_counters WHERE id = 1').get(),
       postgres: (await pgSql`SELECT * FROM index_counters WHERE id = 1`)[0],
@@ -194,7 +184,7 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
     const a = digests('counted a\n');
     const b = { ...digests('counted b, big'), size: 5_000_000_000 };
     const c = digests('counted c\n');
-    const steps: [string, (d: IndexDriver, run: (q: string, ...p: unknown[]) => Promise<void>) => Promise<unknown>][] = [
+    const steps: [string, (d: NameIndex, run: (q: string, ...p: unknown[]) => Promise<void>) => unknown][] = [
       ['insert blobs, one pinned', async (d) => {
         await d.recordBlob(a, { filename: 'a.tgz', at: 1 });
         await d.recordBlob(b, { filename: 'b.tgz', pinned: true, at: 2 });
@@ -241,7 +231,7 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
   });
 
   it('keeps to its bounded pool under a burst, and orders concurrent re-points by one sequence', async () => {
-    const driver = new PostgresIndexDriver(sql);
+    const driver = new PostgresNameIndex(sql);
     const blobs = Array.from({ length: 20 }, () => digests(randomBytes(16).toString('hex')));
     for (const d of blobs) await driver.recordBlob(d);
     await Promise.all(blobs.map((d) => driver.attach('contended.tar.gz', d.sha512, 'spider')));
@@ -342,7 +332,7 @@ describe.skipIf(skipPg)('PostgreSQL specifics', () => {
     });
     const next = (n: number) => new Promise<void>((resolve) => (wake = () => void (heard.length >= n && resolve())));
     try {
-      const driver = new PostgresIndexDriver(sql);
+      const driver = new PostgresNameIndex(sql);
       const quiet = digests('quiet');
       const watched = digests('watched');
       await driver.recordBlob(quiet, { filename: 'quiet.tgz' });

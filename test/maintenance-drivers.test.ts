@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openOriginIndex, type OriginIndex } from '../src/db/origin-index.js';
+import { Scrubber, scrubCounters } from '../src/maintenance/scrub.js';
 import { BlobStore } from '../src/store/blob-store.js';
 import { LocalBlobStorage } from '../src/store/local-storage.js';
 import { S3BlobStorage } from '../src/store/s3-store.js';
@@ -210,20 +211,26 @@ describe.each([local, s3Postgres])('maintenance commands on $name', (combo) => {
     const orphan = pseudoRandomBytes(30_000, 3);
     const lost = pseudoRandomBytes(20_000, 4);
     const fine = pseudoRandomBytes(10_000, 5);
+    const shrunk = pseudoRandomBytes(9_000, 17);
     const orphanSha = await seed(s, orphan, { row: false });
     const lostSha = await insertRow(s, lost, { name: 'lost.tar' });
     await seed(s, fine, { name: 'fine.tar' });
+    const shrunkSha = await seed(s, shrunk, { name: 'shrunk.tar' });
+    await s.damage(shrunkSha, shrunk.subarray(0, 4_000));
 
     const check = await runCli(['fsck'], s.env);
     expect(check.code).toBe(1);
     expect(check.stdout).toContain(`unindexed-blob ${orphanSha}`);
     expect(check.stdout).toContain(`missing-blob ${lostSha}`);
-    expect(check.stdout).toMatch(/^issues: 2, repaired: 0, remaining: 2$/m);
+    expect(check.stdout).toContain(`size-mismatch ${shrunkSha}: index says 9000 bytes, file has 4000`);
+    expect(check.stdout).toMatch(/^issues: 3, repaired: 0, remaining: 3$/m);
     expect(await row(s, orphanSha)).toBeUndefined();
 
     const repair = await runCli(['fsck', '--repair'], s.env);
     expect(repair.code).toBe(0);
-    expect(repair.stdout).toMatch(/^issues: 2, repaired: 2, remaining: 0$/m);
+    expect(repair.stdout).toMatch(/^issues: 3, repaired: 3, remaining: 0$/m);
+    expect((await row(s, shrunkSha))?.quarantined_at).not.toBeNull();
+    expect(await s.storage.stat(shrunkSha)).toBeUndefined();
     // The orphan is indexed unpinned (gc may reclaim it); the lost row is quarantined, its name history kept.
     expect((await row(s, orphanSha))?.pinned).toBe(0);
     expect((await row(s, lostSha))?.quarantined_at).not.toBeNull();
@@ -328,6 +335,120 @@ describe.each([local, s3Postgres])('maintenance commands on $name', (combo) => {
         { filename: 'two.tar', sha512: sha, size: 12_345 },
       ],
     });
+  });
+});
+
+describe.each([local, s3Postgres])('the maintenance area on $name', (combo) => {
+  it.skipIf(combo.skip)('selects by verification time, samples, and announces a released quarantine', async () => {
+    const s = await combo.setup();
+    const m = s.index.maintenance.as('tester');
+    const a = await insertRow(s, pseudoRandomBytes(100, 30));
+    const b = await insertRow(s, pseudoRandomBytes(200, 31));
+    await m.markVerified(a, 5_000);
+    expect(await m.count(Number.MAX_SAFE_INTEGER)).toEqual({ blobs: 2, bytes: 300 });
+    // Not verified since 6000: only b (never verified) and a (verified at 5000); since 5000: only b.
+    expect((await m.page('', 6_000, 10)).length).toBe(2);
+    expect((await m.page('', 5_000, 10)).map((r) => r.sha512)).toEqual([b]);
+    expect(await m.count(5_000)).toEqual({ blobs: 1, bytes: 200 });
+    expect((await m.sample(5)).map((r) => r.sha512).sort()).toEqual([a, b].sort());
+
+    expect(await m.markQuarantined(b)).toBe(true);
+    expect(await m.markQuarantined(b)).toBe(false);
+    expect((await m.sample(5)).map((r) => r.sha512)).toEqual([a]);
+    await m.clearQuarantine(b);
+    await m.clearQuarantine(b);
+    expect(await events(s, b)).toEqual(['blob.quarantined', 'blob.restored']);
+    const [actor] = await s.query<{ actor: string }>('SELECT actor FROM events WHERE sha512 = ? LIMIT 1', [b]);
+    expect(actor?.actor).toBe('tester');
+  });
+
+  it.skipIf(combo.skip)('gc deletes only what is still collectable when it gets to it', async () => {
+    const s = await combo.setup();
+    const m = s.index.maintenance;
+    const body = pseudoRandomBytes(100, 32);
+    const sha = await insertRow(s, body, { age: DAY });
+    const cutoff = Date.now();
+    expect((await m.gcCandidates(cutoff)).map((r) => r.sha512)).toEqual([sha]);
+    // A name attached after the selection keeps it.
+    await s.query('INSERT INTO names (filename, sha512, seq, first_attached_at, attached_at) VALUES (?, ?, ?, ?, ?)', ['late.tar', sha, 1, 1, 1]);
+    expect(await m.deleteIfCollectable(sha, cutoff)).toBe(false);
+    await s.query('UPDATE names SET detached_at = ? WHERE sha512 = ?', [Date.now(), sha]);
+    expect(await m.deleteIfCollectable(sha, cutoff)).toBe(true);
+    expect(await m.blobState(sha)).toBeUndefined();
+    expect(await events(s, sha)).toEqual(['blob.deleted']);
+  });
+});
+
+describe.each([local, s3Postgres])('scrub on $name', (combo) => {
+  it.skipIf(combo.skip)('runs one pass at a time across processes sharing the index, and verifies once the lock is free', async () => {
+    const s = await combo.setup();
+    const sha = await seed(s, pseudoRandomBytes(8_000, 16), { name: 'scrubbed.tar' });
+    // The scrubber opens the index on its own, as another replica would.
+    const replica = await openOriginIndex({
+      dataDir: s.env.FASTPULL_DATA_DIR!,
+      databaseUrl: s.env.FASTPULL_DATABASE_URL,
+      databasePoolSize: 2,
+    });
+    indexes.push(replica);
+    const scrubber = new Scrubber({
+      storage: s.storage,
+      maintenance: replica.maintenance,
+      audit: replica.audit,
+      locks: replica.locks,
+      bytesPerSecond: 1024 * 1024 * 1024,
+      pauseMs: 100,
+    });
+    const verified = async () => (await row(s, sha))?.verified_at != null;
+    try {
+      await s.index.locks.run('scrub', async () => {
+        const passes = scrubCounters.passesCompleted;
+        scrubber.start();
+        // Until it has either verified the blob or stepped aside and gone to rest.
+        await until(async () => (await verified()) || (scrubCounters.resting && scrubCounters.passesCompleted === passes));
+        expect(await verified()).toBe(!combo.exclusive);
+      });
+      await until(verified);
+    } finally {
+      await scrubber.stop();
+    }
+  });
+});
+
+async function until(probe: () => Promise<boolean>): Promise<void> {
+  while (!(await probe())) await new Promise((r) => setTimeout(r, 20));
+}
+
+describe('import into a bucket', () => {
+  it.skipIf(skipS3Pg)('copies every file into s3, verified, indexes it in SQLite, and a re-run finds it all present', async () => {
+    const s = await s3Postgres.setup();
+    const tree = await tempDir();
+    const files = { 'one-1.0.tar.gz': pseudoRandomBytes(33_000, 20), 'two-2.0.tar.xz': pseudoRandomBytes(7_000, 21) };
+    for (const [name, body] of Object.entries(files)) await writeFile(path.join(tree, name), body);
+    // Same bucket, a SQLite index in a data directory of its own.
+    const dataDir = await tempDir();
+    const env = { ...s.env, FASTPULL_DATA_DIR: dataDir };
+    delete (env as Record<string, string | undefined>).FASTPULL_DATABASE_URL;
+
+    const first = await runCli(['import', tree, '--kind', 'flat'], env);
+    expect(first.stderr).not.toMatch(/Error:|at .*\.ts:/);
+    expect(first.code).toBe(0);
+    expect(first.stdout).toMatch(/^ {2}imported: +2$/m);
+    for (const body of Object.values(files)) expect((await s.storage.stat(sha512(body)))?.size).toBe(body.length);
+    // Nothing landed on local disk.
+    expect(await new LocalBlobStorage(new BlobStore(dataDir)).listPage()).toEqual({ hashes: [], next: undefined });
+    const stats = await runCli(['stats', '--json'], env);
+    expect(JSON.parse(stats.stdout)).toMatchObject({ blobs: 2, attachedNames: 2, bytesStored: 40_000 });
+
+    const again = await runCli(['import', tree, '--kind', 'flat'], env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/^ {2}already present: +2$/m);
+
+    const linked = await runCli(['import', tree, '--link'], env);
+    expect(linked.code).toBe(2);
+    expect(linked.stderr).toContain('--link needs the local store');
+    const pgIndex = await runCli(['import', tree], s.env);
+    expect(pgIndex.code).toBe(2);
+    expect(pgIndex.stderr).toContain('PostgreSQL index');
   });
 });
 

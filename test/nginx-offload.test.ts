@@ -92,7 +92,7 @@ describe.skipIf(nginxMissing)('nginx offload (config/nginx-offload.conf, FASTPUL
     const h = sha512(data);
     expect((await plain.upload('offload-rot-1.0.tar.gz', data)).status).toBe(201);
     expect((await get(`${front.url}/distfiles/${h}`)).status).toBe(200);
-    plain.db.prepare('UPDATE blobs SET quarantined_at = ? WHERE sha512 = ?').run(Date.now(), h);
+    plain.db!.prepare('UPDATE blobs SET quarantined_at = ? WHERE sha512 = ?').run(Date.now(), h);
     for (const p of [`/distfiles/${h}`, '/distfiles/offload-rot-1.0.tar.gz', `/distfiles/${shard(h)}`]) {
       const res = await get(front.url + p);
       expect(res.status, p).toBe(404);

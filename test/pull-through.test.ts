@@ -1,5 +1,4 @@
 import { rm } from 'node:fs/promises';
-import path from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Config } from '../src/config.js';
@@ -12,7 +11,7 @@ import { Fetcher } from '../src/upstream/fetcher.js';
 import { Mirror } from '../src/upstream/mirrors.js';
 import { UpstreamStats } from '../src/upstream/stats.js';
 import { shardedPath } from '../src/domain/layout.js';
-import { filesUnder } from './helpers/core.js';
+import { storedBlobs } from './helpers/backend.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 import { bytes, hang, LOOPBACK_CIDRS, serve, sha512, startUpstream, status, type Upstream } from './helpers/upstream.js';
 
@@ -43,7 +42,7 @@ async function origin(upstreams: Config['upstreams'], overrides: Partial<Config>
 
 const LAYOUT = '[structure]\n0=content-hash SHA512 8:8:8\n1=filename-hash BLAKE2B 8\n2=flat\n';
 
-const blobFiles = async (dataDir: string): Promise<number> => (await filesUnder(path.join(dataDir, 'blobs'))).length;
+const blobFiles = async (server: TestServer): Promise<number> => (await storedBlobs(server)).length;
 
 describe('pull-through', () => {
   it('is off unless configured: a miss is a 404 and no upstream is asked', async () => {
@@ -186,7 +185,7 @@ describe('pull-through', () => {
     // Headers went out as bytes arrived; the body must never complete.
     expect(outcome.ok).toBe(false);
     expect(s.index.blob(hash)).toBeUndefined();
-    expect(await blobFiles(s.dataDir)).toBe(0);
+    expect(await blobFiles(s)).toBe(0);
     expect(s.spider.stats.counters.pullFailures).toBe(1);
 
     up.route(p, serve(good));
@@ -213,7 +212,7 @@ describe('pull-through', () => {
     expect(received).toBeGreaterThan(0);
     expect(received).toBeLessThan(evil.length);
     expect(s.index.blob(hash)).toBeUndefined();
-    expect(await blobFiles(s.dataDir)).toBe(0);
+    expect(await blobFiles(s)).toBe(0);
     // The failure is remembered like a miss: the next request is a quick 404, not a second bad download.
     expect((await get(`${s.baseUrl}/${shardedPath(hash)}`)).status).toBe(404);
     expect(up.requests).toHaveLength(1);
@@ -224,7 +223,7 @@ describe('pull-through', () => {
     const up = await upstream({ '/distfiles/n.tgz': serve(data, { etag: `"${sha512(bytes(50_000, 55))}"` }) });
     const s = await origin([{ kind: 'fastpull', url: up.url }]);
     await expect(get(`${s.baseUrl}/distfiles/n.tgz`)).rejects.toThrow();
-    expect(await blobFiles(s.dataDir)).toBe(0);
+    expect(await blobFiles(s)).toBe(0);
     up.route('/distfiles/n.tgz', serve(data, { etag: `"${sha512(data)}"` }));
     const s2 = await origin([{ kind: 'fastpull', url: up.url }]);
     expect((await get(`${s2.baseUrl}/distfiles/n.tgz`)).body.equals(data)).toBe(true);

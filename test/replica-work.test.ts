@@ -267,6 +267,53 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     return up;
   }
 
+  it("a replica leaves the items a live replica is downloading alone, and takes back those of a dead one", async () => {
+    const [sqlA, sqlB] = await pools(2);
+    const a = new PgFetchJobs(sqlA!, 'replica-a', LEASE_MS);
+    const b = new PgFetchJobs(sqlB!, 'replica-b', LEASE_MS);
+    await a.create('job-1', items(2), 'spider');
+    const mine = await a.claim(5);
+    expect(mine.map((r) => [r.idx, r.claimed_by])).toEqual([[0, 'replica-a'], [1, 'replica-a']]);
+    // Twice a lease, renewed as a live runner does: B starting (or polling) takes nothing.
+    for (let i = 0; i < 8; i++) {
+      await sleep(LEASE_MS / 4);
+      await a.renew(mine);
+      expect(await b.requeueInterrupted()).toBe(0);
+    }
+    expect(await b.claim(5)).toEqual([]);
+    // A stops renewing (it died): once the lease has run out, B puts the items back and claims them.
+    await until(async () => (await b.requeueInterrupted()) === 2, "A's lease to run out");
+    const taken = await b.claim(5);
+    expect(taken.map((r) => [r.idx, r.claimed_by, r.attempts])).toEqual([[0, 'replica-b', 2], [1, 'replica-b', 2]]);
+    // A coming back to life cannot hand back what is no longer its own.
+    await a.requeue(mine[0]!);
+    expect((await b.items('job-1')).map((r) => [r.state, r.claimed_by])).toEqual([['downloading', 'replica-b'], ['downloading', 'replica-b']]);
+  });
+
+  it('an upload of unknown size is stopped mid-body when PostgreSQL refuses its growing hold; nothing is stored', async () => {
+    const [sql] = await pools(1);
+    const shared = await sharedStore();
+    const MiB = 1024 * 1024;
+    const guard = new StorageGuard(new PgUploadHolds(sql!, 'replica-a', LEASE_MS), 10 * MiB);
+    const ingest = new Ingest(shared.store, shared.index);
+    const body = (mib: number, seed: number) =>
+      (async function* () {
+        for (let i = 0; i < mib; i++) yield Buffer.alloc(MiB, seed + i);
+      })();
+    const tooBig = (await guard.admit(undefined))!;
+    await expect(ingest.ingest(body(12, 1), { lease: tooBig, maxBytes: 1e9 })).rejects.toMatchObject({ code: 'INSUFFICIENT_STORAGE' });
+    tooBig.release();
+    expect(await shared.store.temps()).toEqual([]);
+    await until(async () => (await guard.bytesHeld()) === 0, 'the refused hold to go');
+    // One that fits is stored, and its hold gives way to the stored bytes.
+    const fits = (await guard.admit(undefined))!;
+    const { digests } = await ingest.ingest(body(3, 50), { lease: fits, maxBytes: 1e9, filename: 'fits.tgz' });
+    fits.release();
+    expect(digests.size).toBe(3 * MiB);
+    expect(shared.index.servableByName('fits.tgz')?.sha512).toBe(digests.sha512);
+    await until(async () => (await guard.bytesHeld()) === 0, 'the hold of the stored upload to go');
+  });
+
   it('100 concurrent misses spread over two replicas cause one upstream fetch; the other replica serves the stored blob', async () => {
     const [sqlA, sqlB] = await pools(2);
     const shared = await sharedStore();
@@ -310,6 +357,12 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     expect(owners.every((r) => (r as { sha512: string }).sha512 === sha512(data))).toBe(true);
     expect(results.filter((r) => r === true)).toHaveLength(50);
     expect(shared.index.servableByName('big.tgz')?.sha512).toBe(sha512(data));
+
+    // A request that missed just before the commit asks for the key after the flight ended: it becomes the owner,
+    // finds the blob stored, and downloads nothing.
+    const late = await replicas[1]!.flight(target)!;
+    expect(await late.result).toBe(true);
+    expect(up.count('/dist/big.tgz')).toBe(1);
   });
 
   it('a flight whose owner dies is given up by its waiters, and the next miss takes it over', async () => {
@@ -380,5 +433,43 @@ describe.skipIf(skipPg)('PostgreSQL: work in flight across replicas', () => {
     await until(async () => (await queueA.items('orphaned'))[0]?.state === 'done', "the dead replica's item to be finished by the survivor");
     expect((await queueA.items('orphaned'))[0]).toMatchObject({ attempts: 2, claimed_by: null, lease_until: null });
     expect(shared.index.servableByName('again.tgz')?.sha512).toBe(sha512(files[0]!));
+  });
+
+  it('a replica stopping mid-download hands its items straight back: another replica resumes them without waiting for a lease', async () => {
+    const [sqlA, sqlB] = await pools(2);
+    const shared = await sharedStore();
+    const data = bytes(4000, 5);
+    let started!: () => void;
+    const downloading = new Promise<void>((resolve) => (started = resolve));
+    const up = await upstream({
+      '/slow.tgz': (_req, res, hit) => {
+        res.writeHead(200, { 'content-length': data.length });
+        if (hit > 1) return void res.end(data);
+        // The first download never ends: it is cut off by its replica's stop.
+        res.write(data.subarray(0, 100));
+        started();
+        return new Promise<void>(() => undefined);
+      },
+    });
+    const runner = (jobs: FetchJobQueue) => {
+      const stats = new UpstreamStats();
+      return new FetchJobs({ ingest: new Ingest(shared.store, shared.index), jobs, fetcher: fetcherFor(stats), stats, concurrency: 1, maxBytes: 1e9 });
+    };
+    // Leases far longer than the test: only the hand-back can get the item to B in time.
+    const queueA = new PgFetchJobs(sqlA!, 'replica-a', 600_000);
+    const onA = runner(queueA);
+    onA.start();
+    const job = await onA.submit({ url: `${up.url}/slow.tgz`, filename: 'slow.tgz' }, 'spider');
+    await downloading;
+    const onB = runner(new PgFetchJobs(sqlB!, 'replica-b', 600_000));
+    cleanup.push(() => onB.stop());
+    onB.start();
+    // B's start-up round finds nothing to claim (A holds the item); from then on only news can bring it work.
+    await until(async () => (await queueA.items(job.id))[0]?.state === 'downloading', 'A to hold the item');
+    await sleep(500);
+    await onA.stop();
+    await until(async () => (await onB.view(job.id)).state === 'done', 'replica B to finish the item A handed back');
+    expect((await queueA.items(job.id))[0]).toMatchObject({ attempts: 2, source: `${up.url}/slow.tgz` });
+    expect(shared.index.servableByName('slow.tgz')?.sha512).toBe(sha512(data));
   });
 });

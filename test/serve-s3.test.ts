@@ -10,11 +10,13 @@ import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Config } from '../src/config.js';
+import type { ServableBlob } from '../src/db/index.js';
 import { blobFile } from '../src/store/paths.js';
 import type { S3BlobStorage } from '../src/store/s3-store.js';
 import { sha512 } from './helpers/core.js';
 import { get, makeDataDir, startTestServer, ADMIN_TOKEN, type TestServer } from './helpers/server.js';
 import { skipWithoutService } from './helpers/services.js';
+import { LOOPBACK_CIDRS, serve as serveBytes, startUpstream } from './helpers/upstream.js';
 import { startSwift, swiftMissing, type Swift } from './helpers/swift.js';
 
 /**
@@ -130,6 +132,25 @@ describe.skipIf(skip)('serve with s3 storage', () => {
     expect((await get(`${server.baseUrl}/distfiles/nothing-1.0.tar.gz`)).status).toBe(404);
   }, 60_000);
 
+  it('refuses FASTPULL_ACCEL_REDIRECT at start: nginx cannot send objects from a bucket', async () => {
+    const dataDir = await makeDataDir();
+    cleanup.push(() => rm(dataDir, { recursive: true, force: true }));
+    await expect(serve({ dataDir, accelRedirect: '/_fastpull_blobs/' })).rejects.toThrow(/FASTPULL_ACCEL_REDIRECT.*FASTPULL_STORAGE is s3/);
+  }, 30_000);
+
+  it('with FASTPULL_VERIFY_ON_SERVE, cuts a damaged object before its last byte and quarantines it', async () => {
+    const server = await serve({ verifyOnServe: true });
+    const bytes = randomBytes(1 * MiB);
+    const h = await putBlob(server, 'rotten-1.0.tar.gz', bytes);
+    await swift!.client.send(new PutObjectCommand({ Bucket: bucket, Key: s3Of(server).key(h), Body: randomBytes(bytes.length) }));
+    const res = await request(`${server.baseUrl}/${h}`);
+    await expect(res.body.arrayBuffer()).rejects.toThrow();
+    await vi.waitFor(async () => expect((await server.index.blob(h))?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
+    expect((await get(`${server.baseUrl}/${h}`)).status).toBe(404);
+    // The object moves to trash/quarantine/ after the row that makes reads 404.
+    await vi.waitFor(async () => expect(await s3Of(server).stat(h)).toBeUndefined(), { timeout: 20_000, interval: 100 });
+  }, 60_000);
+
   it('answers 404 (not a truncated 200) for a blob the index has but the bucket lost', async () => {
     const server = await serve();
     const bytes = randomBytes(200 * KiB);
@@ -210,6 +231,22 @@ describe.skipIf(skip)('serve with s3 storage', () => {
     }
   }, 60_000);
 
+  it('pulls a miss through from a mirror into the bucket, then serves it from there', async () => {
+    const data = randomBytes(300 * KiB);
+    const up = await startUpstream({ '/mirror/pulled-1.0.tar.xz': serveBytes(data, { chunkSize: 32 * KiB }) });
+    cleanup.push(() => up.close());
+    const server = await serve({ pullThrough: true, upstreams: [{ kind: 'flat', url: `${up.url}/mirror` }], fetchAllowCidrs: LOOPBACK_CIDRS });
+    const first = await get(`${server.baseUrl}/distfiles/pulled-1.0.tar.xz`);
+    expect(first.status).toBe(200);
+    expect(first.body.equals(data)).toBe(true);
+    const h = sha512(data);
+    await vi.waitFor(async () => expect((await s3Of(server).stat(h))?.size).toBe(data.length));
+    const second = await get(`${server.baseUrl}/${h}`);
+    expect(second.body.equals(data)).toBe(true);
+    expect(second.headers['x-fastpull-pull']).toBeUndefined();
+    expect(up.requests).toHaveLength(1);
+  }, 60_000);
+
   it('aborts at start the multipart upload a crashed writer of this host left behind', async () => {
     const dataDir = await makeDataDir();
     cleanup.push(() => rm(dataDir, { recursive: true, force: true }));
@@ -244,15 +281,20 @@ describe.skipIf(skip)('serve with s3 storage', () => {
 });
 
 describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
+  /** A server with a fresh 64 MiB read cache. */
+  const serveCached = async () => {
+    const cacheDir = path.join(await makeDataDir(), 'cache');
+    cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
+    return { server: await serve({ cacheDir, cacheMaxBytes: 64 * MiB }), cacheDir };
+  };
   const refOf = (server: TestServer, h: string) => {
-    const row = server.index.servableByHash(h)!;
+    // SQLite index here: answered synchronously.
+    const row = server.index.servableByHash(h) as ServableBlob;
     return { sha512: h, size: row.size, version: row.version };
   };
 
   it('fills a blob once, verified, then serves it from local disk (the bucket no longer needed)', async () => {
-    const cacheDir = path.join(await makeDataDir(), 'cache');
-    cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
-    const server = await serve({ cacheDir, cacheMaxBytes: 64 * MiB });
+    const { server, cacheDir } = await serveCached();
     const big = randomBytes(2 * MiB + 3);
     const small = randomBytes(3000);
     const h = await putBlob(server, 'cached-1.0.tar.gz', big);
@@ -273,10 +315,31 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     expect((await get(`${server.baseUrl}/${hs}`, {}, 'HEAD')).status).toBe(200);
   }, 60_000);
 
+  it('drops an entry when the index row changes version (quarantined, then released)', async () => {
+    const { server, cacheDir } = await serveCached();
+    const bytes = randomBytes(300 * KiB);
+    const h = await putBlob(server, 'versioned-1.0.tar.gz', bytes);
+    await get(`${server.baseUrl}/${h}`);
+    expect(await server.readCache!.fill(refOf(server, h))).toBe(true);
+    const file = blobFile(path.join(cacheDir, 'blobs'), h);
+    expect(existsSync(file)).toBe(true);
+
+    // What verify or another replica does to the row (the cache is not told: it sees the new version).
+    server.db!.prepare('UPDATE blobs SET quarantined_at = 1 WHERE sha512 = ?').run(h);
+    expect((await get(`${server.baseUrl}/${h}`)).status).toBe(404);
+    server.db!.prepare('UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ?').run(h);
+    const head = await get(`${server.baseUrl}/${h}`, {}, 'HEAD');
+    expect(head.status).toBe(200);
+    await vi.waitFor(() => expect(existsSync(file)).toBe(false));
+    expect(server.readCache!.usage.blobs).toBe(0);
+    // The next GET serves from the bucket and fills the cache again, under the new version.
+    expect((await get(`${server.baseUrl}/${h}`)).body.equals(bytes)).toBe(true);
+    expect(await server.readCache!.fill(refOf(server, h))).toBe(true);
+    expect(server.readCache!.holds(refOf(server, h))).toBe(true);
+  }, 60_000);
+
   it('never caches a damaged object, and cuts the response before its last byte', async () => {
-    const cacheDir = path.join(await makeDataDir(), 'cache');
-    cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
-    const server = await serve({ cacheDir, cacheMaxBytes: 64 * MiB });
+    const { server, cacheDir } = await serveCached();
     const bytes = randomBytes(1 * MiB);
     const h = await putBlob(server, 'damaged-1.0.tar.gz', bytes);
     // Same size, other bytes, at the blob's key: bit rot or an operator's mistake in the bucket.

@@ -1,11 +1,10 @@
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import path from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { AddressPolicy } from '../src/upstream/address-guard.js';
-import { filesUnder } from './helpers/core.js';
+import { storedBlobs } from './helpers/backend.js';
 import { ADMIN_TOKEN, get, startTestServer, type TestServer } from './helpers/server.js';
 import { bytes, serve, sha512, sleep, startUpstream, type Upstream } from './helpers/upstream.js';
 
@@ -82,7 +81,7 @@ describe('outbound address guard (SSRF)', () => {
       expect(item.reason).not.toMatch(/refused|reset|timeout/i);
     }
     expect(up.requests).toEqual([]);
-    expect(await filesUnder(path.join(s.dataDir, 'blobs'))).toEqual([]);
+    expect(await storedBlobs(s)).toEqual([]);
   });
 
   it('checks every redirect hop: an allowed host redirecting to a refused one is not followed', async () => {
@@ -103,7 +102,7 @@ describe('outbound address guard (SSRF)', () => {
     expect(job.items[0].reason).toMatch(/address not allowed/);
     expect(outside.count('/bounce.tgz')).toBe(1);
     expect(inside.requests).toEqual([]);
-    expect(await filesUnder(path.join(s.dataDir, 'blobs'))).toEqual([]);
+    expect(await storedBlobs(s)).toEqual([]);
   });
 
   it('pull-through does not reach a loopback mirror unless it is allowed', async () => {

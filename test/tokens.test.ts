@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { indexRows } from './helpers/backend.js';
 import { runCli } from './helpers/cli.js';
 import { startServeProcess } from './helpers/serve-process.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
@@ -119,9 +120,11 @@ describe('scoped tokens', () => {
     const info = await call(server.baseUrl, 'GET', `/api/v1/distfiles/${name}`, secrets.reader);
     expect(info.json.history[0]).toMatchObject({ attachedBy: 'spider', detachedBy: 'boss' });
 
-    const rows = server.db
-      .prepare(`SELECT actor, action, status, filename, sha512 FROM audit_log WHERE actor IN ('spider', 'boss') AND (filename = ? OR sha512 = ?) ORDER BY id`)
-      .all(name, sha512('pinned\n'));
+    const rows = await indexRows(
+      server,
+      `SELECT actor, action, status, filename, sha512 FROM audit_log WHERE actor IN ('spider', 'boss') AND (filename = ? OR sha512 = ?) ORDER BY id`,
+      [name, sha512('pinned\n')],
+    );
     expect(rows).toEqual([
       { actor: 'spider', action: 'PUT /api/v1/distfiles/:filename', status: 201, filename: name, sha512: sha512(body) },
       { actor: 'spider', action: 'PUT /api/v1/blobs/:sha512', status: 201, filename: null, sha512: sha512('pinned\n') },
@@ -167,7 +170,7 @@ describe('scoped tokens', () => {
     expect(parsed.find((t) => t.name === 'reader').revokedAt).toBeNull();
 
     // Stored hashed: the secret itself is nowhere in the table.
-    const stored = server.db.prepare('SELECT * FROM tokens WHERE name = ?').get('shortlived') as any;
+    const [stored] = await indexRows<any>(server, 'SELECT * FROM tokens WHERE name = ?', ['shortlived']);
     expect(Buffer.isBuffer(stored.secret_sha256)).toBe(true);
     expect(stored.secret_sha256.equals(createHash('sha256').update(secret).digest())).toBe(true);
     expect(JSON.stringify(stored)).not.toContain(secret);

@@ -1,12 +1,13 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { AUTH, blake2b, errorBody, filesUnder, pseudoRandomBytes, rawRequest, rowCounts, sha256, sha512 } from './helpers/core.js';
+import { blobSize, damageBlob, indexCounts, scratchDir, storedBlobs, TEST_BACKEND, unfinishedWrites } from './helpers/backend.js';
+import { AUTH, blake2b, errorBody, filesUnder, pseudoRandomBytes, rawRequest, sha256, sha512 } from './helpers/core.js';
 import { ADMIN_TOKEN, get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 import { skipOrFail } from './helpers/tools.js';
 
@@ -27,9 +28,9 @@ async function call(
 
 /** Nothing of a refused upload may remain: no blob file, no temp file, no index row. */
 async function expectNothingStored(server: TestServer) {
-  expect(await filesUnder(path.join(server.dataDir, 'blobs'))).toEqual([]);
-  expect(await filesUnder(path.join(server.dataDir, 'tmp'))).toEqual([]);
-  expect(rowCounts(server)).toEqual({ blobs: 0, names: 0 });
+  expect(await storedBlobs(server)).toEqual([]);
+  expect(await unfinishedWrites(server)).toEqual([]);
+  expect((await indexCounts(server))).toEqual({ blobs: 0, names: 0 });
 }
 
 /** Waits (bounded) for a condition the server reaches asynchronously, e.g. after a client hung up. */
@@ -76,10 +77,10 @@ describe('PUT /api/v1/distfiles/{filename}', () => {
     expect(again.status).toBe(200);
     expect(again.json.sha512).toBe(h);
     expect((await get(server.baseUrl + '/distfiles/pkg-1.0-copy.tar.gz')).body.equals(data)).toBe(true);
-    expect(await filesUnder(path.join(server.dataDir, 'blobs'))).toEqual([
+    expect(await storedBlobs(server)).toEqual([
       path.join(h.slice(0, 2), h.slice(2, 4), h.slice(4, 6), h),
     ]);
-    expect(rowCounts(server)).toEqual({ blobs: 1, names: 2 });
+    expect((await indexCounts(server))).toEqual({ blobs: 1, names: 2 });
   });
 
   it('accepts declared size, sha512 and blake2b that match (upper-case hex as in some Manifests)', async () => {
@@ -138,11 +139,11 @@ describe('PUT /api/v1/distfiles/{filename}', () => {
     }
     expect(results.filter((r) => r.status === 201)).toHaveLength(1);
     const h = sha512(data);
-    expect(await filesUnder(path.join(server.dataDir, 'blobs'))).toEqual([
+    expect(await storedBlobs(server)).toEqual([
       path.join(h.slice(0, 2), h.slice(2, 4), h.slice(4, 6), h),
     ]);
-    expect(await filesUnder(path.join(server.dataDir, 'tmp'))).toEqual([]);
-    expect(rowCounts(server)).toEqual({ blobs: 1, names: 3 });
+    expect(await unfinishedWrites(server)).toEqual([]);
+    expect((await indexCounts(server))).toEqual({ blobs: 1, names: 3 });
     for (const n of ['same-a.tar.gz', 'same-b.tar.gz', 'same-c.tar.gz']) {
       expect((await get(`${server.baseUrl}/distfiles/${n}`)).body.equals(data)).toBe(true);
     }
@@ -283,7 +284,7 @@ describe('blobs, links, history', () => {
       true,
     );
     expect((await call(server, 'PUT', `/blobs/${h}`, data)).status).toBe(200);
-    expect(rowCounts(server)).toEqual({ blobs: 1, names: 0 });
+    expect((await indexCounts(server))).toEqual({ blobs: 1, names: 0 });
     const info = await call(server, 'GET', `/blobs/${h}`);
     expect(info.json.pinned).toBe(true);
 
@@ -308,7 +309,7 @@ describe('blobs, links, history', () => {
     expect(link.json.urls.flat).toBe('/distfiles/alias-1.0.tar.gz');
     expect((await get(`${server.baseUrl}/distfiles/alias-1.0.tar.gz`)).body.toString()).toBe('linked bytes');
 
-    const before = rowCounts(server);
+    const before = (await indexCounts(server));
     const unknown = await call(
       server,
       'POST',
@@ -333,7 +334,7 @@ describe('blobs, links, history', () => {
     const notJson = await call(server, 'POST', '/links', '{oops', { ...AUTH, 'content-type': 'application/json' });
     expect(notJson.status).toBe(400);
     expect(notJson.json.error).toBe('BAD_REQUEST');
-    expect(rowCounts(server)).toEqual(before);
+    expect((await indexCounts(server))).toEqual(before);
   });
 
   it('keeps every hash a name has had; by name serves the newest; re-attaching makes an old one current', async () => {
@@ -380,7 +381,7 @@ describe('blobs, links, history', () => {
       yield next.subarray(256 * 1024);
     }
     const pending = call(server, 'PUT', '/distfiles/moving-1.0.tar.gz', slowBody());
-    await eventually(async () => (await filesUnder(path.join(server.dataDir, 'tmp'))).length > 0, 'upload under way');
+    await eventually(async () => (await unfinishedWrites(server)).length > 0, 'upload under way');
     const during = await get(`${server.baseUrl}/distfiles/moving-1.0.tar.gz`);
     expect(during.body.toString()).toBe('old bytes');
     expect((await get(`${server.baseUrl}/distfiles/${sha512(next)}`)).status).toBe(404);
@@ -439,8 +440,8 @@ describe('limits and failures', () => {
   it('refuses a body over FASTPULL_MAX_UPLOAD_BYTES with 413, with and without Content-Length', async () => {
     const atLimit = await server.upload('exact.bin', pseudoRandomBytes(LIMIT, 1));
     expect(atLimit.status).toBe(201);
-    const before = rowCounts(server);
-    const blobsBefore = await filesUnder(path.join(server.dataDir, 'blobs'));
+    const before = (await indexCounts(server));
+    const blobsBefore = await storedBlobs(server);
 
     const withLength = await server.upload('over.bin', pseudoRandomBytes(LIMIT + 1, 2));
     expect(withLength.status).toBe(413);
@@ -456,9 +457,9 @@ describe('limits and failures', () => {
     const byHash = await call(server, 'PUT', `/blobs/${sha512('x')}`, chunksOf(pseudoRandomBytes(LIMIT * 2, 4)));
     expect(byHash.status).toBe(413);
 
-    expect(rowCounts(server)).toEqual(before);
-    expect(await filesUnder(path.join(server.dataDir, 'blobs'))).toEqual(blobsBefore);
-    expect(await filesUnder(path.join(server.dataDir, 'tmp'))).toEqual([]);
+    expect((await indexCounts(server))).toEqual(before);
+    expect(await storedBlobs(server)).toEqual(blobsBefore);
+    expect(await unfinishedWrites(server)).toEqual([]);
   });
 
   for (const framing of ['content-length', 'chunked'] as const) {
@@ -474,9 +475,9 @@ describe('limits and failures', () => {
       );
       socket.write(framing === 'chunked' ? Buffer.concat([Buffer.from(`${part.length.toString(16)}\r\n`), part, Buffer.from('\r\n')]) : part);
       // Only hang up once the server is demonstrably writing the upload.
-      await eventually(async () => (await filesUnder(path.join(server.dataDir, 'tmp'))).length > 0, 'temp file appears');
+      await eventually(async () => (await unfinishedWrites(server)).length > 0, 'temp file appears');
       socket.destroy();
-      await eventually(async () => (await filesUnder(path.join(server.dataDir, 'tmp'))).length === 0, 'temp file removed');
+      await eventually(async () => (await unfinishedWrites(server)).length === 0, 'temp file removed');
       await expectNothingStored(server);
       // And the server is still healthy.
       expect((await server.upload('after.tar.gz', 'fine')).status).toBe(201);
@@ -488,15 +489,15 @@ describe('internal failures', () => {
   it('answers 500 INTERNAL without paths or errno details when the store cannot write', async () => {
     const server = await startTestServer();
     try {
-      // A file where the temp directory should be: every write fails with ENOTDIR.
-      await rm(path.join(server.dataDir, 'tmp'), { recursive: true });
-      await writeFile(path.join(server.dataDir, 'tmp'), 'not a directory');
+      // A file where the temp (or spool) directory should be: every write fails with ENOTDIR.
+      await rm(scratchDir(server), { recursive: true });
+      await writeFile(scratchDir(server), 'not a directory');
       const res = await server.upload('doomed-1.0.tar.gz', 'bytes');
       expect(res.status).toBe(500);
       expect(res.json).toEqual({ error: 'INTERNAL', message: expect.any(String) });
       expect(JSON.stringify(res.json)).not.toMatch(/ENOTDIR|errno|\/tmp|fastpull-test|stack/i);
-      expect(await filesUnder(path.join(server.dataDir, 'blobs'))).toEqual([]);
-      expect(rowCounts(server)).toEqual({ blobs: 0, names: 0 });
+      expect(await storedBlobs(server)).toEqual([]);
+      expect((await indexCounts(server))).toEqual({ blobs: 0, names: 0 });
     } finally {
       await server.stop();
     }
@@ -509,15 +510,14 @@ describe('healing and disabled writes', () => {
     try {
       const data = pseudoRandomBytes(50_000, 31);
       const up = await server.upload('heal-1.0.tar.gz', data);
-      const file = path.join(server.dataDir, 'blobs', ...String(up.json.urls.contentHash).split('/').slice(2));
-      await writeFile(file, data.subarray(0, 1000));
+      await damageBlob(server, up.json.sha512, data.subarray(0, 1000));
       expect((await get(server.baseUrl + up.json.urls.flat)).status).toBe(404);
       const again = await server.upload('heal-1.0.tar.gz', data);
       expect(again.status).toBe(201);
       const res = await get(server.baseUrl + up.json.urls.flat);
       expect(res.status).toBe(200);
       expect(res.body.equals(data)).toBe(true);
-      expect(await filesUnder(path.join(server.dataDir, 'tmp'))).toEqual([]);
+      expect(await unfinishedWrites(server)).toEqual([]);
     } finally {
       await server.stop();
     }
@@ -537,7 +537,7 @@ describe('healing and disabled writes', () => {
         expect(res.json.message).toMatch(/disabled/);
       }
       expect((await get(`${server.baseUrl}/distfiles/served-1.0.tar.gz`)).body.toString()).toBe('still here');
-      expect(rowCounts(server)).toEqual({ blobs: 1, names: 1 });
+      expect((await indexCounts(server))).toEqual({ blobs: 1, names: 1 });
     } finally {
       await server.stop();
       await rm(dataDir, { recursive: true, force: true });
@@ -545,7 +545,8 @@ describe('healing and disabled writes', () => {
   });
 });
 
-describe('start-up cleanup of crash leftovers', () => {
+// The local store's temp dir; the s3 driver's sweep of abandoned uploads is tested in replicas.test.ts.
+describe.skipIf(TEST_BACKEND !== 'local')('start-up cleanup of crash leftovers', () => {
   it('removes temp files of dead processes and keeps those of live ones', async () => {
     const dataDir = await makeDataDir();
     const tmp = path.join(dataDir, 'tmp');
@@ -571,7 +572,8 @@ describe('start-up cleanup of crash leftovers', () => {
   });
 });
 
-describe('disk full', () => {
+// A tmpfs data dir that fills up: the local store's disk (an object store has no such limit here).
+describe.skipIf(TEST_BACKEND !== 'local')('disk full', () => {
   it('answers 507 INSUFFICIENT_STORAGE and leaves nothing when the data dir fills up', async (ctx) => {
     const mountPoint = await mkdtemp(path.join(tmpdir(), 'fastpull-tmpfs-'));
     const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mountPoint], { encoding: 'utf8' });
@@ -629,8 +631,8 @@ describe('constant memory', () => {
     } finally {
       clearInterval(sampler);
     }
-    const info = await stat(path.join(server.dataDir, 'blobs', ...(await filesUnder(path.join(server.dataDir, 'blobs')))[0]!.split(path.sep)));
-    expect(info.size).toBe(total);
+    const [stored] = await storedBlobs(server);
+    expect(await blobSize(server, path.basename(stored!))).toBe(total);
     expect(peak - baseline).toBeLessThan(64 * 1024 * 1024);
 
     // And back out again: the download streams from disk too.

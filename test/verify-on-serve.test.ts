@@ -54,7 +54,7 @@ describe('FASTPULL_VERIFY_ON_SERVE (issue 7, item 2)', () => {
     expect(got.body.length).toBeLessThan(size);
     expect(got.secondAnswered).toBe(false);
 
-    expect(await waitFor(async () => quarantined(server.dataDir, h).length === 1)).toBe(true);
+    expect(await waitFor(async () => (await quarantined(server.dataDir, h)).length === 1)).toBe(true);
     for (const p of [`/distfiles/${h}`, '/distfiles/vos-bad-1.0.tar.gz']) expect((await get(server.baseUrl + p)).status, p).toBe(404);
   });
 
@@ -64,7 +64,7 @@ describe('FASTPULL_VERIFY_ON_SERVE (issue 7, item 2)', () => {
     expect((await server.upload('vos-small-1.0.tar.gz', data)).status).toBe(201);
     await flipBit(server.dataDir, h, 77);
     expect((await get(`${server.baseUrl}/distfiles/${h}`)).status).toBe(404);
-    expect(await waitFor(async () => quarantined(server.dataDir, h).length === 1)).toBe(true);
+    expect(await waitFor(async () => (await quarantined(server.dataDir, h)).length === 1)).toBe(true);
   });
 });
 
@@ -84,6 +84,6 @@ describe('without FASTPULL_VERIFY_ON_SERVE', () => {
     const res = await get(`${server.baseUrl}/distfiles/${h}`);
     expect(res.status).toBe(200);
     expect(res.body.length).toBe(data.length);
-    expect(quarantined(server.dataDir, h)).toHaveLength(0);
+    expect((await quarantined(server.dataDir, h))).toHaveLength(0);
   });
 });

@@ -1,9 +1,9 @@
-import { existsSync } from 'node:fs';
-import { rm, unlink } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scrubCounters } from '../src/maintenance/scrub.js';
 import { runCli } from './helpers/cli.js';
-import { blobInfo, blobPath, content, flipBit, openIndex, quarantined, sha512, waitFor } from './helpers/integrity.js';
+import { backendOf, countRows, indexExec, indexRows } from './helpers/backend.js';
+import { blobExists, blobInfo, content, flipBit, quarantined, removeBlob, sha512, waitFor } from './helpers/integrity.js';
 import { get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 
 // Sizes straddle the 1 MiB read chunk so flips land in first, middle and last chunks.
@@ -41,43 +41,33 @@ describe('fastpull verify', () => {
   });
 
   it('--sample N re-hashes exactly N blobs', async () => {
-    const db = openIndex(server.dataDir);
-    try {
-      db.prepare('UPDATE blobs SET verified_at = NULL').run();
-      const res = await cli('--sample', '2');
-      expect(res.code, res.stderr).toBe(0);
-      expect(res.stdout).toMatch(/^verified 2 blobs/m);
-      expect(db.prepare('SELECT count(*) AS n FROM blobs WHERE verified_at IS NOT NULL').get()).toEqual({ n: 2 });
-    } finally {
-      db.close();
-    }
+    await indexExec(server, 'UPDATE blobs SET verified_at = NULL');
+    const res = await cli('--sample', '2');
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stdout).toMatch(/^verified 2 blobs/m);
+    expect(await countRows(server, 'blobs', 'verified_at IS NOT NULL')).toBe(2);
   });
 
   it('--since only re-hashes blobs not verified since that date', async () => {
-    const db = openIndex(server.dataDir);
-    try {
-      const longAgo = Date.parse('2020-01-01T00:00:00Z');
-      const recent = Date.now() - 60_000;
-      db.prepare('UPDATE blobs SET verified_at = ?').run(recent);
-      db.prepare('UPDATE blobs SET verified_at = ? WHERE sha512 IN (?, ?)').run(longAgo, SHA['alpha-1.0.tar.gz'], SHA['gamma-0.9.zip']);
-      // Damage a recently verified blob: a --since run must not look at it, which proves the selection.
-      await flipBit(server.dataDir, SHA['delta-5.tar.bz2']!, 0);
-      const res = await cli('--since', '2021-06-01');
-      expect(res.code, res.stdout).toBe(0);
-      expect(res.stdout).toMatch(/^verified 2 blobs/m);
-      const rows = db.prepare('SELECT sha512, verified_at FROM blobs').all() as { sha512: string; verified_at: number }[];
-      for (const row of rows) {
-        if (row.sha512 === SHA['alpha-1.0.tar.gz'] || row.sha512 === SHA['gamma-0.9.zip']) expect(row.verified_at).toBeGreaterThan(recent);
-        else expect(row.verified_at).toBe(recent);
-      }
-      await flipBit(server.dataDir, SHA['delta-5.tar.bz2']!, 0); // undo
-      // Relative ages work too: 30s ago selects the three verified a minute ago, not the two just done.
-      const rel = await cli('--since', '30s');
-      expect(rel.code).toBe(0);
-      expect(rel.stdout).toMatch(/^verified 3 blobs/m);
-    } finally {
-      db.close();
+    const longAgo = Date.parse('2020-01-01T00:00:00Z');
+    const recent = Date.now() - 60_000;
+    await indexExec(server, 'UPDATE blobs SET verified_at = ?', [recent]);
+    await indexExec(server, 'UPDATE blobs SET verified_at = ? WHERE sha512 IN (?, ?)', [longAgo, SHA['alpha-1.0.tar.gz'], SHA['gamma-0.9.zip']]);
+    // Damage a recently verified blob: a --since run must not look at it, which proves the selection.
+    await flipBit(server.dataDir, SHA['delta-5.tar.bz2']!, 0);
+    const res = await cli('--since', '2021-06-01');
+    expect(res.code, res.stdout).toBe(0);
+    expect(res.stdout).toMatch(/^verified 2 blobs/m);
+    const rows = await indexRows<{ sha512: string; verified_at: number }>(server, 'SELECT sha512, verified_at FROM blobs');
+    for (const row of rows) {
+      if (row.sha512 === SHA['alpha-1.0.tar.gz'] || row.sha512 === SHA['gamma-0.9.zip']) expect(row.verified_at).toBeGreaterThan(recent);
+      else expect(row.verified_at).toBe(recent);
     }
+    await flipBit(server.dataDir, SHA['delta-5.tar.bz2']!, 0); // undo
+    // Relative ages work too: 30s ago selects the three verified a minute ago, not the two just done.
+    const rel = await cli('--since', '30s');
+    expect(rel.code).toBe(0);
+    expect(rel.stdout).toMatch(/^verified 3 blobs/m);
   });
 
   it('finds every flipped bit, quarantines those blobs, 404s them by hash and name, and exits 1', async () => {
@@ -97,8 +87,8 @@ describe('fastpull verify', () => {
     for (const [name, sha] of Object.entries(SHA)) {
       const bad = damaged.includes(name);
       expect(res.stdout.includes(`corrupt ${sha}`), name).toBe(bad);
-      expect(existsSync(blobPath(server.dataDir, sha)), name).toBe(!bad);
-      expect(quarantined(server.dataDir, sha).length, name).toBe(bad ? 1 : 0);
+      expect(await blobExists(server.dataDir, sha), name).toBe(!bad);
+      expect((await quarantined(server.dataDir, sha)).length, name).toBe(bad ? 1 : 0);
       const byHash = await get(`${server.baseUrl}/${sha}`);
       const byName = await get(`${server.baseUrl}/distfiles/${name}`);
       expect(byHash.status, name).toBe(bad ? 404 : 200);
@@ -131,7 +121,7 @@ describe('fastpull verify', () => {
 
   it('reports an indexed blob whose file is gone and exits 1', async () => {
     const sha = SHA['gamma-0.9.zip']!;
-    await unlink(blobPath(server.dataDir, sha));
+    await removeBlob(server.dataDir, sha);
     const res = await cli();
     expect(res.code).toBe(1);
     expect(res.stdout).toMatch(/^missing: 1$/m);
@@ -168,8 +158,8 @@ describe('background scrub', () => {
       expect(gone).toBe(true);
       expect((await get(`${server.baseUrl}/distfiles/two.tar`)).status).toBe(404);
       // The index row is quarantined first (reads 404 from then on) and the file moves after it.
-      expect(await waitFor(async () => quarantined(server.dataDir, shas[1]!).length === 1)).toBe(true);
-      expect(existsSync(blobPath(server.dataDir, shas[1]!))).toBe(false);
+      expect(await waitFor(async () => (await quarantined(server.dataDir, shas[1]!)).length === 1)).toBe(true);
+      expect(await blobExists(server.dataDir, shas[1]!)).toBe(false);
       expect(await waitFor(async () => scrubCounters.corruptFound >= 1)).toBe(true);
       for (const name of ['one.tar', 'three.tar']) {
         const res = await get(`${server.baseUrl}/distfiles/${name}`);
@@ -197,12 +187,7 @@ describe('background scrub', () => {
       expect(res.body.equals(body)).toBe(true);
       await server.stop();
       expect(scrubCounters.running).toBe(false);
-      const db = openIndex(dataDir);
-      try {
-        expect(db.prepare('SELECT verified_at, quarantined_at FROM blobs').get()).toEqual({ verified_at: null, quarantined_at: null });
-      } finally {
-        db.close();
-      }
+      expect(await indexRows(backendOf(dataDir), 'SELECT verified_at, quarantined_at FROM blobs')).toEqual([{ verified_at: null, quarantined_at: null }]);
     } finally {
       await rm(dataDir, { recursive: true, force: true });
     }

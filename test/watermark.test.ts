@@ -37,7 +37,7 @@ async function put(server: Pick<TestServer, 'baseUrl'>, name: string, body: Buff
 }
 
 function storedBytes(server: TestServer): number {
-  return (server.db.prepare('SELECT coalesce(sum(size), 0) AS n FROM blobs').get() as { n: number }).n;
+  return (server.db!.prepare('SELECT coalesce(sum(size), 0) AS n FROM blobs').get() as { n: number }).n;
 }
 
 async function expectHeld(server: TestServer, results: { status: number; json: { error?: string } }[]) {

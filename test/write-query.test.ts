@@ -1,7 +1,7 @@
-import path from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AUTH, filesUnder, pseudoRandomBytes, rowCounts, sha512 } from './helpers/core.js';
+import { countRows, indexCounts, storedBlobs, unfinishedWrites } from './helpers/backend.js';
+import { AUTH, pseudoRandomBytes, sha512 } from './helpers/core.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 
 /**
@@ -43,9 +43,9 @@ describe('strict query strings on write endpoints', () => {
     expect(res.json.error).toBe('BAD_QUERY');
     expect(res.json.parameter).toBe(parameter);
     expect(res.json.message).toContain(parameter);
-    expect(rowCounts(server)).toEqual({ blobs: 0, names: 0 });
-    expect(await filesUnder(path.join(server.dataDir, 'blobs'))).toEqual([]);
-    expect(await filesUnder(path.join(server.dataDir, 'tmp'))).toEqual([]);
+    expect((await indexCounts(server))).toEqual({ blobs: 0, names: 0 });
+    expect(await storedBlobs(server)).toEqual([]);
+    expect(await unfinishedWrites(server)).toEqual([]);
   });
 
   it('refuses unknown parameters on every other write endpoint, naming them, and changes nothing', async () => {
@@ -57,8 +57,8 @@ describe('strict query strings on write endpoints', () => {
     expect([del.status, del.json.error, del.json.parameter]).toEqual([400, 'BAD_QUERY', 'all']);
     const job = await send('POST', '/fetches?dryRun=1', JSON.stringify({ items: [{ url: 'http://example.invalid/x.tgz', filename: 'x.tgz' }] }));
     expect([job.status, job.json.error, job.json.parameter]).toEqual([400, 'BAD_QUERY', 'dryRun']);
-    expect(rowCounts(server)).toEqual({ blobs: 0, names: 0 });
-    expect((server.db.prepare('SELECT count(*) AS n FROM fetch_jobs').get() as { n: number }).n).toBe(0);
+    expect((await indexCounts(server))).toEqual({ blobs: 0, names: 0 });
+    expect(await countRows(server, 'fetch_jobs')).toBe(0);
   });
 
   it('still accepts the documented parameters, and reads still tolerate cache-busters', async () => {

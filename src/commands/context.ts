@@ -5,8 +5,7 @@ import type { AuditArea } from '../db/audit.js';
 import type { MaintenanceIndex } from '../db/maintenance.js';
 import { databaseFile } from '../db/open.js';
 import { openOriginIndex, type OriginIndex } from '../db/origin-index.js';
-import { LocalBlobStorage } from '../store/local-storage.js';
-import { localBlobStore, openStorage } from '../store/open-storage.js';
+import { openStorage } from '../store/open-storage.js';
 import type { BlobStorage } from '../store/storage.js';
 import { UsageError } from './args.js';
 
@@ -49,7 +48,7 @@ export async function openDataDir(dataDirOverride: string | undefined, options: 
     }
   }
   // The local store keeps its full-disk reserve, which gc gives back; a bucket is made ready (and checked) first.
-  const storage = config.storage.kind === 'local' ? new LocalBlobStorage(localBlobStore(config)) : openStorage(config);
+  const storage = openStorage(config, { reserveBytes: config.reserveBytes });
   if (storage.kind === 's3') await storage.init();
   const originIndex = await openOriginIndex(config);
   return {

@@ -4,10 +4,11 @@ import { loadConfig } from '../config.js';
 import { AuditLog } from '../db/audit.js';
 import { DistfileIndex } from '../db/index.js';
 import { databaseFile, openDatabase } from '../db/open.js';
-import { Importer } from '../ingest/import.js';
+import { Importer, storageImportTarget } from '../ingest/import.js';
 import { readManifests, type ManifestSet } from '../ingest/manifest.js';
 import { detectTreeKind, scanTree, TREE_KINDS, type TreeKind } from '../ingest/tree.js';
-import { localBlobStore } from '../store/open-storage.js';
+import { LocalBlobStorage } from '../store/local-storage.js';
+import { openStorage } from '../store/open-storage.js';
 import { intOption, runCommand, secondsOption, UsageError } from './args.js';
 import { cliActor } from './context.js';
 import { formatBytes, Progress } from './progress.js';
@@ -16,6 +17,8 @@ const USAGE = `usage: fastpull import <dir> [--kind flat|glep75|blos] [--link] [
                        [--data-dir DIR] [--progress-interval SECONDS]
   every file is re-hashed; one that contradicts its claimed hash is reported and skipped. Names are
   attached by cli:<user>, and the run is recorded in the audit log.
+  Blobs go where FASTPULL_STORAGE says (local disk, or s3://BUCKET/PREFIX: copied, never linked); the
+  index must be SQLite for now (import, then fastpull migrate-index).
   --kind K                 flat (a DISTDIR), glep75 (a mirror, every layout in its layout.conf) or blos
                            (Funtoo's store); detected when left out
   --link                   hard-link verified files into the store instead of copying (the source must
@@ -106,9 +109,20 @@ export async function importCommand(args: string[]): Promise<number> {
   }
 
   const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: String(values['data-dir']) } : {});
-  const store = localBlobStore(config);
+  if (config.databaseUrl !== undefined) {
+    // Names are recorded through the SQLite index for now: refusing beats filling a SQLite file nobody reads.
+    console.error('fastpull import: importing into a PostgreSQL index (FASTPULL_DATABASE_URL) is not supported yet; import into SQLite, then fastpull migrate-index');
+    return 2;
+  }
+  if (config.storage.kind === 's3' && values.link) {
+    console.error('fastpull import: --link needs the local store; objects in a bucket are always copies (leave out --link)');
+    return 2;
+  }
+  const storage = openStorage(config, { reserveBytes: config.reserveBytes });
   // Also clears temp files an interrupted import left behind; a running server's own temps survive (its pid lives).
-  await store.init();
+  await storage.init();
+  // On local disk the store itself imports: it can hard-link (--link) and checks free space.
+  const target = storage instanceof LocalBlobStorage ? storage.store : storageImportTarget(storage);
   const db = openDatabase(databaseFile(config.dataDir));
   try {
     const kind = (values.kind as TreeKind | undefined) ?? (await detectTreeKind(root));
@@ -116,7 +130,7 @@ export async function importCommand(args: string[]): Promise<number> {
     const totalBytes = scan.candidates.reduce((sum, c) => sum + c.size, 0);
     console.error(
       `importing ${root} as ${kind}${scan.layouts.length ? ` (layouts: ${scan.layouts.join(', ')})` : ''}: ` +
-        `${scan.candidates.length} files, ${formatBytes(totalBytes)} into ${config.dataDir}${values.link ? ' (hard links)' : ''}`,
+        `${scan.candidates.length} files, ${formatBytes(totalBytes)} into ${storage instanceof LocalBlobStorage ? config.dataDir : storage.location}${values.link ? ' (hard links)' : ''}`,
     );
     const progress = new Progress({
       label: 'import',
@@ -129,7 +143,7 @@ export async function importCommand(args: string[]): Promise<number> {
       if (note.kind !== 'ignored' || note.rel === 'layout.conf') progress.log(`${note.kind}: ${note.rel}: ${note.reason}`);
     }
 
-    const importer = new Importer(store, new DistfileIndex(db));
+    const importer = new Importer(target, new DistfileIndex(db));
     const actor = cliActor();
     // First Ctrl-C: finish the files in progress and print the summary (a re-run continues from there).
     // Second: quit at once; the temp files left behind are removed by the next run or server start.

@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../config.js';
-import { DistfileIndex } from '../db/index.js';
-import { databaseFile, openDatabase } from '../db/open.js';
+import { databaseFile } from '../db/open.js';
+import { openOriginIndex } from '../db/origin-index.js';
 import { backoffMs } from '../events/dispatcher.js';
 import { createEventAgent } from '../events/http.js';
 import { purgePathsFor } from '../events/paths.js';
@@ -35,13 +35,13 @@ export async function purgeCommand(args: string[]): Promise<number> {
     const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {});
 
     const dbFile = databaseFile(config.dataDir);
-    const db = existsSync(dbFile) ? openDatabase(dbFile, { migrate: false, readonly: true }) : undefined;
+    // A data directory without an index (a fresh machine) still purges hash paths; none is created for it.
+    const index = config.databaseUrl !== undefined || existsSync(dbFile) ? await openOriginIndex(config) : undefined;
     const paths: string[] = [];
     try {
-      const index = db ? new DistfileIndex(db) : undefined;
       for (const subject of positionals) {
         if (isSha512Hex(subject)) {
-          const names = index ? [...new Set(index.namesOfBlob(subject).filter((n) => n.detached_at === null).map((n) => n.filename))] : [];
+          const names = index ? await index.events.attachedNames(subject) : [];
           paths.push(...purgePathsFor({ sha512: subject, names }));
         } else {
           const problem = filenameProblem(subject);
@@ -50,11 +50,11 @@ export async function purgeCommand(args: string[]): Promise<number> {
         }
       }
     } finally {
-      db?.close();
+      await index?.close();
     }
     const unique = [...new Set(paths)];
     for (const p of unique) console.log(p);
-    if (!db) console.error(`no index at ${dbFile}: names attached to a sha512 are not known, only its hash paths are purged`);
+    if (!index) console.error(`no index at ${dbFile}: names attached to a sha512 are not known, only its hash paths are purged`);
     if (values['dry-run']) return 0;
 
     const agent = createEventAgent(config.eventTimeoutMs, config.fetchAllowCidrs);

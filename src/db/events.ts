@@ -158,6 +158,8 @@ export interface Outbox {
   status(target: string): Awaitable<TargetStatus>;
   /** Deletes events older than `cutoff` (ms) that none of `targets` still has to deliver. */
   prune(cutoff: number, targets: string[]): Awaitable<number>;
+  /** The names an event about this blob would carry now (attached ones, newest first): what `fastpull purge` purges. */
+  attachedNames(sha512: string): Awaitable<string[]>;
 }
 
 /** The outbox on SQLite: synchronous; claims are exclusive through SQLite's single writer. */
@@ -361,5 +363,11 @@ export class EventOutbox implements Outbox {
   /** Deletes events older than `cutoff` (ms) that none of `targets` still has to deliver. */
   prune(cutoff: number, targets: string[]): number {
     return this.stmt.prune.run({ cutoff, targets: JSON.stringify(targets) }).changes;
+  }
+
+  attachedNames(sha512: string): string[] {
+    return prepared(this.db)
+      .attachedNames.all(sha512)
+      .map((r) => r.filename);
   }
 }

@@ -45,6 +45,22 @@ export interface NewItem {
   blake2b?: string | undefined;
 }
 
+/** The fetch_items row a new item starts as, by column name (both engines insert it as it is). */
+export function queuedItemRow(jobId: string, idx: number, item: NewItem, at: number) {
+  return {
+    job_id: jobId,
+    idx,
+    url: item.url,
+    mirrors: JSON.stringify(item.mirrors),
+    filename: item.filename,
+    expected_size: item.size ?? null,
+    expected_sha512: item.sha512 ?? null,
+    expected_blake2b: item.blake2b ?? null,
+    state: 'queued' as const,
+    queued_at: at,
+  };
+}
+
 /**
  * The fetch queue, whichever engine holds it (`OriginIndex.jobs`): SQLite answers synchronously, PostgreSQL
  * asynchronously. Claims are exclusive on both: an item is downloaded by one runner at a time.
@@ -99,7 +115,8 @@ export class FetchJobStore implements FetchJobQueue {
       insertItem: db.prepare(
         `INSERT INTO fetch_items (job_id, idx, url, mirrors, filename, expected_size, expected_sha512, expected_blake2b,
                                   state, queued_at)
-         VALUES (@job_id, @idx, @url, @mirrors, @filename, @size, @sha512, @blake2b, 'queued', @at)`,
+         VALUES (@job_id, @idx, @url, @mirrors, @filename, @expected_size, @expected_sha512, @expected_blake2b,
+                 @state, @queued_at)`,
       ),
       job: db.prepare('SELECT * FROM fetch_jobs WHERE id = ?'),
       items: db.prepare('SELECT * FROM fetch_items WHERE job_id = ? ORDER BY idx'),
@@ -136,19 +153,7 @@ export class FetchJobStore implements FetchJobQueue {
     this.db
       .transaction(() => {
         this.stmt.insertJob.run({ id, at, by });
-        items.forEach((item, idx) =>
-          this.stmt.insertItem.run({
-            job_id: id,
-            idx,
-            url: item.url,
-            mirrors: JSON.stringify(item.mirrors),
-            filename: item.filename,
-            size: item.size ?? null,
-            sha512: item.sha512 ?? null,
-            blake2b: item.blake2b ?? null,
-            at,
-          }),
-        );
+        items.forEach((item, idx) => this.stmt.insertItem.run(queuedItemRow(id, idx, item, at)));
       })
       .immediate();
   }

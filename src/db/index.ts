@@ -1,7 +1,8 @@
 import type { Statement } from 'better-sqlite3';
 import type { Digests } from '../store/digests.js';
-import { recordEvent } from './events.js';
+import { recordEvent, type NewEvent } from './events.js';
 import type { DB } from './open.js';
+import type { Awaitable } from './origin-index.js';
 
 export interface BlobRow {
   sha512: string;
@@ -43,8 +44,36 @@ export interface NameRow {
   detached_by: string | null;
 }
 
+export interface RecordOptions {
+  filename?: string;
+  by?: string | null;
+  pinned?: boolean;
+  at?: number;
+}
+
+/**
+ * Blobs, names and their history: the `names` area of the index. SQLite (DistfileIndex) answers
+ * synchronously; PostgreSQL (db/postgres/names.ts) with promises, except for what its caches hold.
+ */
+export interface NameIndex {
+  /** The blob a hash path serves (quarantined ones included: the caller decides). */
+  servableByHash(sha512: string): Awaitable<ServableBlob | undefined>;
+  /** The blob a name path serves: the name's latest attachment. */
+  servableByName(filename: string): Awaitable<ServableBlob | undefined>;
+  blob(sha512: string): Awaitable<BlobRow | undefined>;
+  /** Every hash a name has pointed at, newest attachment first. */
+  history(filename: string): Awaitable<NameRow[]>;
+  namesOfBlob(sha512: string): Awaitable<NameRow[]>;
+  /** Records a stored blob (lifting a quarantine) and optionally attaches a name, with its outbox events, atomically. */
+  recordBlob(digests: Digests, opts?: RecordOptions): Awaitable<void>;
+  /** Points a name at a stored blob; false when the blob is unknown. */
+  attach(filename: string, sha512: string, by: string | null): Awaitable<boolean>;
+  /** Detaches every hash from a name; returns how many pairs were detached. */
+  detach(filename: string, by: string | null): Awaitable<number>;
+}
+
 /** Prepared statements over the index. Hot-path reads are single indexed point lookups. */
-export class DistfileIndex {
+export class DistfileIndex implements NameIndex {
   private readonly stmt: {
     servableByHash: Statement<[string], ServableBlob>;
     servableByName: Statement<[string], ServableBlob>;
@@ -129,7 +158,7 @@ export class DistfileIndex {
    * A blob that was quarantined and has just been re-written with good bytes is servable again.
    * Each change is announced in the outbox within the same transaction.
    */
-  recordBlob(digests: Digests, opts: { filename?: string; by?: string | null; pinned?: boolean; at?: number } = {}): void {
+  recordBlob(digests: Digests, opts: RecordOptions = {}): void {
     const at = opts.at ?? Date.now();
     this.db.transaction(() => {
       const created = this.stmt.insertBlob.run({ ...digests, at, pinned: opts.pinned ? 1 : 0 }).changes === 1;
@@ -163,16 +192,8 @@ export class DistfileIndex {
     const previous = this.stmt.currentOf.get(filename)?.sha512;
     const { seq } = this.stmt.nextSeq.get()!;
     this.stmt.attach.run({ filename, sha512, seq, at, by });
-    // Re-attaching the hash a name already serves changes nothing anyone can observe.
-    if (previous === sha512) return;
-    recordEvent(this.db, {
-      type: previous === undefined ? 'name.attached' : 'name.repointed',
-      sha512,
-      names: [filename],
-      previousSha512: previous ?? null,
-      actor: by,
-      at,
-    });
+    const event = attachEvent(filename, sha512, previous, by, at);
+    if (event) recordEvent(this.db, event);
   }
 
   /** Detaches every hash from a name; the blobs stay. Returns how many pairs were detached. */
@@ -189,4 +210,20 @@ export class DistfileIndex {
       })
       .immediate();
   }
+}
+
+/**
+ * What attaching `sha512` to a name that served `previous` announces (both engines): nothing when it is the
+ * hash the name already serves, which changes nothing anyone can observe.
+ */
+export function attachEvent(filename: string, sha512: string, previous: string | undefined, by: string | null, at: number): NewEvent | undefined {
+  if (previous === sha512) return undefined;
+  return {
+    type: previous === undefined ? 'name.attached' : 'name.repointed',
+    sha512,
+    names: [filename],
+    previousSha512: previous ?? null,
+    actor: by,
+    at,
+  };
 }

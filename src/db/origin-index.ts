@@ -1,4 +1,5 @@
 import type { Config } from '../config.js';
+import { DistfileIndex, type NameIndex } from './index.js';
 import { FetchJobStore, type FetchJobQueue } from './fetch-jobs.js';
 import { AuditLog, type AuditArea } from './audit.js';
 import { IndexCounters, type CounterArea } from './counters.js';
@@ -14,6 +15,7 @@ import { MaintenanceQueries, type MaintenanceIndex } from './maintenance.js';
 import { PostgresLocks } from './postgres/locks.js';
 import { PostgresMaintenance } from './postgres/maintenance.js';
 import { connectPostgres, migratePostgres, type Sql } from './postgres-index.js';
+import { PostgresNameIndex } from './postgres/names.js';
 import { PgUploadHolds } from './postgres/holds.js';
 import { PgFetchJobs } from './postgres/jobs.js';
 import { UploadHolds, type UploadHoldArea } from './upload-holds.js';
@@ -44,6 +46,8 @@ export interface OriginIndex {
   readonly postgres: Sql | undefined;
   /** Where the index is, for logs and status (a file, or the URL without its password). */
   readonly location: string;
+  /** Blobs, names and their history. */
+  readonly names: NameIndex;
   /** Fetch jobs and the URL → sha512 pairs learned by fetching; claims are exclusive across processes and replicas. */
   readonly jobs: FetchJobQueue;
   /** Space uploads in flight hold against the high watermark, in every process and replica. */
@@ -65,7 +69,10 @@ export interface OriginIndex {
   close(): Promise<void>;
 }
 
-export type IndexConfig = Pick<Config, 'dataDir' | 'databaseUrl' | 'databasePoolSize'>;
+export type IndexConfig = Pick<Config, 'dataDir' | 'databaseUrl' | 'databasePoolSize'> & Partial<Pick<Config, 'nameMaxAge'>>;
+
+/** A re-point through another replica is honoured here within this long at most (or the name's max-age, if shorter). */
+const NAME_CACHE_MAX_MS = 2_000;
 
 /** Opens the index FASTPULL_DATABASE_URL names (or SQLite in the data directory) and applies pending migrations. */
 export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex> {
@@ -77,6 +84,7 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
       sqlite: db,
       postgres: undefined,
       location: file,
+      names: new DistfileIndex(db),
       jobs: new FetchJobStore(db),
       holds: new UploadHolds(db),
       tokens: new SqliteTokens(db),
@@ -98,11 +106,22 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     await sql.end({ timeout: 1 }).catch(() => undefined);
     throw err;
   }
+  const names = new PostgresNameIndex(sql, {
+    nameTtlMs: Math.min((config.nameMaxAge ?? Infinity) * 1000, NAME_CACHE_MAX_MS),
+  });
+  let unlisten: () => Promise<void>;
+  try {
+    unlisten = await names.listen();
+  } catch (err) {
+    await sql.end({ timeout: 1 }).catch(() => undefined);
+    throw err;
+  }
   return {
     kind: 'postgres',
     sqlite: undefined,
     postgres: sql,
     location: redactPassword(config.databaseUrl),
+    names,
     jobs: new PgFetchJobs(sql),
     holds: new PgUploadHolds(sql),
     tokens: new PostgresTokens(sql),
@@ -113,6 +132,7 @@ export async function openOriginIndex(config: IndexConfig): Promise<OriginIndex>
     maintenance: new PostgresMaintenance(sql),
     locks: new PostgresLocks(sql),
     async close() {
+      await unlisten().catch(() => undefined);
       await sql.end({ timeout: 5 });
     },
   };

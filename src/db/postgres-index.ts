@@ -1,8 +1,5 @@
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
-import type { Digests } from '../store/digests.js';
-import type { IndexDriver, RecordOptions } from './index-driver.js';
-import type { BlobRow, NameRow, ServableBlob } from './index.js';
 import { listMigrations } from './migrate.js';
 
 /** migrations/postgres/ sits two levels above both src/db and dist/db. */
@@ -58,99 +55,12 @@ export async function migratePostgres(sql: Sql, dir = POSTGRES_MIGRATIONS_DIR): 
 }
 
 /**
- * The PostgreSQL index driver: the same statements as DistfileIndex, one round trip each where it can.
- * Not yet mirrored: the outbox events DistfileIndex writes beside each change (SQLite migration 006), and
- * the index counters its triggers keep (005).
- */
-export class PostgresIndexDriver implements IndexDriver {
-  readonly kind = 'postgres';
-
-  constructor(readonly sql: Sql) {}
-
-  async servableByHash(sha512: string): Promise<ServableBlob | undefined> {
-    const [row] = await this.sql<ServableBlob[]>`
-      SELECT b.sha512, b.blake2b, b.size, b.ingested_at AS modified_at, b.quarantined_at,
-             b.ingested_at || '.' || b.generation AS version,
-             (SELECT n.filename FROM names n WHERE n.sha512 = b.sha512 AND n.detached_at IS NULL
-              ORDER BY n.seq DESC LIMIT 1) AS filename
-      FROM blobs b WHERE b.sha512 = ${sha512}`;
-    return row;
-  }
-
-  async servableByName(filename: string): Promise<ServableBlob | undefined> {
-    const [row] = await this.sql<ServableBlob[]>`
-      SELECT b.sha512, b.blake2b, b.size, n.attached_at AS modified_at, b.quarantined_at, n.filename,
-             b.ingested_at || '.' || b.generation AS version
-      FROM names n JOIN blobs b ON b.sha512 = n.sha512
-      WHERE n.filename = ${filename} AND n.detached_at IS NULL
-      ORDER BY n.seq DESC LIMIT 1`;
-    return row;
-  }
-
-  async blob(sha512: string): Promise<BlobRow | undefined> {
-    const [row] = await this.sql<BlobRow[]>`SELECT * FROM blobs WHERE sha512 = ${sha512}`;
-    return row;
-  }
-
-  async history(filename: string): Promise<NameRow[]> {
-    return [...(await this.sql<NameRow[]>`SELECT * FROM names WHERE filename = ${filename} ORDER BY seq DESC`)];
-  }
-
-  async namesOfBlob(sha512: string): Promise<NameRow[]> {
-    return [...(await this.sql<NameRow[]>`SELECT * FROM names WHERE sha512 = ${sha512} ORDER BY seq DESC`)];
-  }
-
-  async recordBlob(digests: Digests, opts: RecordOptions = {}): Promise<void> {
-    const at = opts.at ?? Date.now();
-    const pinned = opts.pinned ? 1 : 0;
-    await this.sql.begin(async (tx) => {
-      await tx`
-        INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at, pinned)
-        VALUES (${digests.sha512}, ${digests.blake2b}, ${digests.sha256}, ${digests.size}, ${at}, ${pinned})
-        ON CONFLICT (sha512) DO NOTHING`;
-      // Only a real release touches quarantined_at: each update of it bumps the row's generation.
-      await tx`UPDATE blobs SET quarantined_at = NULL WHERE sha512 = ${digests.sha512} AND quarantined_at IS NOT NULL`;
-      if (opts.pinned) await tx`UPDATE blobs SET pinned = 1 WHERE sha512 = ${digests.sha512} AND pinned = 0`;
-      if (opts.filename !== undefined) await attachStatement(tx as unknown as Sql, opts.filename, digests.sha512, opts.by ?? null, at);
-    });
-  }
-
-  async attach(filename: string, sha512: string, by: string | null): Promise<boolean> {
-    return (await attachStatement(this.sql, filename, sha512, by, Date.now())) > 0;
-  }
-
-  async detach(filename: string, by: string | null): Promise<number> {
-    const result = await this.sql`
-      UPDATE names SET detached_at = ${Date.now()}, detached_by = ${by}
-      WHERE filename = ${filename} AND detached_at IS NULL`;
-    return result.count;
-  }
-
-  async close(): Promise<void> {
-    await this.sql.end({ timeout: 5 });
-  }
-}
-
-/**
- * Attaches in one statement: the row is only inserted when the blob exists (0 rows otherwise), and the
- * sequence orders attachments across replicas without a shared max(seq) read.
- */
-async function attachStatement(sql: Sql, filename: string, sha512: string, by: string | null, at: number): Promise<number> {
-  const result = await sql`
-    INSERT INTO names (filename, sha512, seq, first_attached_at, attached_at, attached_by)
-    SELECT ${filename}, sha512, nextval('names_seq'), ${at}, ${at}, ${by} FROM blobs WHERE sha512 = ${sha512}
-    ON CONFLICT (filename, sha512) DO UPDATE SET
-      seq = excluded.seq, attached_at = excluded.attached_at, attached_by = excluded.attached_by,
-      detached_at = NULL, detached_by = NULL`;
-  return result.count;
-}
-
-/**
  * Calls `onChange(sha512)` whenever any process changes what a blob serves (quarantine, release, repair)
  * or removes it (gc): the cue for a replica to drop its cached metadata. Uses one dedicated connection
- * (postgres.js re-listens after a reconnect); the returned function stops listening.
+ * (postgres.js re-listens after a reconnect, calling `onListen` each time: announcements made while it was
+ * away are lost, so a cache must start over then); the returned function stops listening.
  */
-export async function listenBlobChanges(sql: Sql, onChange: (sha512: string) => void): Promise<() => Promise<void>> {
-  const { unlisten } = await sql.listen('fastpull_blob', onChange);
+export async function listenBlobChanges(sql: Sql, onChange: (sha512: string) => void, onListen?: () => void): Promise<() => Promise<void>> {
+  const { unlisten } = await sql.listen('fastpull_blob', onChange, onListen);
   return unlisten;
 }

@@ -126,7 +126,7 @@ export class EventDispatcher {
         }
         await this.outbox.materialize(target.id, target.types);
         await target.ready(signal);
-        const claimed = await this.outbox.claim(target.id, this.owner, this.leaseMs, (c) => target.pick(c));
+        const claimed = await this.outbox.claim(target.id, this.owner, this.leaseMs, (c) => target.pick(c), target.claimLimit);
         if (claimed.length === 0) {
           await sleep(pollMs, undefined, { signal });
           continue;

@@ -22,6 +22,11 @@ export interface DeliveryTarget {
   readonly types: readonly EventType[];
   /** Chooses, among due deliveries (oldest first, at most one per blob), what one request carries. */
   pick(candidates: ClaimedDelivery[]): ClaimedDelivery[];
+  /**
+   * Due deliveries a claim reads for `pick` (default 100). Finding due deliveries costs more the more it must
+   * read through a backlog, so a target that sends one event a request asks for one.
+   */
+  readonly claimLimit?: number;
   /** Resolves when a request may be sent (rate limit, a Retry-After pause). */
   ready(signal: AbortSignal): Promise<void>;
   send(deliveries: ClaimedDelivery[], context: SendContext): Promise<SendResult>;
@@ -57,6 +62,8 @@ export class WebhookTarget implements DeliveryTarget {
     // query: a webhook URL often carries its own secret.
     this.id = `webhook:${new URL(url).host}#${createHash('sha256').update(url).digest('hex').slice(0, 8)}`;
   }
+
+  readonly claimLimit = 1;
 
   pick(candidates: ClaimedDelivery[]): ClaimedDelivery[] {
     return candidates.slice(0, 1);

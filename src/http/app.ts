@@ -3,7 +3,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptio
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/tokens.js';
 import type { Config } from '../config.js';
-import type { DistfileIndex } from '../db/index.js';
+import type { NameIndex } from '../db/index.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { BlobSource } from '../store/remote-reader.js';
 import { AppError } from '../errors.js';
@@ -15,7 +15,7 @@ import { installOps, serverTimeoutOptions } from './ops.js';
 import { requestLogFields } from './request-log.js';
 import { Readiness } from '../ops/readiness.js';
 import type { AuditArea } from '../db/audit.js';
-import { StatusQueries, type StatusArea } from '../db/status-queries.js';
+import type { StatusArea } from '../db/status-queries.js';
 import { registerOpenApi } from './openapi.js';
 import { fetchRoutes } from './routes/fetches.js';
 import type { Spider } from '../ingest/spider.js';
@@ -23,7 +23,6 @@ import { adminRoutes, type AdminRouteDeps } from './routes/admin.js';
 import { readRoutes, type MissHandler } from './routes/read.js';
 import { statusRoutes } from './routes/status.js';
 import { eventRoutes } from './routes/events.js';
-import { EventOutbox } from '../db/events.js';
 import type { EventDispatcher } from '../events/dispatcher.js';
 import { eventsStatusView } from '../events/status.js';
 import { createHotPath, requestIdOf, type BodyWatch } from './hot-path.js';
@@ -33,7 +32,7 @@ export interface AppDeps {
   logger: Logger;
   /** Where downloads read blobs: local files, or the remote storage behind the read cache. */
   source: BlobSource;
-  index: DistfileIndex;
+  index: NameIndex;
   ingest: Ingest;
   auth: Authenticator;
   missHandler?: MissHandler;
@@ -41,13 +40,13 @@ export interface AppDeps {
   readiness?: Readiness;
   /** Where authenticated writes are recorded; without it nothing is. */
   audit?: AuditArea;
-  /** The status page's queries and readiness's probe; SQLite's from the index when absent. */
-  status?: StatusArea;
+  /** The status page's queries and readiness's probe. */
+  status: StatusArea;
   /** Fetch jobs and pull-through state; without it the /fetches routes are absent. */
   spider?: Spider;
   storage?: AdminRouteDeps['storage'];
-  /** Outbox delivery; without it GET /api/v1/events still works, status shows no targets. */
-  events?: EventDispatcher;
+  /** Outbox delivery (GET /api/v1/events reads its outbox). */
+  events: EventDispatcher;
   /** Watches full bodies the lean download path sends (verification on serve). */
   watch?: BodyWatch;
 }
@@ -132,7 +131,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(request, reply, new AppError('NOT_FOUND', 'no such resource'), notFoundOptions(request)),
   );
 
-  const status = deps.status ?? new StatusQueries(deps.index.db);
+  const status = deps.status;
   const readiness = deps.readiness ?? new Readiness(config, status, deps.logger);
   installOps(app, { config, metrics: deps.metrics, readiness, audit: deps.audit });
 
@@ -146,7 +145,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ...(pullThrough ? { mirrors: () => pullThrough.mirrorStates() } : {}),
     events: deps.events ? async () => eventsStatusView(await deps.events!.status()) : undefined,
   });
-  await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events?.outbox ?? new EventOutbox(deps.index.db) });
+  await app.register(eventRoutes, { prefix: '/api/v1', auth: deps.auth, outbox: deps.events.outbox });
   await app.register(readRoutes, {
     config,
     index: deps.index,

@@ -3,7 +3,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { DistfileIndex, ServableBlob } from '../db/index.js';
+import type { NameIndex, ServableBlob } from '../db/index.js';
+import { isPromise, type Awaitable } from '../db/origin-index.js';
 import { SMALL_BLOB_BYTES, type BlobReader, type OpenFile } from '../store/blob-reader.js';
 import type { BlobSource } from '../store/remote-reader.js';
 import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
@@ -28,14 +29,17 @@ export interface HotLookup {
 }
 export type HandedOver = IncomingMessage & { [HOT_LOOKUP]?: HotLookup };
 
-export function lookup(index: DistfileIndex, target: BlobTarget): ServableBlob | undefined {
-  const blob = target.kind === 'hash' ? index.servableByHash(target.sha512) : index.servableByName(target.filename);
-  return blob && blob.quarantined_at === null ? blob : undefined;
+/** The servable blob a path names; synchronous when the index answers synchronously (SQLite, a cache hit). */
+export function lookup(index: NameIndex, target: BlobTarget): Awaitable<ServableBlob | undefined> {
+  const found = target.kind === 'hash' ? index.servableByHash(target.sha512) : index.servableByName(target.filename);
+  return isPromise(found) ? found.then(servable) : servable(found);
 }
+
+const servable = (blob: ServableBlob | undefined) => (blob && blob.quarantined_at === null ? blob : undefined);
 
 export interface HotPathDeps {
   config: Config;
-  index: DistfileIndex;
+  index: NameIndex;
   /** Local files are answered here; a blob only a remote storage holds is handed to fastify's route. */
   source: BlobSource;
   logger: Logger;
@@ -145,7 +149,27 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
       return;
     }
 
-    const blob = lookup(index, target);
+    const found = lookup(index, target);
+    // SQLite answers at once and the request goes on in this tick; a database on the network is awaited.
+    if (!isPromise(found)) return serve(req, res, fallback, target, found, started);
+    found.then(
+      (blob) => serve(req, res, fallback, target, blob, started),
+      (err: unknown) => {
+        logger.error({ err }, 'index lookup failed');
+        fallback(req, res);
+      },
+    );
+  };
+
+  function serve(
+    req: IncomingMessage,
+    res: ServerResponse,
+    fallback: (req: IncomingMessage, res: ServerResponse) => void,
+    target: BlobTarget,
+    blob: ServableBlob | undefined,
+    started: number,
+  ): void {
+    const method = req.method;
     const handOver = () => {
       (req as HandedOver)[HOT_LOOKUP] = { target, blob };
       fallback(req, res);
@@ -213,7 +237,7 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
       },
       () => handOver(),
     );
-  };
+  }
 
   function send(
     reader: BlobReader,

@@ -4,7 +4,8 @@ import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CounterArea, IndexCounts } from '../db/counters.js';
-import type { DistfileIndex } from '../db/index.js';
+import type { NameIndex, ServableBlob } from '../db/index.js';
+import { isPromise } from '../db/origin-index.js';
 import { isAppError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
 import { toAppError } from './errors.js';
@@ -483,23 +484,30 @@ export function metricsRoute(app: FastifyInstance, metrics: Metrics): void {
   });
 }
 
-/** Counts hits and misses of the two download-path lookups by wrapping them on this instance. */
-export function meterIndex(index: DistfileIndex, metrics: Metrics): void {
-  const hashHit = metrics.indexLookups.labels('hash', 'hit');
-  const hashMiss = metrics.indexLookups.labels('hash', 'miss');
-  const nameHit = metrics.indexLookups.labels('name', 'hit');
-  const nameMiss = metrics.indexLookups.labels('name', 'miss');
+/**
+ * Counts hits and misses of the two download-path lookups by wrapping them on this instance; a lookup
+ * answered synchronously (SQLite, a cache hit) is counted at once, without a promise.
+ */
+export function meterIndex(index: NameIndex, metrics: Metrics): void {
+  const counted = (key: 'hash' | 'name') => {
+    const hit = metrics.indexLookups.labels(key, 'hit');
+    const miss = metrics.indexLookups.labels(key, 'miss');
+    return (row: ServableBlob | undefined) => {
+      (row ? hit : miss).inc();
+      return row;
+    };
+  };
+  const hashCounted = counted('hash');
+  const nameCounted = counted('name');
   const byHash = index.servableByHash.bind(index);
   const byName = index.servableByName.bind(index);
   index.servableByHash = (sha512) => {
     const row = byHash(sha512);
-    (row ? hashHit : hashMiss).inc();
-    return row;
+    return isPromise(row) ? row.then(hashCounted) : hashCounted(row);
   };
   index.servableByName = (filename) => {
     const row = byName(filename);
-    (row ? nameHit : nameMiss).inc();
-    return row;
+    return isPromise(row) ? row.then(nameCounted) : nameCounted(row);
   };
 }
 

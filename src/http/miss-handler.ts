@@ -1,6 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
-import type { DistfileIndex } from '../db/index.js';
+import type { NameIndex } from '../db/index.js';
 import { AppError } from '../errors.js';
 import type { Flight, PullFlight, PullThrough } from '../ingest/pull-through.js';
 import type { BlobSource } from '../store/remote-reader.js';
@@ -20,7 +20,7 @@ export const WAITER_MAX_WAIT_MS = 20_000;
  * conditional requests, and requests arriving once bytes flow — waits for the commit (bounded)
  * and is then served from the store with the normal read path, so ranges and validators are exact.
  */
-export function createMissHandler(pull: PullThrough, deps: { config: Config; index: DistfileIndex; source: BlobSource }): MissHandler {
+export function createMissHandler(pull: PullThrough, deps: { config: Config; index: NameIndex; source: BlobSource }): MissHandler {
   const nameCacheControl = `public, max-age=${deps.config.nameMaxAge}`;
 
   async function streamAlong(flight: PullFlight, stream: NonNullable<ReturnType<Flight['subscribe']>>, target: BlobTarget, reply: FastifyReply) {
@@ -64,7 +64,7 @@ export function createMissHandler(pull: PullThrough, deps: { config: Config; ind
         sendError(request, reply, new AppError('NOT_FOUND', 'the distfile is being fetched from upstream; retry shortly'));
         return true;
       }
-      const blob = outcome ? lookup(deps.index, target) : undefined;
+      const blob = outcome ? await lookup(deps.index, target) : undefined;
       if (!blob) return false;
       await sendBlob(request, reply, deps.source, blob, { cacheControl: target.kind === 'hash' ? IMMUTABLE : nameCacheControl });
       return true;

@@ -307,13 +307,13 @@ export class FetchJobs {
     const hashes = expected.sha512 ? [expected.sha512] : await Promise.all(candidates.map((u) => this.deps.jobs.urlHash(u)));
     for (const sha512 of hashes) {
       if (!sha512) continue;
-      const blob = this.deps.ingest.index.blob(sha512);
+      const blob = await this.deps.ingest.index.blob(sha512);
       if (!blob || blob.quarantined_at !== null) continue;
       if (expected.size !== undefined && blob.size !== expected.size) continue;
       if (expected.blake2b !== undefined && blob.blake2b !== expected.blake2b) continue;
       // The index may outlive the bytes (a damaged disk, a lost object): only what is really there counts.
       if ((await this.deps.ingest.storage.stat(sha512))?.size !== blob.size) continue;
-      return { digests: this.deps.ingest.link(item.filename, sha512, by), source: 'store' };
+      return { digests: await this.deps.ingest.link(item.filename, sha512, by), source: 'store' };
     }
     return undefined;
   }

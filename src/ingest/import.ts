@@ -1,8 +1,9 @@
+import { createReadStream } from 'node:fs';
 import { statfs } from 'node:fs/promises';
-import type { DistfileIndex } from '../db/index.js';
+import type { NameIndex } from '../db/index.js';
 import { AppError, isAppError } from '../errors.js';
-import type { BlobStore } from '../store/blob-store.js';
 import { compareDigests, type Digests, type ExpectedDigests, type Mismatch } from '../store/digests.js';
+import type { BlobStorage } from '../store/storage.js';
 import type { DistEntry, ManifestSet } from './manifest.js';
 import type { Candidate, TreeNote, TreeScan } from './tree.js';
 
@@ -68,10 +69,44 @@ function describeMismatches(mismatches: Mismatch[], claimSource: string): string
  * are removed on the next start). The one thing the shortcut cannot see is a named source file replaced
  * by different bytes of exactly the same size; `--rehash` covers that.
  */
+/**
+ * Where an import puts verified bytes: the local BlobStore (hard links possible, free space checked on its
+ * filesystem) or any BlobStorage through `storageImportTarget`.
+ */
+export interface ImportTarget {
+  importFile(
+    source: string,
+    options: { expected?: ExpectedDigests; link?: boolean; onBytes?: (n: number) => void },
+  ): Promise<{ digests: Digests; created: boolean; linked: boolean }>;
+  sizeOf(sha512: string): Promise<number | undefined>;
+  /** The directory whose filesystem a copy must leave `minFreeBytes` on; undefined for an object store. */
+  readonly root?: string | undefined;
+}
+
+/** Any BlobStorage (a bucket) as an import target: every file is copied (streamed, verified), never linked. */
+export function storageImportTarget(storage: BlobStorage): ImportTarget {
+  return {
+    root: undefined,
+    async importFile(source, { expected = {}, onBytes }) {
+      const counted = async function* (stream: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+        for await (const chunk of stream) {
+          onBytes?.(chunk.length);
+          yield chunk;
+        }
+      };
+      const result = await storage.write(counted(createReadStream(source, { highWaterMark: 1024 * 1024 })), { expected });
+      return { ...result, linked: false };
+    },
+    async sizeOf(sha512) {
+      return (await storage.stat(sha512))?.size;
+    },
+  };
+}
+
 export class Importer {
   constructor(
-    readonly store: BlobStore,
-    readonly index: DistfileIndex,
+    readonly store: ImportTarget,
+    readonly index: NameIndex,
   ) {}
 
   async run(scan: TreeScan, options: ImportOptions = {}): Promise<ImportSummary> {
@@ -122,22 +157,22 @@ export class Importer {
     };
     await Promise.all(Array.from({ length: Math.max(1, options.jobs ?? 2) }, worker));
     if (summary.stopped === undefined && options.signal?.aborted) summary.stopped = 'interrupted';
-    if (options.manifests) this.attachManifestNames(options.manifests, options.by ?? 'import', summary);
+    if (options.manifests) await this.attachManifestNames(options.manifests, options.by ?? 'import', summary);
     return summary;
   }
 
-  private alreadyPresent(candidate: Candidate, manifest: DistEntry | undefined): boolean {
+  private async alreadyPresent(candidate: Candidate, manifest: DistEntry | undefined): Promise<string | undefined> {
     if (candidate.filename !== undefined) {
-      const current = this.index.servableByName(candidate.filename);
-      if (!current || current.quarantined_at !== null || current.size !== candidate.size) return false;
-      if (manifest?.sha512 !== undefined && manifest.sha512 !== current.sha512) return false;
-      return true;
+      const current = await this.index.servableByName(candidate.filename);
+      if (!current || current.quarantined_at !== null || current.size !== candidate.size) return undefined;
+      if (manifest?.sha512 !== undefined && manifest.sha512 !== current.sha512) return undefined;
+      return current.sha512;
     }
     const sha512 = candidate.claimed?.sha512;
-    if (sha512 === undefined) return false;
-    const row = this.index.blob(sha512);
-    if (!row || row.quarantined_at !== null || row.size !== candidate.size) return false;
-    return candidate.claimed?.size === undefined || candidate.claimed.size === candidate.size;
+    if (sha512 === undefined) return undefined;
+    const row = await this.index.blob(sha512);
+    if (!row || row.quarantined_at !== null || row.size !== candidate.size) return undefined;
+    return candidate.claimed?.size === undefined || candidate.claimed.size === candidate.size ? sha512 : undefined;
   }
 
   private async importOne(
@@ -147,12 +182,9 @@ export class Importer {
     summary: ImportSummary,
   ): Promise<{ outcome: Outcome; reason?: string }> {
     const manifest = candidate.filename !== undefined ? options.manifests?.byName.get(candidate.filename) : undefined;
-    if (!options.rehash && this.alreadyPresent(candidate, manifest)) {
-      // The index row alone is not proof: the blob file must still be there with its size.
-      const sha512 =
-        candidate.filename !== undefined ? this.index.servableByName(candidate.filename)!.sha512 : candidate.claimed!.sha512!;
-      if ((await this.store.sizeOf(sha512)) === candidate.size) return { outcome: 'present' };
-    }
+    const present = options.rehash ? undefined : await this.alreadyPresent(candidate, manifest);
+    // The index row alone is not proof: the blob file must still be there with its size.
+    if (present !== undefined && (await this.store.sizeOf(present)) === candidate.size) return { outcome: 'present' };
 
     const expected: ExpectedDigests = { ...candidate.claimed };
     let claimSource = candidate.claimSource ?? 'the tree';
@@ -172,7 +204,9 @@ export class Importer {
       const mismatches = compareDigests(expected, digests);
       if (mismatches.length > 0) return { outcome: 'corrupt', reason: describeMismatches(mismatches, claimSource) };
     } else {
-      if (!options.link && options.minFreeBytes !== undefined) await this.assertRoom(candidate.size, options.minFreeBytes);
+      if (!options.link && options.minFreeBytes !== undefined && this.store.root !== undefined) {
+        await this.assertRoom(this.store.root, candidate.size, options.minFreeBytes);
+      }
       let settle: (d: Digests | undefined) => void = () => undefined;
       byInode.set(candidate.inode, new Promise((resolve) => (settle = resolve)));
       try {
@@ -197,8 +231,8 @@ export class Importer {
     }
 
     const wasCurrent =
-      candidate.filename !== undefined && this.index.servableByName(candidate.filename)?.sha512 === digests.sha512;
-    this.index.recordBlob(digests, {
+      candidate.filename !== undefined && (await this.index.servableByName(candidate.filename))?.sha512 === digests.sha512;
+    await this.index.recordBlob(digests, {
       ...(candidate.filename !== undefined && !wasCurrent ? { filename: candidate.filename } : {}),
       by: options.by ?? 'import',
       // Stored by hash alone (BLOS, content-hash): referenced by hash URLs, so kept even without a name.
@@ -208,8 +242,8 @@ export class Importer {
     return { outcome: created || newName ? 'imported' : 'present' };
   }
 
-  private async assertRoom(size: number, minFreeBytes: number): Promise<void> {
-    const fs = await statfs(this.store.root);
+  private async assertRoom(root: string, size: number, minFreeBytes: number): Promise<void> {
+    const fs = await statfs(root);
     const free = fs.bavail * fs.bsize;
     if (free - size < minFreeBytes) {
       throw new AppError(
@@ -223,12 +257,12 @@ export class Importer {
    * Every Manifest entry whose blob is stored (imported now or earlier) gets its name, once the stored
    * blob's size and BLAKE2B agree with the entry; a disagreement is reported and nothing is attached.
    */
-  private attachManifestNames(manifests: ManifestSet, by: string, summary: ImportSummary): void {
+  private async attachManifestNames(manifests: ManifestSet, by: string, summary: ImportSummary): Promise<void> {
     for (const entry of manifests.entries) {
-      const row = entry.sha512 ? this.index.blob(entry.sha512) : undefined;
+      const row = entry.sha512 ? await this.index.blob(entry.sha512) : undefined;
       if (!row || row.quarantined_at !== null) {
         // Only a BLAKE2B in the Manifest: the name (if the tree gave it) is all there is to check.
-        const byName = entry.sha512 ? undefined : this.index.servableByName(entry.filename);
+        const byName = entry.sha512 ? undefined : await this.index.servableByName(entry.filename);
         if (byName && byName.size === entry.size && (!entry.blake2b || byName.blake2b === entry.blake2b)) continue;
         summary.manifestMissing.push(entry);
         continue;
@@ -246,9 +280,9 @@ export class Importer {
         });
         continue;
       }
-      const attached = this.index.history(entry.filename).some((h) => h.sha512 === row.sha512 && h.detached_at === null);
+      const attached = (await this.index.history(entry.filename)).some((h) => h.sha512 === row.sha512 && h.detached_at === null);
       if (!attached) {
-        this.index.attach(entry.filename, row.sha512, by);
+        await this.index.attach(entry.filename, row.sha512, by);
         summary.namesAttached++;
       }
     }

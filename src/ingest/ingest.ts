@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { AppError, fromFsError } from '../errors.js';
-import type { DistfileIndex } from '../db/index.js';
+import type { NameIndex } from '../db/index.js';
 import { BlobStore } from '../store/blob-store.js';
 import { LocalBlobStorage } from '../store/local-storage.js';
 import type { BlobStorage } from '../store/storage.js';
@@ -38,7 +38,7 @@ export class Ingest {
 
   constructor(
     storage: BlobStorage | BlobStore,
-    readonly index: DistfileIndex,
+    readonly index: NameIndex,
     readonly log?: Logger,
   ) {
     this.storage = storage instanceof BlobStore ? new LocalBlobStorage(storage) : storage;
@@ -54,10 +54,10 @@ export class Ingest {
       // A copy found damaged but left in place must give way to the bytes just verified; deduping
       // against it would un-quarantine the damage. (A file with no index row yet is a concurrent
       // upload's or a crash's: it was verified before it was linked, so dedup is right for it.)
-      replaceExisting: (sha512) => (this.index.blob(sha512)?.quarantined_at ?? null) !== null,
+      replaceExisting: async (sha512) => ((await this.index.blob(sha512))?.quarantined_at ?? null) !== null,
     });
     try {
-      this.index.recordBlob(digests, {
+      await this.index.recordBlob(digests, {
         ...(options.filename !== undefined ? { filename: options.filename } : {}),
         by: options.by ?? null,
         pinned: options.pinned ?? false,
@@ -66,7 +66,7 @@ export class Ingest {
     } catch (err) {
       // No blob file may stay without its row (e.g. SQLite "database or disk is full" after the link):
       // take back what this upload placed; a file that was already there before stays.
-      if (created) await this.storage.unplace(digests.sha512, () => this.index.blob(digests.sha512) !== undefined);
+      if (created) await this.storage.unplace(digests.sha512, async () => (await this.index.blob(digests.sha512)) !== undefined);
       throw fromFsError(err);
     }
     this.log?.info(
@@ -77,12 +77,12 @@ export class Ingest {
   }
 
   /** Attaches a name to a blob that is already stored, without re-sending bytes. */
-  link(filename: string, sha512: string, by: string | null): Digests {
+  async link(filename: string, sha512: string, by: string | null): Promise<Digests> {
     assertFilename(filename);
     assertSha512(sha512);
-    const blob = this.index.blob(sha512);
+    const blob = await this.index.blob(sha512);
     if (!blob || blob.quarantined_at !== null) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
-    if (!this.index.attach(filename, sha512, by)) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
+    if (!(await this.index.attach(filename, sha512, by))) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
     this.log?.info({ filename, sha512, by }, 'name attached');
     return { size: blob.size, sha512: blob.sha512, blake2b: blob.blake2b, sha256: blob.sha256 };
   }
@@ -93,10 +93,10 @@ export class Ingest {
     const detach = () => this.index.detach(filename, by);
     const reserve = this.storage.reserve;
     const detached = reserve
-      ? await reserve.whenFull(detach, () =>
+      ? await reserve.whenFull<number>(detach, () =>
           this.log?.warn({ filename }, 'disk full: released the reserve to record a detach (uploads wait until gc frees space)'),
         )
-      : detach();
+      : await detach();
     if (detached === 0) throw new AppError('NAME_NOT_FOUND', 'no blob is attached to that name', { filename });
     this.log?.info({ filename, by, detached }, 'name detached');
     return detached;

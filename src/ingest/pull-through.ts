@@ -249,9 +249,14 @@ export class PullThrough {
       this.options.log?.warn({ key, err }, 'flight lock unavailable; pulling in this process');
       return { owner: true as const, release: () => undefined };
     });
-    if (!grant.owner) {
+    // Another process may have stored the blob between this request's index miss and the lock: its flight is
+    // over, so the lock is free, but the blob needs no second download.
+    const stored = grant.owner && this.options.lock !== undefined ? await this.storedAlready(target).catch(() => false) : false;
+    if (grant.owner && stored) grant.release(true);
+    if (!grant.owner || stored) {
+      const outcome = grant.owner ? Promise.resolve(true) : grant.outcome;
       const follower = new FollowerFlight(
-        grant.outcome.then((stored) => {
+        outcome.then((stored) => {
           if (!stored) this.remember(target);
           return stored;
         }),
@@ -272,6 +277,12 @@ export class PullThrough {
       () => grant.release(false),
     );
     return flight;
+  }
+
+  private async storedAlready(target: BlobTarget): Promise<boolean> {
+    const index = this.options.ingest.index;
+    const blob = await (target.kind === 'hash' ? index.servableByHash(target.sha512) : index.servableByName(target.filename));
+    return blob !== undefined && blob.quarantined_at === null;
   }
 
   remember(target: BlobTarget): void {

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { AuditLog } from '../db/audit.js';
-import type { DistfileIndex } from '../db/index.js';
+import type { NameIndex } from '../db/index.js';
 import type { DB } from '../db/open.js';
 import { ScopedFetchJobStore, type FetchItemRow, type NewItem } from '../db/fetch-jobs.js';
 import { UploadHolds } from '../db/upload-holds.js';
@@ -83,7 +83,7 @@ const POLL_MS = 200;
 export interface LocalSyncDeps {
   config: Config;
   db: DB | undefined;
-  index: DistfileIndex | undefined;
+  index: NameIndex | undefined;
   store: BlobStore;
   ingest: Ingest | undefined;
   logger: Logger;
@@ -102,7 +102,7 @@ export class LocalSyncEngine implements SyncEngine {
     const { index, ingest, dryRun } = this.deps;
     if (!index) return undefined;
     if (d.sha512) {
-      const blob = index.blob(d.sha512);
+      const blob = await index.blob(d.sha512);
       if (!blob || blob.quarantined_at !== null) return undefined;
       if (blob.size !== d.size || (d.blake2b !== undefined && blob.blake2b !== d.blake2b)) {
         // SHA512 names the bytes; a Manifest whose other digests disagree with them is itself wrong.
@@ -111,17 +111,17 @@ export class LocalSyncEngine implements SyncEngine {
           reason: `the stored blob with this SHA512 has size ${blob.size} and BLAKE2B ${blob.blake2b.slice(0, 16)}…: the Manifest's digests contradict each other`,
         };
       }
-      if (index.history(d.filename).some((n) => n.sha512 === d.sha512 && n.detached_at === null)) {
+      if ((await index.history(d.filename)).some((n) => n.sha512 === d.sha512 && n.detached_at === null)) {
         return { status: 'present', sha512: d.sha512 };
       }
       if (dryRun || !ingest) return { status: 'missing', reason: DRY_RUN_ATTACH };
-      ingest.link(d.filename, d.sha512, SYNC_ACTOR);
+      await ingest.link(d.filename, d.sha512, SYNC_ACTOR);
       return { status: 'attached', sha512: d.sha512 };
     }
     // BLAKE2B only: the index is keyed by SHA512, so look through the name's own history.
-    for (const row of index.history(d.filename)) {
+    for (const row of await index.history(d.filename)) {
       if (row.detached_at !== null) continue;
-      const blob = index.blob(row.sha512);
+      const blob = await index.blob(row.sha512);
       if (blob && blob.quarantined_at === null && blob.blake2b === d.blake2b && blob.size === d.size) {
         return { status: 'present', sha512: blob.sha512 };
       }
@@ -211,8 +211,8 @@ export class LocalSyncEngine implements SyncEngine {
 
   async makeCurrent(filename: string, sha512: string): Promise<boolean> {
     const { index, ingest } = this.deps;
-    if (!index || !ingest || index.servableByName(filename)?.sha512 === sha512) return false;
-    ingest.link(filename, sha512, SYNC_ACTOR);
+    if (!index || !ingest || (await index.servableByName(filename))?.sha512 === sha512) return false;
+    await ingest.link(filename, sha512, SYNC_ACTOR);
     return true;
   }
 

@@ -19,7 +19,7 @@ export interface WriteOptions {
    * Asked when a blob with the same hash is already on disk: true means the stored copy is not
    * trusted (e.g. quarantined, or unknown to the index) and the freshly verified bytes replace it.
    */
-  replaceExisting?: (digests: Digests) => boolean;
+  replaceExisting?: (digests: Digests) => boolean | Promise<boolean>;
   /** Told the bytes received so far before each chunk is written; throwing aborts the write. */
   onProgress?: (received: number) => void;
 }
@@ -226,7 +226,7 @@ export class BlobStore {
   }
 
   /** Moves a verified temp file into place; false if the same blob already existed. */
-  private async commit(tmp: string, digests: Digests, replaceExisting?: (digests: Digests) => boolean): Promise<boolean> {
+  private async commit(tmp: string, digests: Digests, replaceExisting?: (digests: Digests) => boolean | Promise<boolean>): Promise<boolean> {
     const final = this.pathOf(digests.sha512);
     const dir = path.dirname(final);
     const firstCreated = await mkdir(dir, { recursive: true });
@@ -237,7 +237,7 @@ export class BlobStore {
       // Same hash already stored. A size that disagrees means the stored copy was damaged, and a copy the
       // caller does not trust may be damaged at the same size: replace either with the bytes just verified.
       const existing = await stat(final);
-      if (existing.size === digests.size && !replaceExisting?.(digests)) return false;
+      if (existing.size === digests.size && !(await replaceExisting?.(digests))) return false;
       await rename(tmp, final);
     }
     await fsyncDir(dir);
@@ -328,17 +328,22 @@ export class BlobStore {
   }
 
   /** Every blob hash found on disk (for fsck/reindex); ignores anything not shaped like a blob. */
-  async *list(): AsyncGenerator<string> {
-    const hex2 = /^[0-9a-f]{2}$/;
-    for (const a of await readdirSafe(this.blobsDir)) {
-      if (!hex2.test(a)) continue;
-      for (const b of await readdirSafe(path.join(this.blobsDir, a))) {
-        if (!hex2.test(b)) continue;
-        for (const c of await readdirSafe(path.join(this.blobsDir, a, b))) {
-          if (!hex2.test(c)) continue;
-          for (const name of await readdirSafe(path.join(this.blobsDir, a, b, c))) {
-            if (isSha512Hex(name) && name.startsWith(a + b + c)) yield name;
-          }
+  list(): AsyncGenerator<string> {
+    return blobsUnder(this.blobsDir);
+  }
+}
+
+/** Every hash filed in an `ab/cd/ef/<sha512>` tree, in order; anything not shaped like a blob is ignored. */
+export async function* blobsUnder(root: string): AsyncGenerator<string> {
+  const hex2 = /^[0-9a-f]{2}$/;
+  for (const a of await readdirSafe(root)) {
+    if (!hex2.test(a)) continue;
+    for (const b of await readdirSafe(path.join(root, a))) {
+      if (!hex2.test(b)) continue;
+      for (const c of await readdirSafe(path.join(root, a, b))) {
+        if (!hex2.test(c)) continue;
+        for (const name of await readdirSafe(path.join(root, a, b, c))) {
+          if (isSha512Hex(name) && name.startsWith(a + b + c)) yield name;
         }
       }
     }

@@ -3,9 +3,8 @@ import { mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/prom
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { isSha512Hex } from '../domain/hashes.js';
 import { BlobReader, type BlobRef } from './blob-reader.js';
-import { processAlive, readdirSafe } from './blob-store.js';
+import { blobsUnder, processAlive, readdirSafe } from './blob-store.js';
 import { blobFile } from './paths.js';
 import type { BlobStorage } from './storage.js';
 
@@ -186,20 +185,9 @@ export class ReadCache {
       if (!Number.isInteger(pid) || pid === process.pid || !processAlive(pid)) await unlink(path.join(this.tmpDir, name)).catch(() => undefined);
     }
     const found: { sha512: string; size: number; mtimeMs: number }[] = [];
-    const hex2 = /^[0-9a-f]{2}$/;
-    for (const a of await readdirSafe(this.blobsDir)) {
-      if (!hex2.test(a)) continue;
-      for (const b of await readdirSafe(path.join(this.blobsDir, a))) {
-        if (!hex2.test(b)) continue;
-        for (const c of await readdirSafe(path.join(this.blobsDir, a, b))) {
-          if (!hex2.test(c)) continue;
-          for (const name of await readdirSafe(path.join(this.blobsDir, a, b, c))) {
-            if (!isSha512Hex(name) || !name.startsWith(a + b + c)) continue;
-            const info = await stat(path.join(this.blobsDir, a, b, c, name)).catch(() => undefined);
-            if (info?.isFile()) found.push({ sha512: name, size: info.size, mtimeMs: info.mtimeMs });
-          }
-        }
-      }
+    for await (const sha512 of blobsUnder(this.blobsDir)) {
+      const info = await stat(blobFile(this.blobsDir, sha512)).catch(() => undefined);
+      if (info?.isFile()) found.push({ sha512, size: info.size, mtimeMs: info.mtimeMs });
     }
     found.sort((x, y) => x.mtimeMs - y.mtimeMs);
     // Entries filled while counting are newer than anything found: they stay at the recent end.

@@ -122,6 +122,10 @@ export class S3BlobStorage implements BlobStorage {
     this.agent = options.agent;
   }
 
+  close(): void {
+    this.client.destroy();
+  }
+
   /** Sockets to the endpoint carrying a request or a body right now (undefined when the pool is not ours to see). */
   get socketsInUse(): number | undefined {
     if (!this.agent) return undefined;
@@ -150,7 +154,7 @@ export class S3BlobStorage implements BlobStorage {
     if (declared === undefined) return this.spoolAndUpload(chunks, expected, maxBytes, replaceExisting, onProgress);
 
     const existing = await this.stat(declared);
-    const trusted = existing !== undefined && (expected.size === undefined || existing.size === expected.size) && !replaceExisting?.(declared);
+    const trusted = existing !== undefined && (expected.size === undefined || existing.size === expected.size) && !(await replaceExisting?.(declared));
     if (trusted) {
       // Already stored: the client's bytes must still be what it declared, but need not travel again.
       const verifier = verifying(chunks, expected, maxBytes, onProgress);
@@ -323,7 +327,7 @@ export class S3BlobStorage implements BlobStorage {
     chunks: AsyncIterable<Buffer>,
     expected: ExpectedDigests,
     maxBytes: number,
-    replaceExisting: ((sha512: string) => boolean) | undefined,
+    replaceExisting: ((sha512: string) => boolean | Promise<boolean>) | undefined,
     onProgress: ((received: number) => void) | undefined,
   ): Promise<StorageWriteResult> {
     const spool = path.join(this.spoolDir, `${process.pid}-${randomBytes(8).toString('hex')}${SPOOL_SUFFIX}`);
@@ -336,7 +340,7 @@ export class S3BlobStorage implements BlobStorage {
       handle = undefined;
       const digests = verifier.digests();
       const existing = await this.stat(digests.sha512);
-      if (existing && existing.size === digests.size && !replaceExisting?.(digests.sha512)) return { digests, created: false };
+      if (existing && existing.size === digests.size && !(await replaceExisting?.(digests.sha512))) return { digests, created: false };
       await this.upload(digests.sha512, createReadStream(spool, { highWaterMark: 1024 * 1024 }), digests.size);
       return { digests, created: true };
     } catch (err) {

@@ -64,6 +64,9 @@ export interface BlobStorage {
    * Headroom on the data disk that blob writes may not use (local driver only: S3 blobs do not fill it),
    * released so the index can still record a detach or a gc deletion on a full disk.
    */
+  /** Releases what the driver holds open (S3: its socket pool); the storage is unusable afterwards. */
+  close?(): void;
+
   readonly reserve?: { whenFull<T>(write: () => T | Promise<T>, onRelease?: () => void): Promise<T> } | undefined;
 }
 
@@ -76,7 +79,7 @@ export interface StorageWriteOptions {
    * (e.g. quarantined) and is replaced by the verified bytes. Depends on the hash alone, so a driver may
    * ask before reading the body (S3: to decide between uploading and only verifying).
    */
-  replaceExisting?: (sha512: string) => boolean;
+  replaceExisting?: (sha512: string) => boolean | Promise<boolean>;
   /** Told the bytes received so far before each chunk is stored; throwing aborts the write (nothing stored). */
   onProgress?: (received: number) => void;
 }

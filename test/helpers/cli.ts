@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { withBackendEnv } from './backend.js';
 
 const CLI = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
 
@@ -12,9 +13,10 @@ export interface CliResult {
 /**
  * Runs `fastpull <args>` from the sources (through tsx) as a real child process, with only the
  * environment given here plus PATH/HOME, so the caller's FASTPULL_* variables never leak in.
+ * A FASTPULL_DATA_DIR of a test server brings that server's bucket prefix and database along (s3+postgres runs).
  */
 export function runCli(args: string[], env: Record<string, string> = {}, input?: string): Promise<CliResult> {
-  return runNode(['--import', 'tsx', CLI, ...args], env, { input: input ?? '' });
+  return runNode(['--import', 'tsx', CLI, ...args], withBackendEnv(env), { input: input ?? '' });
 }
 
 /**

@@ -8,6 +8,12 @@ export const sha512 = (b: Buffer | string) => createHash('sha512').update(b).dig
 export const blake2b = (b: Buffer | string) => createHash('blake2b512').update(b).digest('hex');
 export const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 
+/** Every digest the index keeps of a body, as a store's verified write returns them. */
+export function digestsOf(text: Buffer | string): { size: number; sha512: string; blake2b: string; sha256: string } {
+  const b = Buffer.from(text);
+  return { size: b.length, sha512: sha512(b), blake2b: blake2b(b), sha256: sha256(b) };
+}
+
 export const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` };
 
 export interface RawResponse {
@@ -50,8 +56,8 @@ export async function filesUnder(dir: string): Promise<string[]> {
 }
 
 export function rowCounts(server: TestServer): { blobs: number; names: number } {
-  const blobs = (server.db.prepare('SELECT count(*) AS n FROM blobs').get() as { n: number }).n;
-  const names = (server.db.prepare('SELECT count(*) AS n FROM names').get() as { n: number }).n;
+  const blobs = (server.db!.prepare('SELECT count(*) AS n FROM blobs').get() as { n: number }).n;
+  const names = (server.db!.prepare('SELECT count(*) AS n FROM names').get() as { n: number }).n;
   return { blobs, names };
 }
 

@@ -4,6 +4,7 @@ import { chmod, open } from 'node:fs/promises';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { request } from 'undici';
+import { backendOf, blobStored, damageBlob, deleteBlob, listObjects, storedBytes } from './backend.js';
 import { ADMIN_TOKEN } from './server.js';
 
 export const sha512 = (b: Buffer | string) => createHash('sha512').update(b).digest('hex');
@@ -14,6 +15,13 @@ export function blobPath(dataDir: string, sha: string): string {
 
 /** Flips one bit of a stored blob in place, as a failing disk would: same size, other bytes. */
 export async function flipBit(dataDir: string, sha: string, offset: number): Promise<void> {
+  const server = backendOf(dataDir);
+  if (server.backend) {
+    // An object cannot be edited in place: the same key rewritten with one bit changed.
+    const bytes = (await storedBytes(server, sha))!;
+    bytes[offset] = bytes[offset]! ^ 0x10;
+    return damageBlob(server, sha, bytes);
+  }
   const file = blobPath(dataDir, sha);
   await chmod(file, 0o644);
   const handle = await open(file, 'r+');
@@ -28,9 +36,30 @@ export async function flipBit(dataDir: string, sha: string, offset: number): Pro
   await chmod(file, 0o444);
 }
 
-export function quarantined(dataDir: string, sha: string): string[] {
+/** The quarantined copies of a blob: files in <dataDir>/quarantine, or objects under PREFIX/trash/quarantine/. */
+export async function quarantined(dataDir: string, sha: string): Promise<string[]> {
+  const { backend } = backendOf(dataDir);
+  if (backend) {
+    const dir = `${backend.prefix}/trash/quarantine/`;
+    return (await listObjects(backend)).filter((k) => k.startsWith(`${dir}${sha}.`)).map((k) => k.slice(dir.length));
+  }
   const dir = path.join(dataDir, 'quarantine');
   return existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith(`${sha}.`)) : [];
+}
+
+/** Loses a blob's bytes (file or object) while its index row stays. */
+export function removeBlob(dataDir: string, sha: string): Promise<void> {
+  return deleteBlob(backendOf(dataDir), sha);
+}
+
+/** Writes bytes at a blob's final place behind the index's back (a stray file or object), as a crash or an operator might. */
+export function putBlob(dataDir: string, sha: string, bytes: Buffer | string): Promise<void> {
+  return damageBlob(backendOf(dataDir), sha, bytes);
+}
+
+/** Whether the blob's bytes are at their final place in the store over `dataDir` (file, or object). */
+export function blobExists(dataDir: string, sha: string): Promise<boolean> {
+  return blobStored(backendOf(dataDir), sha);
 }
 
 /** A second, independent connection to the server's index (WAL lets it read and write beside it). */

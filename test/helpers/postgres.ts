@@ -24,7 +24,8 @@ export function postgresMissing(): string | undefined {
   return missingBinaries([tool('initdb'), tool('pg_ctl'), tool('postgres'), tool('psql')], 'postgresql');
 }
 
-export async function startPostgres(database = 'fastpull'): Promise<Postgres> {
+/** `maxConnections`: PostgreSQL's default of 100 is too few for a whole test run's servers (a pool each, plus LISTEN). */
+export async function startPostgres(database = 'fastpull', options: { maxConnections?: number } = {}): Promise<Postgres> {
   const dir = await mkdtemp(path.join(tmpdir(), 'fp-pg-'));
   const data = path.join(dir, 'data');
   // PostgreSQL refuses to run as root: as root, the cluster belongs to the postgres user and runs as it.
@@ -51,7 +52,7 @@ export async function startPostgres(database = 'fastpull'): Promise<Postgres> {
       path.join(dir, 'postgres.log'),
       // Unix socket in the temp dir: nothing under /var/run is needed; fsync off: a test cluster never survives a crash.
       '-o',
-      `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off`,
+      `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=${options.maxConnections ?? 100}`,
       '-w',
       'start',
     ]);

@@ -1,11 +1,16 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { backendEnv, rememberTarget, targetFor, type BackendTarget } from './backend.js';
 
 const CLI = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
 
 export interface ServeProcess {
   child: ChildProcess;
   baseUrl: string;
+  /** FASTPULL_DATA_DIR as given (undefined: the process's default). */
+  dataDir: string | undefined;
+  /** Its bucket prefix and database (s3+postgres), for the assertion helpers in backend.ts. */
+  backend: BackendTarget | undefined;
   /** Everything the process wrote to stdout and stderr so far (its JSON logs). */
   output(): string;
   /** Resolves with the exit code (or the signal name) once the process has exited. */
@@ -15,8 +20,24 @@ export interface ServeProcess {
 /**
  * Starts `fastpull serve` from the sources as a real child process on 127.0.0.1:<random port>,
  * with only the given environment (plus PATH/HOME), and waits until it logs its address.
+ * Under FASTPULL_TEST_BACKEND=s3+postgres a process over FASTPULL_DATA_DIR gets that data dir's bucket prefix
+ * and database (fresh the first time), unless `env` names storage or a database; `options.backend` puts it on a
+ * given target instead (a replica of another process).
  */
-export async function startServeProcess(env: Record<string, string>, args: string[] = []): Promise<ServeProcess> {
+export async function startServeProcess(
+  env: Record<string, string>,
+  args: string[] = [],
+  options: { backend?: BackendTarget } = {},
+): Promise<ServeProcess> {
+  const dataDir = env.FASTPULL_DATA_DIR;
+  const explicit = env.FASTPULL_STORAGE !== undefined || env.FASTPULL_DATABASE_URL !== undefined;
+  let backend: BackendTarget | undefined;
+  if (!explicit) {
+    if (options.backend) {
+      backend = options.backend;
+      if (dataDir !== undefined) rememberTarget(dataDir, backend);
+    } else if (dataDir !== undefined) backend = await targetFor(dataDir);
+  }
   const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', ...args], {
     env: {
       PATH: process.env.PATH ?? '',
@@ -24,6 +45,7 @@ export async function startServeProcess(env: Record<string, string>, args: strin
       FASTPULL_HOST: '127.0.0.1',
       FASTPULL_PORT: '0',
       FASTPULL_LOG_LEVEL: 'info',
+      ...(backend ? backendEnv(backend) : {}),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -42,5 +64,5 @@ export async function startServeProcess(env: Record<string, string>, args: strin
     child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
     child.on('exit', (code) => reject(new Error(`fastpull serve exited (${code}) before listening:\n${out}`)));
   });
-  return { child, baseUrl, output: () => out, exited };
+  return { child, baseUrl, dataDir, backend, output: () => out, exited };
 }

@@ -11,6 +11,9 @@ import type { Sql } from '../postgres-index.js';
  */
 const OUTBOX_LOCK = 0x66_70_65_76; // 'fpev'
 
+/** Picks lost to other replicas before a claim gives up until the next poll. */
+const CLAIM_ROUNDS = 3;
+
 /** What recordEvent runs on: the transaction of the change (`sql.begin(tx => …)`), or a savepoint in it. */
 export type TransactionSql = postgres.TransactionSql | Sql;
 
@@ -47,9 +50,9 @@ export async function recordEvent(tx: TransactionSql, event: NewEvent): Promise<
 }
 
 /**
- * The outbox on PostgreSQL, shared by replicas. Claims lock candidate rows FOR UPDATE SKIP LOCKED and lease
- * them (lease_until, lease_owner) in one transaction, so two replicas never hold one delivery; a replica
- * that dies leaves a lease that expires, and another claims the delivery again.
+ * The outbox on PostgreSQL, shared by replicas. A claim leases the deliveries it picked (lease_until,
+ * lease_owner) in one statement that locks them FOR UPDATE SKIP LOCKED, so two replicas never hold one
+ * delivery; a replica that dies leaves a lease that expires, and another claims the delivery again.
  */
 export class PostgresEventOutbox implements Outbox {
   constructor(private readonly sql: Sql) {}
@@ -102,38 +105,50 @@ export class PostgresEventOutbox implements Outbox {
     pick: (candidates: ClaimedDelivery[]) => ClaimedDelivery[],
     limit = 100,
   ): Promise<ClaimedDelivery[]> {
-    // Idle polls stay one read: a transaction is opened only when something is due.
-    if ((await this.candidates(this.sql, target, Date.now(), 1, false)).length === 0) return [];
-    return (await this.sql.begin(async (tx) => {
+    // Replicas polling together read the same candidates and pick alike (oldest first): the one that loses
+    // a pick tries again without it, rather than idling a poll while others deliver.
+    const lost = new Set<number>();
+    for (let round = 0; round < CLAIM_ROUNDS; round++) {
       const now = Date.now();
-      const rows = await this.candidates(tx, target, now, limit, true);
+      const rows = (await this.candidates(target, now, limit + lost.size)).filter((r) => !lost.has(r.id));
+      if (rows.length === 0) return [];
       const chosen = pick(rows.map(({ attempts, ...event }) => ({ event: event as EventRow, attempts })));
       if (chosen.length === 0) return [];
-      const leased = await tx<{ event_id: number }[]>`
+      // Only the chosen rows are locked, and never waited for: a row another replica is leasing right now is
+      // skipped; one it has leased and committed fails the lease check (re-read under the lock).
+      const leased = await this.sql<{ event_id: number }[]>`
         UPDATE event_deliveries SET lease_until = ${now + leaseMs}, lease_owner = ${owner}, attempts = attempts + 1
-        WHERE target = ${target} AND event_id = ANY(${chosen.map((c) => c.event.id)}::bigint[]) AND state = 'pending'
+        WHERE target = ${target} AND event_id IN (
+          SELECT event_id FROM event_deliveries
+          WHERE target = ${target} AND event_id = ANY(${chosen.map((c) => c.event.id)}::bigint[])
+            AND state = 'pending' AND coalesce(lease_until, 0) < ${now}
+          FOR UPDATE SKIP LOCKED)
         RETURNING event_id`;
       const ok = new Set(leased.map((r) => r.event_id));
-      return chosen.filter((c) => {
-        if (ok.has(c.event.id)) c.attempts++;
-        return ok.has(c.event.id);
-      });
-    })) as ClaimedDelivery[];
+      if (ok.size > 0) {
+        return chosen.filter((c) => {
+          if (ok.has(c.event.id)) c.attempts++;
+          return ok.has(c.event.id);
+        });
+      }
+      for (const c of chosen) lost.add(c.event.id);
+    }
+    return [];
   }
 
   /**
-   * Due, not leased by a live claim, and no earlier delivery of the same blob still outstanding. Locked rows
-   * belong to another replica's claim in progress: skipped, never waited for. An earlier delivery of the same
-   * blob that is locked still counts as outstanding (NOT EXISTS reads, it does not lock), so order holds.
+   * Due, not leased by a live claim, and the oldest delivery of its blob still outstanding (so a blob's events
+   * go out in order, whichever replica holds the earlier one). The oldest is a per-row index probe on purpose:
+   * written as NOT EXISTS, the planner may pick an anti join scanning every pending row per row (seconds for a
+   * backlog of thousands) while the table's statistics lag behind its churn.
    */
-  private candidates(sql: Sql | postgres.TransactionSql, target: string, now: number, limit: number, lock: boolean) {
-    return sql<(EventRow & { attempts: number })[]>`
+  private candidates(target: string, now: number, limit: number) {
+    return this.sql<(EventRow & { attempts: number })[]>`
       SELECT e.*, d.attempts FROM event_deliveries d JOIN events e ON e.id = d.event_id
       WHERE d.target = ${target} AND d.state = 'pending' AND d.next_at <= ${now} AND coalesce(d.lease_until, 0) < ${now}
-        AND NOT EXISTS (SELECT 1 FROM event_deliveries p
-                        WHERE p.target = d.target AND p.sha512 = d.sha512 AND p.state = 'pending' AND p.event_id < d.event_id)
-      ORDER BY d.event_id LIMIT ${limit}
-      ${lock ? sql`FOR UPDATE OF d SKIP LOCKED` : sql``}`;
+        AND d.event_id = (SELECT min(p.event_id) FROM event_deliveries p
+                          WHERE p.target = d.target AND p.sha512 = d.sha512 AND p.state = 'pending')
+      ORDER BY d.event_id LIMIT ${limit}`;
   }
 
   async renew(target: string, ids: number[], owner: string, leaseMs: number): Promise<void> {
@@ -191,6 +206,12 @@ export class PostgresEventOutbox implements Outbox {
       lastFailureAt: row?.lastFailureAt ?? null,
       lastError: row?.lastError ?? null,
     };
+  }
+
+  async attachedNames(sha512: string): Promise<string[]> {
+    const rows = await this.sql<{ filename: string }[]>`
+      SELECT filename FROM names WHERE sha512 = ${sha512} AND detached_at IS NULL ORDER BY seq DESC`;
+    return rows.map((r) => r.filename);
   }
 
   async prune(cutoff: number, targets: string[]): Promise<number> {

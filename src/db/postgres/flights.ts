@@ -1,5 +1,5 @@
 import type { Sql } from '../postgres-index.js';
-import { replicaId } from './replica.js';
+import { renewalPeriod, replicaId } from './replica.js';
 
 /** Told to every listening replica when a flight ends (at commit), with its key and whether the blob was stored. */
 const DONE_CHANNEL = 'fastpull_flight';
@@ -62,10 +62,13 @@ export class PgFlightLock {
   }
 
   private listen(): Promise<unknown> {
-    this.listening ??= this.sql.listen(DONE_CHANNEL, (payload) => {
+    if (this.listening) return this.listening;
+    this.listening = this.sql.listen(DONE_CHANNEL, (payload) => {
       const { key, stored } = JSON.parse(payload) as { key: string; stored: boolean };
       this.settle(key, stored);
     });
+    // Once per process: rows of crashed owners whose keys nobody asked for again (an acquire takes over the rest).
+    this.sql`DELETE FROM pull_flights WHERE expires_at < ${Date.now()}`.catch(() => undefined);
     return this.listening;
   }
 
@@ -89,7 +92,7 @@ export class PgFlightLock {
     if (this.renewTimer || this.closed) return;
     this.renewTimer = setInterval(() => {
       this.sql`UPDATE pull_flights SET expires_at = ${Date.now() + this.ttlMs} WHERE owner = ${this.owner}`.catch(() => undefined);
-    }, Math.max(1, Math.floor(this.ttlMs / 4)));
+    }, renewalPeriod(this.ttlMs));
     this.renewTimer.unref();
   }
 

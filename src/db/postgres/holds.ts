@@ -1,6 +1,6 @@
 import type { HoldAttempt, UploadHoldArea } from '../upload-holds.js';
 import type { Sql } from '../postgres-index.js';
-import { replicaId } from './replica.js';
+import { renewalPeriod, replicaId } from './replica.js';
 
 /** Serialises admissions across replicas, per transaction ('fphd'). */
 const HOLDS_LOCK = 0x66_70_68_64;
@@ -21,7 +21,7 @@ export class PgUploadHolds implements UploadHoldArea {
     readonly owner = replicaId(),
     readonly ttlMs = DEFAULT_HOLD_TTL_MS,
   ) {
-    this.renewEveryMs = Math.max(1, Math.floor(ttlMs / 4));
+    this.renewEveryMs = renewalPeriod(ttlMs);
   }
 
   async storedBytes(): Promise<number> {

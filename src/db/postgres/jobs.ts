@@ -1,7 +1,7 @@
 import type { Digests } from '../../store/digests.js';
-import type { FetchItemRow, FetchJobQueue, FetchJobRow, NewItem } from '../fetch-jobs.js';
+import { queuedItemRow, type FetchItemRow, type FetchJobQueue, type FetchJobRow, type NewItem } from '../fetch-jobs.js';
 import type { Sql } from '../postgres-index.js';
-import { replicaId } from './replica.js';
+import { renewalPeriod, replicaId } from './replica.js';
 
 /** Told to every listening replica when a job is queued (at commit). */
 const QUEUED_CHANNEL = 'fastpull_jobs';
@@ -22,23 +22,12 @@ export class PgFetchJobs implements FetchJobQueue {
     readonly owner = replicaId(),
     readonly leaseMs = DEFAULT_FETCH_LEASE_MS,
   ) {
-    this.renewEveryMs = Math.max(1, Math.floor(leaseMs / 4));
+    this.renewEveryMs = renewalPeriod(leaseMs);
   }
 
   async create(id: string, items: NewItem[], by: string | null): Promise<void> {
     const at = Date.now();
-    const rows = items.map((item, idx) => ({
-      job_id: id,
-      idx,
-      url: item.url,
-      mirrors: JSON.stringify(item.mirrors),
-      filename: item.filename,
-      expected_size: item.size ?? null,
-      expected_sha512: item.sha512 ?? null,
-      expected_blake2b: item.blake2b ?? null,
-      state: 'queued',
-      queued_at: at,
-    }));
+    const rows = items.map((item, idx) => queuedItemRow(id, idx, item, at));
     await this.sql.begin(async (tx) => {
       await tx`INSERT INTO fetch_jobs (id, created_at, created_by) VALUES (${id}, ${at}, ${by})`;
       await tx`INSERT INTO fetch_items ${tx(rows)}`;
@@ -77,10 +66,14 @@ export class PgFetchJobs implements FetchJobQueue {
       WHERE claimed_by = ${this.owner} AND state = 'downloading'`;
   }
 
+  /** Handed back (this replica is stopping): told to the others at commit, so one of them resumes it now. */
   async requeue(item: FetchItemRow): Promise<void> {
     await this.sql`
-      UPDATE fetch_items SET state = 'queued', started_at = NULL, claimed_by = NULL, lease_until = NULL
-      WHERE job_id = ${item.job_id} AND idx = ${item.idx} AND state = 'downloading' AND claimed_by = ${this.owner}`;
+      WITH back AS (
+        UPDATE fetch_items SET state = 'queued', started_at = NULL, claimed_by = NULL, lease_until = NULL
+        WHERE job_id = ${item.job_id} AND idx = ${item.idx} AND state = 'downloading' AND claimed_by = ${this.owner}
+        RETURNING job_id)
+      SELECT pg_notify(${QUEUED_CHANNEL}, job_id) FROM back`;
   }
 
   async requeueInterrupted(): Promise<number> {

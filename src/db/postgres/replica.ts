@@ -9,3 +9,8 @@ import { hostname } from 'node:os';
 export function replicaId(): string {
   return `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
 }
+
+/** How often a replica renews what it owns: four chances per lease, so one slow round never lets it lapse. */
+export function renewalPeriod(leaseMs: number): number {
+  return Math.max(1, Math.floor(leaseMs / 4));
+}

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Authenticator } from '../../auth/tokens.js';
 import type { Config } from '../../config.js';
-import type { DistfileIndex, NameRow } from '../../db/index.js';
+import type { NameIndex, NameRow } from '../../db/index.js';
 import { AppError } from '../../errors.js';
 import { assertFilename, assertSha512, type Ingest } from '../../ingest/ingest.js';
 import type { Digests, ExpectedDigests } from '../../store/digests.js';
@@ -15,7 +15,7 @@ import { ADMIN_SCHEMAS } from './admin-schemas.js';
 
 export interface AdminRouteDeps {
   config: Config;
-  index: DistfileIndex;
+  index: NameIndex;
   ingest: Ingest;
   auth: Authenticator;
   /** Holds each upload's size against the storage high watermark (507 when it does not fit). */
@@ -177,7 +177,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
     },
     async (request, reply) => {
       const { filename, sha512 } = request.body;
-      const digests = ingest.link(filename, sha512, request.principal?.name ?? null);
+      const digests = await ingest.link(filename, sha512, request.principal?.name ?? null);
       return reply.code(200).send(ingestView(digests, filename));
     },
   );
@@ -185,10 +185,10 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
   app.get<{ Params: { filename: string } }>('/distfiles/:filename', { onRequest: canRead, schema: ADMIN_SCHEMAS.getName }, async (request) => {
     const { filename } = request.params;
     assertFilename(filename);
-    const history = index.history(filename);
+    const history = await index.history(filename);
     if (history.length === 0) throw new AppError('NAME_NOT_FOUND', 'that name has never been seen', { filename });
     const current = history.find((row) => row.detached_at === null);
-    const blob = current ? index.blob(current.sha512) : undefined;
+    const blob = current ? await index.blob(current.sha512) : undefined;
     return {
       filename,
       current: blob
@@ -212,9 +212,9 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps): P
   app.get<{ Params: { sha512: string } }>('/blobs/:sha512', { onRequest: canRead, schema: ADMIN_SCHEMAS.getBlob }, async (request) => {
     const { sha512 } = request.params;
     assertSha512(sha512);
-    const blob = index.blob(sha512);
+    const blob = await index.blob(sha512);
     if (!blob) throw new AppError('BLOB_NOT_FOUND', 'no stored blob has that sha512', { sha512 });
-    const names = index.namesOfBlob(sha512);
+    const names = await index.namesOfBlob(sha512);
     return {
       ...ingestView(blob),
       ingestedAt: iso(blob.ingested_at),

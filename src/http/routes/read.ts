@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../../config.js';
-import type { DistfileIndex } from '../../db/index.js';
+import type { NameIndex } from '../../db/index.js';
 import { AppError } from '../../errors.js';
 import type { BlobSource } from '../../store/remote-reader.js';
 import { HOT_LOOKUP, lookup, type BodyWatch, type HandedOver } from '../hot-path.js';
@@ -14,7 +14,7 @@ export interface MissHandler {
 
 export interface ReadRouteDeps {
   config: Config;
-  index: DistfileIndex;
+  index: NameIndex;
   source: BlobSource;
   missHandler?: MissHandler | undefined;
   watch?: BodyWatch | undefined;
@@ -53,7 +53,7 @@ export async function readRoutes(app: FastifyInstance, deps: ReadRouteDeps): Pro
         throw new AppError('NOT_FOUND', 'no such distfile');
       default: {
         request.routeKind = target.kind;
-        const blob = handed ? handed.blob : lookup(index, target);
+        const blob = handed ? handed.blob : await lookup(index, target);
         if (!blob) {
           if (missHandler && (await missHandler.handle(target, request, reply))) return reply;
           throw new AppError('NOT_FOUND', 'no such distfile');
