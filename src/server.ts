@@ -116,6 +116,9 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
   // Pull-through answers HTTP requests, so the HTTP side wraps it: ingest/ never imports http/.
   const missHandler = spider.pullThrough && createMissHandler(spider.pullThrough, { config, index, source });
   bridgeMaintenanceMetrics(metrics, config.scrubBytesPerSecond > 0);
+  const watch = config.verifyOnServe ? createServeVerifier({ storage: blobStorage, maintenance: originIndex.maintenance, logger }) : undefined;
+  // A fill of the read cache reads whole blobs too: damage it finds is judged like a damaged download.
+  if (readCache && watch) readCache.onDamaged = (blob, actual) => watch.damaged(blob, logger, actual);
   const app = await buildApp({
     config,
     logger,
@@ -131,7 +134,7 @@ export async function startServer(config: Config, options: { logger?: Logger; cl
     storage,
     events: events.dispatcher,
     ...(missHandler ? { missHandler } : {}),
-    ...(config.verifyOnServe ? { watch: createServeVerifier({ storage: blobStorage, maintenance: originIndex.maintenance, logger }) } : {}),
+    ...(watch ? { watch } : {}),
   });
   const sockets = trackConnections(app.server);
   let address: string;

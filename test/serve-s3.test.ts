@@ -2,7 +2,7 @@ import { DeleteObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -282,10 +282,10 @@ describe.skipIf(skip)('serve with s3 storage', () => {
 
 describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
   /** A server with a fresh 64 MiB read cache. */
-  const serveCached = async () => {
+  const serveCached = async (overrides: Partial<Config> = {}) => {
     const cacheDir = path.join(await makeDataDir(), 'cache');
     cleanup.push(() => rm(path.dirname(cacheDir), { recursive: true, force: true }));
-    return { server: await serve({ cacheDir, cacheMaxBytes: 64 * MiB }), cacheDir };
+    return { server: await serve({ cacheDir, cacheMaxBytes: 64 * MiB, ...overrides }), cacheDir };
   };
   const refOf = (server: TestServer, h: string) => {
     // SQLite index here: answered synchronously.
@@ -338,6 +338,21 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     expect(server.readCache!.holds(refOf(server, h))).toBe(true);
   }, 60_000);
 
+  it('serves a small blob from the bucket when its read-cache copy was damaged on local disk, and drops the copy', async () => {
+    const { server, cacheDir } = await serveCached();
+    const small = randomBytes(5000);
+    const h = await putBlob(server, 'rot-local-1.0.tar.gz', small);
+    expect((await get(`${server.baseUrl}/${h}`)).body.equals(small)).toBe(true);
+    expect(await server.readCache!.put(refOf(server, h), small)).toBe(true);
+    const file = blobFile(path.join(cacheDir, 'blobs'), h);
+    await writeFile(file, randomBytes(small.length));
+    const res = await get(`${server.baseUrl}/${h}`);
+    expect(res.status).toBe(200);
+    expect(res.body.equals(small)).toBe(true);
+    expect(server.readCache!.holds(refOf(server, h))).toBe(false);
+    await vi.waitFor(() => expect(existsSync(file)).toBe(false));
+  }, 60_000);
+
   it('never caches a damaged object, and cuts the response before its last byte', async () => {
     const { server, cacheDir } = await serveCached();
     const bytes = randomBytes(1 * MiB);
@@ -352,6 +367,16 @@ describe.skipIf(skip)('read cache (FASTPULL_CACHE_DIR) in front of s3', () => {
     expect(existsSync(blobFile(path.join(cacheDir, 'blobs'), h))).toBe(false);
     expect(server.readCache!.usage.blobs).toBe(0);
     expect(await readdir(path.join(cacheDir, 'tmp'))).toEqual([]);
+  }, 60_000);
+
+  it('with FASTPULL_VERIFY_ON_SERVE, a fill that finds a damaged object has it quarantined (a range GET checks no hash)', async () => {
+    const { server, cacheDir } = await serveCached({ verifyOnServe: true });
+    const bytes = randomBytes(1 * MiB);
+    const h = await putBlob(server, 'rot-fill-1.0.tar.gz', bytes);
+    await swift!.client.send(new PutObjectCommand({ Bucket: bucket, Key: s3Of(server).key(h), Body: randomBytes(bytes.length) }));
+    expect((await get(`${server.baseUrl}/${h}`, { range: 'bytes=0-99' })).status).toBe(206);
+    await vi.waitFor(async () => expect((await server.index.blob(h))?.quarantined_at ?? null).not.toBeNull(), { timeout: 20_000, interval: 50 });
+    expect(existsSync(blobFile(path.join(cacheDir, 'blobs'), h))).toBe(false);
   }, 60_000);
 
   it('evicts the least recently used blobs past FASTPULL_CACHE_MAX_BYTES, and keeps its entries across a restart', async () => {

@@ -65,7 +65,7 @@ describe('the small-blob cache never serves damaged bytes (issue 7, item 1)', ()
     // Evict nothing, restart nothing: only the index row changes, from another process.
     const verify = await runCli(['verify'], { FASTPULL_DATA_DIR: server.dataDir });
     expect(verify.code, verify.stderr).not.toBe(0);
-    expect(quarantined(server.dataDir, h)).toHaveLength(1);
+    expect(await quarantined(server.dataDir, h)).toHaveLength(1);
     for (const url of [byName, byHash]) expect((await get(url)).status, url).toBe(404);
 
     expect((await server.upload('cache-heal-1.0.tar.gz', good)).status).toBe(201);

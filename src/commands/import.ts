@@ -1,9 +1,7 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { loadConfig } from '../config.js';
-import { AuditLog } from '../db/audit.js';
-import { DistfileIndex } from '../db/index.js';
-import { databaseFile, openDatabase } from '../db/open.js';
+import { openOriginIndex } from '../db/origin-index.js';
 import { Importer, storageImportTarget } from '../ingest/import.js';
 import { readManifests, type ManifestSet } from '../ingest/manifest.js';
 import { detectTreeKind, scanTree, TREE_KINDS, type TreeKind } from '../ingest/tree.js';
@@ -17,8 +15,8 @@ const USAGE = `usage: fastpull import <dir> [--kind flat|glep75|blos] [--link] [
                        [--data-dir DIR] [--progress-interval SECONDS]
   every file is re-hashed; one that contradicts its claimed hash is reported and skipped. Names are
   attached by cli:<user>, and the run is recorded in the audit log.
-  Blobs go where FASTPULL_STORAGE says (local disk, or s3://BUCKET/PREFIX: copied, never linked); the
-  index must be SQLite for now (import, then fastpull migrate-index).
+  Blobs go where FASTPULL_STORAGE says (local disk, or s3://BUCKET/PREFIX: copied, never linked), names
+  into the index FASTPULL_DATABASE_URL names (SQLite by default).
   --kind K                 flat (a DISTDIR), glep75 (a mirror, every layout in its layout.conf) or blos
                            (Funtoo's store); detected when left out
   --link                   hard-link verified files into the store instead of copying (the source must
@@ -109,11 +107,6 @@ export async function importCommand(args: string[]): Promise<number> {
   }
 
   const config = loadConfig(values['data-dir'] !== undefined ? { dataDir: String(values['data-dir']) } : {});
-  if (config.databaseUrl !== undefined) {
-    // Names are recorded through the SQLite index for now: refusing beats filling a SQLite file nobody reads.
-    console.error('fastpull import: importing into a PostgreSQL index (FASTPULL_DATABASE_URL) is not supported yet; import into SQLite, then fastpull migrate-index');
-    return 2;
-  }
   if (config.storage.kind === 's3' && values.link) {
     console.error('fastpull import: --link needs the local store; objects in a bucket are always copies (leave out --link)');
     return 2;
@@ -123,7 +116,7 @@ export async function importCommand(args: string[]): Promise<number> {
   await storage.init();
   // On local disk the store itself imports: it can hard-link (--link) and checks free space.
   const target = storage instanceof LocalBlobStorage ? storage.store : storageImportTarget(storage);
-  const db = openDatabase(databaseFile(config.dataDir));
+  const originIndex = await openOriginIndex(config);
   try {
     const kind = (values.kind as TreeKind | undefined) ?? (await detectTreeKind(root));
     const scan = await scanTree(root, kind);
@@ -143,7 +136,7 @@ export async function importCommand(args: string[]): Promise<number> {
       if (note.kind !== 'ignored' || note.rel === 'layout.conf') progress.log(`${note.kind}: ${note.rel}: ${note.reason}`);
     }
 
-    const importer = new Importer(target, new DistfileIndex(db));
+    const importer = new Importer(target, originIndex.names);
     const actor = cliActor();
     // First Ctrl-C: finish the files in progress and print the summary (a re-run continues from there).
     // Second: quit at once; the temp files left behind are removed by the next run or server start.
@@ -181,7 +174,7 @@ export async function importCommand(args: string[]): Promise<number> {
     const corrupt = byKind('corrupt');
     const failed = byKind('failed');
     const ignored = byKind('ignored');
-    new AuditLog(db).record({
+    await originIndex.audit.record({
       actor,
       action: 'import',
       detail:
@@ -220,6 +213,6 @@ export async function importCommand(args: string[]): Promise<number> {
     if (summary.stopped === 'interrupted') return 130;
     return corrupt.length + failed.length > 0 || summary.stopped !== undefined ? 1 : 0;
   } finally {
-    db.close();
+    await originIndex.close();
   }
 }

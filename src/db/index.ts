@@ -64,8 +64,12 @@ export interface NameIndex {
   /** Every hash a name has pointed at, newest attachment first. */
   history(filename: string): Awaitable<NameRow[]>;
   namesOfBlob(sha512: string): Awaitable<NameRow[]>;
-  /** Records a stored blob (lifting a quarantine) and optionally attaches a name, with its outbox events, atomically. */
-  recordBlob(digests: Digests, opts?: RecordOptions): Awaitable<void>;
+  /**
+   * Records a stored blob (lifting a quarantine) and optionally attaches a name, with its outbox events, atomically.
+   * True when this call made the blob servable (a new row, or a quarantine lifted): of concurrent uploads of the
+   * same bytes, exactly one gets true.
+   */
+  recordBlob(digests: Digests, opts?: RecordOptions): Awaitable<boolean>;
   /** Points a name at a stored blob; false when the blob is unknown. */
   attach(filename: string, sha512: string, by: string | null): Awaitable<boolean>;
   /** Detaches every hash from a name; returns how many pairs were detached. */
@@ -158,9 +162,9 @@ export class DistfileIndex implements NameIndex {
    * A blob that was quarantined and has just been re-written with good bytes is servable again.
    * Each change is announced in the outbox within the same transaction.
    */
-  recordBlob(digests: Digests, opts: RecordOptions = {}): void {
+  recordBlob(digests: Digests, opts: RecordOptions = {}): boolean {
     const at = opts.at ?? Date.now();
-    this.db.transaction(() => {
+    return this.db.transaction(() => {
       const created = this.stmt.insertBlob.run({ ...digests, at, pinned: opts.pinned ? 1 : 0 }).changes === 1;
       const restored = this.stmt.unquarantine.run(digests.sha512).changes === 1;
       if (created || restored) {
@@ -174,6 +178,7 @@ export class DistfileIndex implements NameIndex {
       }
       if (opts.pinned) this.stmt.pin.run(digests.sha512);
       if (opts.filename !== undefined) this.attachInTx(opts.filename, digests.sha512, opts.by ?? null, at);
+      return created || restored;
     }).immediate();
   }
 

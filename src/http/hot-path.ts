@@ -207,7 +207,8 @@ export function createHotPath(deps: HotPathDeps): HotHandler | undefined {
         (read) => {
           // Missing, wrong size or damaged: fastify's route logs it and answers 404.
           if (!('bytes' in read)) {
-            if ('damaged' in read) watch?.damaged(blob, logger, read.damaged);
+            // A damaged read-cache copy says nothing of the stored blob: the route drops it and reads the storage.
+            if ('damaged' in read && !source.remote) watch?.damaged(blob, logger, read.damaged);
             return handOver();
           }
           account(req, res, reqId, target.kind, started);

@@ -190,7 +190,7 @@ export async function sendBlob(
   if (reader) {
     const sent = await sendFile(request, reply, reader, blob, range, source.remote !== undefined);
     if (sent !== undefined) return sent;
-    // A read-cache file gone from under us (another process evicted it): the storage still has the bytes.
+    // A read-cache file gone from under us (another process evicted it) or damaged on local disk.
     source.remote!.lost(blob);
   }
   if (source.remote) return sendRemote(request, reply, source.remote, blob, range, watch);
@@ -208,7 +208,8 @@ async function sendFile(
 ): Promise<FastifyReply | undefined> {
   if (blob.size <= SMALL_BLOB_BYTES) {
     const read = await reader.small(blob);
-    if (fallBack && 'onDisk' in read && read.onDisk === undefined) return undefined;
+    // A read-cache file missing or damaged: the storage still holds good bytes (checked on their way).
+    if (fallBack && !('bytes' in read)) return undefined;
     if (!('bytes' in read)) return missingOnDisk(request, reply, blob, read);
     setLength(reply, range, blob.size);
     if (request.method === 'HEAD') return reply.send();
@@ -218,7 +219,7 @@ async function sendFile(
   const file = await reader.acquire(blob);
   if (!file || file.size !== blob.size) {
     file?.release();
-    if (fallBack && !file) return undefined;
+    if (fallBack) return undefined;
     return missingOnDisk(request, reply, blob, { onDisk: file?.size });
   }
   setLength(reply, range, blob.size);

@@ -57,19 +57,6 @@ function describeMismatches(mismatches: Mismatch[], claimSource: string): string
 }
 
 /**
- * Bulk import of a scanned tree into the store and index (the import counterpart of Ingest).
- *
- * Resume rule (what a re-run skips without reading bytes):
- * - a named file whose name currently resolves, in the index, to a stored, unquarantined blob of the
- *   same size (and to the Manifest's sha512 when a Manifest names it);
- * - a hash-addressed file (content-hash path, BLOS) whose sha512 is indexed, unquarantined and on
- *   disk with the file's size.
- * Both are safe because the index only ever records a blob after its bytes were verified and made
- * durable, so an interrupted run leaves either a complete, verified entry or nothing (stale temp files
- * are removed on the next start). The one thing the shortcut cannot see is a named source file replaced
- * by different bytes of exactly the same size; `--rehash` covers that.
- */
-/**
  * Where an import puts verified bytes: the local BlobStore (hard links possible, free space checked on its
  * filesystem) or any BlobStorage through `storageImportTarget`.
  */
@@ -103,6 +90,19 @@ export function storageImportTarget(storage: BlobStorage): ImportTarget {
   };
 }
 
+/**
+ * Bulk import of a scanned tree into the store and index (the import counterpart of Ingest).
+ *
+ * Resume rule (what a re-run skips without reading bytes):
+ * - a named file whose name currently resolves, in the index, to a stored, unquarantined blob of the
+ *   same size (and to the Manifest's sha512 when a Manifest names it);
+ * - a hash-addressed file (content-hash path, BLOS) whose sha512 is indexed, unquarantined and on
+ *   disk with the file's size.
+ * Both are safe because the index only ever records a blob after its bytes were verified and made
+ * durable, so an interrupted run leaves either a complete, verified entry or nothing (stale temp files
+ * are removed on the next start). The one thing the shortcut cannot see is a named source file replaced
+ * by different bytes of exactly the same size; `--rehash` covers that.
+ */
 export class Importer {
   constructor(
     readonly store: ImportTarget,

@@ -48,7 +48,7 @@ export class Ingest {
     if (options.filename !== undefined) assertFilename(options.filename);
     const lease = options.lease;
     const limit = Math.min(options.maxBytes ?? Number.MAX_SAFE_INTEGER, options.expected?.size ?? Number.MAX_SAFE_INTEGER);
-    const { digests, created } = await this.storage.write(lease ? leased(source, lease, limit) : source, {
+    const { digests, created: written } = await this.storage.write(lease ? leased(source, lease, limit) : source, {
       ...(options.expected ? { expected: options.expected } : {}),
       ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}),
       // A copy found damaged but left in place must give way to the bytes just verified; deduping
@@ -56,17 +56,19 @@ export class Ingest {
       // upload's or a crash's: it was verified before it was linked, so dedup is right for it.)
       replaceExisting: async (sha512) => ((await this.index.blob(sha512))?.quarantined_at ?? null) !== null,
     });
+    let created: boolean;
     try {
-      await this.index.recordBlob(digests, {
+      const recorded = await this.index.recordBlob(digests, {
         ...(options.filename !== undefined ? { filename: options.filename } : {}),
         by: options.by ?? null,
         pinned: options.pinned ?? false,
       });
+      created = written && (this.storage.exactCreated || recorded);
       options.lease?.recorded(digests.size, created);
     } catch (err) {
       // No blob file may stay without its row (e.g. SQLite "database or disk is full" after the link):
       // take back what this upload placed; a file that was already there before stays.
-      if (created) await this.storage.unplace(digests.sha512, async () => (await this.index.blob(digests.sha512)) !== undefined);
+      if (written) await this.storage.unplace(digests.sha512, async () => (await this.index.blob(digests.sha512)) !== undefined);
       throw fromFsError(err);
     }
     this.log?.info(

@@ -23,6 +23,7 @@ import {
  */
 export class LocalBlobStorage implements BlobStorage {
   readonly kind = 'local';
+  readonly exactCreated = true;
 
   constructor(readonly store: BlobStore) {}
 

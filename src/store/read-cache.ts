@@ -19,8 +19,6 @@ export interface ReadCacheOptions {
   maxBytes: number;
   storage: BlobStorage;
   log?: Logger | undefined;
-  /** A blob whose bytes in the storage do not hash to its name (reported, never cached). */
-  onDamaged?: ((blob: BlobRef, actualSha512: string) => void) | undefined;
 }
 
 const TEMP_SUFFIX = '.tmp';
@@ -45,7 +43,8 @@ export class ReadCache {
   private readonly filling = new Map<string, Promise<boolean>>();
   private readonly storage: BlobStorage;
   private readonly log: Logger | undefined;
-  private readonly onDamaged: ReadCacheOptions['onDamaged'];
+  /** Told of a blob whose bytes in the storage do not hash to its name (never cached; verify-on-serve judges it). */
+  onDamaged: ((blob: BlobRef, actualSha512: string) => void) | undefined;
   /** The start-up count of what is already on disk; resolves when done. */
   ready: Promise<void> = Promise.resolve();
 
@@ -55,7 +54,6 @@ export class ReadCache {
     this.maxBytes = options.maxBytes;
     this.storage = options.storage;
     this.log = options.log;
-    this.onDamaged = options.onDamaged;
     this.reader = new BlobReader((sha512) => blobFile(this.blobsDir, sha512));
   }
 

@@ -92,6 +92,7 @@ const LAST_BLOB_KEY = `ff/ff/ff/${'f'.repeat(128)}`;
  */
 export class S3BlobStorage implements BlobStorage {
   readonly kind = 's3';
+  readonly exactCreated = false;
   readonly location: string;
   readonly bucket: string;
   /** '' or 'prefix/'. */

@@ -9,6 +9,12 @@ import type { Digests, ExpectedDigests } from './digests.js';
  */
 export interface BlobStorage {
   readonly kind: 'local' | 's3';
+  /**
+   * Whether `write`'s `created` is exact under concurrency (local: link(2) never overwrites, so of identical
+   * concurrent writes one creates). False for services without a conditional PUT: each concurrent writer
+   * uploads, and the index row decides which of them created the blob.
+   */
+  readonly exactCreated: boolean;
   /** Where the blobs are, for logs and status: a directory, or `s3://bucket/prefix`. */
   readonly location: string;
 

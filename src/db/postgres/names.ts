@@ -129,10 +129,10 @@ export class PostgresNameIndex implements NameIndex {
     return [...(await this.sql<NameRow[]>`SELECT * FROM names WHERE sha512 = ${sha512} ORDER BY seq DESC`)];
   }
 
-  async recordBlob(digests: Digests, opts: RecordOptions = {}): Promise<void> {
+  async recordBlob(digests: Digests, opts: RecordOptions = {}): Promise<boolean> {
     const at = opts.at ?? Date.now();
     try {
-      await this.sql.begin(async (tx) => {
+      return await this.sql.begin(async (tx) => {
         const created = (
           await tx`
             INSERT INTO blobs (sha512, blake2b, sha256, size, ingested_at, pinned)
@@ -152,6 +152,7 @@ export class PostgresNameIndex implements NameIndex {
         }
         if (opts.pinned) await tx`UPDATE blobs SET pinned = 1 WHERE sha512 = ${digests.sha512} AND pinned = 0`;
         if (opts.filename !== undefined) await attachInTx(tx, opts.filename, digests.sha512, opts.by ?? null, at);
+        return created || restored;
       });
     } finally {
       // The suggested filename of the hash changes with a new name; this replica sees its own write at once.
