@@ -4,7 +4,8 @@
  *
  * The store is real OpenStack Swift with its S3 API on loopback (test/helpers/swift.ts, the tests' harness),
  * sharing the machine's cores with everything else. The origin (built dist/, SQLite index in its own data dir)
- * is filled through its upload API and loaded by wrk like the other rows; its CPU is its process tree's. The
+ * is filled through its upload API and loaded by wrk like the other rows (also with a read cache, and with the index
+ * in PostgreSQL as replicas have it); its CPU is its process tree's. The
  * direct reader is this process running the origin's own driver (`openStorage(config).read`: one GetObject on
  * an S3Client built from the same settings) in as many concurrent loops as wrk has connections; its CPU is this
  * process's (process.cpuUsage), which does nothing else meanwhile.
@@ -18,6 +19,7 @@ import { request } from 'undici';
 import { loadConfig } from '../src/config.js';
 import { openStorage } from '../src/store/open-storage.js';
 import type { BlobStorage } from '../src/store/storage.js';
+import { postgresMissing, startPostgres, type Postgres } from '../test/helpers/postgres.js';
 import { startSwift, swiftMissing, type Swift } from '../test/helpers/swift.js';
 import { dataStream } from './data.js';
 import { freePort, startChild, treeCpuSeconds, waitForHttp, wrk, type Child } from './procs.js';
@@ -56,6 +58,8 @@ export interface S3BenchResult {
   skipped?: string;
   /** Why the origin rows are missing while the direct ones were measured. */
   originSkipped?: string;
+  /** Why the PostgreSQL-indexed origin is missing. */
+  postgresSkipped?: string;
   cells: S3Cell[];
   connections: number;
   rounds: number;
@@ -94,10 +98,10 @@ async function startOrigin(tag: string, env: Record<string, string>, logDir: str
   return { child, base: url };
 }
 
-async function upload(base: string, filename: string, size: number): Promise<string> {
+async function upload(base: string, filename: string, size: number, seed: Buffer, block: Buffer): Promise<string> {
   const res = await request(`${base}/api/v1/distfiles/${filename}?size=${size}`, {
     method: 'PUT',
-    body: dataStream(size, randomBytes(8)),
+    body: dataStream(size, seed, block),
     headers: { authorization: `Bearer ${TOKEN}`, 'content-length': String(size) },
     headersTimeout: 0,
     bodyTimeout: 0,
@@ -182,7 +186,9 @@ export async function runS3Bench(options: S3BenchOptions): Promise<S3BenchResult
   await mkdir(logDir, { recursive: true });
   log('bench: s3: starting OpenStack Swift');
   const swift = await startSwift();
-  const origins: { name: string; child: Child; base: string }[] = [];
+  /** `uploads`: the origin has an index of its own, so the blobs are uploaded through it too (S3 dedups them). */
+  const origins: { name: string; child: Child; base: string; uploads: boolean }[] = [];
+  let postgres: Postgres | undefined;
   try {
     const bucket = await swift.createBucket('bench');
     const env = s3Env(swift, bucket, dataDir);
@@ -195,9 +201,10 @@ export async function runS3Bench(options: S3BenchOptions): Promise<S3BenchResult
     // Without a read cache every body comes from the bucket; with one (s3read's FASTPULL_CACHE_DIR) hot blobs
     // are read from local disk after the warm-up filled it.
     try {
-      origins.push({ name: 'fastpull (s3)', ...(await startOrigin('s3', env, logDir)) });
+      origins.push({ name: 'fastpull (s3)', uploads: true, ...(await startOrigin('s3', env, logDir)) });
       origins.push({
         name: 'fastpull (s3 + FASTPULL_CACHE_DIR)',
+        uploads: false,
         ...(await startOrigin('s3-cache', { ...env, FASTPULL_CACHE_DIR: path.join(dataDir, 'cache') }, logDir)),
       });
     } catch (err) {
@@ -207,12 +214,34 @@ export async function runS3Bench(options: S3BenchOptions): Promise<S3BenchResult
       log(`bench: s3: origin not measured: ${result.originSkipped}`);
       for (const o of origins.splice(0)) await o.child.stop();
     }
+    // The replicas' combination: the same bucket with the index in PostgreSQL (its own data dir, no read cache).
+    const pgMissing = postgresMissing();
+    if (origins.length && pgMissing) result.postgresSkipped = pgMissing;
+    if (origins.length && !pgMissing) {
+      try {
+        postgres = await startPostgres('bench');
+        const pgDataDir = path.join(options.workDir, 's3-pg-data');
+        await mkdir(pgDataDir, { recursive: true });
+        const pgEnv = { ...env, FASTPULL_DATA_DIR: pgDataDir, FASTPULL_DATABASE_URL: postgres.url };
+        origins.push({ name: 'fastpull (s3 + PostgreSQL)', uploads: true, ...(await startOrigin('s3-pg', pgEnv, logDir)) });
+      } catch (err) {
+        result.postgresSkipped = (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+        log(`bench: s3: PostgreSQL origin not measured: ${result.postgresSkipped}`);
+      }
+    }
 
     for (const size of sizes) {
       const filename = `bench-s3-${size.label.replace(' ', '').toLowerCase()}-1.0.tar.xz`;
-      const sha512 = origins.length
-        ? await upload(origins[0]!.base, filename, size.bytes)
-        : (await storage.write(dataStream(size.bytes, randomBytes(8)), { expected: { size: size.bytes } })).digests.sha512;
+      // The same seed and block give the same bytes, so every index names the one object.
+      const seed = randomBytes(8);
+      const block = randomBytes(MiB);
+      let sha512 = '';
+      for (const o of origins.filter((x) => x.uploads)) {
+        const got = await upload(o.base, filename, size.bytes, seed, block);
+        if (sha512 && got !== sha512) throw new Error(`${o.name} stored ${got}, the first upload ${sha512}`);
+        sha512 = got;
+      }
+      if (!sha512) sha512 = (await storage.write(dataStream(size.bytes, seed, block), { expected: { size: size.bytes } })).digests.sha512;
       const readers = [...origins.map((o) => o.name), DIRECT];
       const runs = new Map<string, Omit<S3Cell, 'label' | 'reader'>[]>(readers.map((r) => [r, []]));
       const once = (reader: string, seconds: number) => {
@@ -237,6 +266,7 @@ export async function runS3Bench(options: S3BenchOptions): Promise<S3BenchResult
     }
   } finally {
     for (const o of origins) await o.child.stop();
+    await postgres?.stop();
     await swift.stop();
   }
   result.loadAtEnd = os.loadavg();
@@ -262,10 +292,12 @@ export async function s3Table(r: S3BenchResult): Promise<string> {
       `(\`openStorage(config).read\`, one GetObject on an S3Client built from the same settings) in ${r.connections} concurrent loops. ` +
       `Median of ${r.rounds} × ${r.duration} s, the readers taking turns. MB/s is bytes on the wire for wrk (headers included) and body ` +
       'bytes for the SDK; CPU is the reader’s own (the origin’s process tree; this process for the direct GET), not Swift’s. ' +
-      '“+ FASTPULL_CACHE_DIR” is a second origin over the same bucket and index with a local read cache, which the 1 s warm-up fills.',
+      '“+ FASTPULL_CACHE_DIR” is a second origin over the same bucket and index with a local read cache, which the 1 s warm-up fills; ' +
+      '“+ PostgreSQL” a third with the index in a throwaway PostgreSQL 15 cluster (test/helpers/postgres.ts) instead of SQLite, no read cache: a replica’s setup.',
     '',
   );
   if (r.originSkipped) out.push(`Origin rows not measured: ${r.originSkipped}.`, '');
+  if (r.postgresSkipped) out.push(`The PostgreSQL-indexed origin not measured: ${r.postgresSkipped}.`, '');
   out.push('| file | by hash through | req/s | MB/s | × direct S3 GET | reader CPU-s/GiB | CPU × direct |');
   out.push('| --- | --- | ---: | ---: | ---: | ---: | ---: |');
   for (const c of r.cells) {

@@ -14,6 +14,7 @@
 #   FASTPULL_HA_SERVERS_FILE    the file nginx includes in its upstream block (required)
 #   FASTPULL_HA_SERVER_PARAMS   parameters of each server line (default: max_fails=2 fail_timeout=10s)
 #   FASTPULL_HA_CHECK_SECONDS   seconds between polls (default 2)
+#   FASTPULL_HA_DOWN_AFTER      failed polls in a row that take an origin out (default 2; `once` polls once, so 1)
 #   FASTPULL_HA_RELOAD          command that makes nginx re-read its configuration (default: nginx -s reload)
 set -eu
 
@@ -21,25 +22,36 @@ set -eu
 : "${FASTPULL_HA_SERVERS_FILE:?path of the upstream servers file nginx includes}"
 params=${FASTPULL_HA_SERVER_PARAMS:-max_fails=2 fail_timeout=10s}
 interval=${FASTPULL_HA_CHECK_SECONDS:-2}
+down_after=${FASTPULL_HA_DOWN_AFTER:-2}
 reload=${FASTPULL_HA_RELOAD:-nginx -s reload}
 
 log() { echo "fastpull-ha-readiness: $*" >&2; }
 
-# Prints the servers file for the current readiness of every origin. An origin answering anything but 200
-# (drained, disk low, shutting down, unreachable) is `down`; when none is ready, all are listed as usable,
-# since an unready origin still serves downloads and a 502 for every request helps nobody.
-render() {
+# Asks every origin's /readyz and keeps, per origin, how many polls in a row failed (fails_1, fails_2, … in
+# this shell). An origin is down once FASTPULL_HA_DOWN_AFTER polls in a row got anything but 200 (drained, disk
+# low, shutting down, unreachable, or too slow): one slow answer from a busy origin does not reload the edge.
+poll() {
+  i=0
   ready=''
   states=''
   for origin in $FASTPULL_HA_ORIGINS; do
+    i=$((i + 1))
     code=$(curl -s -o /dev/null -w '%{http_code}' --connect-timeout 1 --max-time 2 "http://$origin/readyz" || true)
-    if [ "$code" = 200 ]; then
+    eval "n=\${fails_$i:-0}"
+    if [ "$code" = 200 ]; then n=0; else n=$((n + 1)); fi
+    eval "fails_$i=$n"
+    if [ "$n" -lt "$down_after" ]; then
       ready=yes
       states="$states $origin=up"
     else
       states="$states $origin=down"
     fi
   done
+}
+
+# Prints the servers file for the last poll. When no origin is up all are listed as usable, since an unready
+# origin still serves downloads and a 502 for every request helps nobody.
+render() {
   echo "# written by nginx-ha-readiness.sh:$states"
   for origin in $FASTPULL_HA_ORIGINS; do
     mark=''
@@ -53,6 +65,7 @@ render() {
 # Written beside the target and renamed over it, so nginx never reads half a file.
 write_if_changed() {
   next="$FASTPULL_HA_SERVERS_FILE.next"
+  poll
   render >"$next"
   if [ -f "$FASTPULL_HA_SERVERS_FILE" ] && cmp -s "$next" "$FASTPULL_HA_SERVERS_FILE"; then
     rm -f "$next"
@@ -74,7 +87,10 @@ watch() {
 }
 
 case "${1:-entrypoint}" in
-  once) write_if_changed || true ;;
+  once)
+    down_after=1
+    write_if_changed || true
+    ;;
   watch) watch ;;
   entrypoint)
     write_if_changed || true

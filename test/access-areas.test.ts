@@ -285,7 +285,7 @@ describe.each([
 
   it.skipIf(skip)('readiness probes the index', async () => {
     const { index } = await engine.open();
-    const readiness = new Readiness({ drainFile: null, dataDir: tmpdir(), minFreeBytes: 0, readOnly: true }, index.status);
+    const readiness = new Readiness({ drainFile: null, dataDir: tmpdir(), minFreeBytes: 0, readOnly: true, storage: { kind: 'local' as const } }, index.status);
     expect((await readiness.check()).checks.database).toEqual({ ok: true });
     await index.close();
     const report = await readiness.check();
@@ -330,7 +330,7 @@ describe('HTTP over the PostgreSQL areas (a listening server)', () => {
     installAudit(app, index.audit);
     const auth = new DbAuthenticator(new BootstrapAuthenticator(undefined), new TokenStore(index.tokens));
     app.post('/api/v1/things/:filename', { onRequest: requireScope(auth, 'upload') }, async (request) => ({ by: request.principal!.name }));
-    await app.register(statusRoutes, { queries: index.status, readiness: new Readiness({ drainFile: null, dataDir: tmpdir(), minFreeBytes: 0, readOnly: true }, index.status) });
+    await app.register(statusRoutes, { queries: index.status, readiness: new Readiness({ drainFile: null, dataDir: tmpdir(), minFreeBytes: 0, readOnly: true, storage: { kind: 'local' as const } }, index.status) });
     const base = await app.listen({ host: '127.0.0.1', port: 0 });
     const post = async (secret?: string) => {
       const res = await request(`${base}/api/v1/things/a.tar.gz`, { method: 'POST', headers: secret ? { authorization: `Bearer ${secret}` } : {} });
@@ -400,7 +400,7 @@ describe('PostgreSQL readiness', () => {
     const port = (silent.address() as AddressInfo).port;
     const sql = connectPostgres(`postgres://postgres@127.0.0.1:${port}/none`, { max: 1, connectTimeout: 600 });
     try {
-      const readiness = new Readiness({ drainFile: null, dataDir: tmpdir(), minFreeBytes: 0, readOnly: true }, new PostgresStatus(sql, { pingTimeoutMs: 300 }));
+      const readiness = new Readiness({ drainFile: null, dataDir: tmpdir(), minFreeBytes: 0, readOnly: true, storage: { kind: 'local' as const } }, new PostgresStatus(sql, { pingTimeoutMs: 300 }));
       const report = await readiness.check();
       expect(report.failing).toEqual(['database']);
       expect(report.checks.database?.detail).toBe('the database did not answer a query');

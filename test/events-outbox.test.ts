@@ -18,6 +18,7 @@ import { SHARED_SCHEMAS } from '../src/http/schemas.js';
 import { sha512 } from './helpers/core.js';
 import { runCli } from './helpers/cli.js';
 import { startRecorder, type Recorded } from './helpers/recorder.js';
+import { startServeProcess } from './helpers/serve-process.js';
 import { ADMIN_TOKEN } from './helpers/server.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 import { skipWithoutService } from './helpers/services.js';
@@ -439,4 +440,53 @@ describe.skipIf(skipPg)('outbox on PostgreSQL: ids committed out of order', () =
     expect(await outbox.status('webhook:x')).toMatchObject({ pending: 2 });
     expect((await outbox.claim('webhook:x', 'me', 60_000, (c) => c)).map((c) => c.event.id)).toEqual([slow.id]);
   });
+});
+
+describe.skipIf(skipPg)('two replicas (fastpull serve) on one PostgreSQL database', () => {
+  beforeAll(async () => {
+    pg ??= await startPostgres();
+  }, 60_000);
+
+  it('each event reaches the webhook once, whichever replica recorded or delivers it', async () => {
+    const url = await pg!.createDatabase('replicas');
+    const hook = await startRecorder();
+    cleanup.push(() => hook.close());
+    const replica = async () => {
+      const dir = await mkdtemp(path.join(tmpdir(), 'fp-replica-'));
+      dirs.push(dir);
+      const proc = await startServeProcess({
+        FASTPULL_DATA_DIR: dir,
+        FASTPULL_DATABASE_URL: url,
+        FASTPULL_ADMIN_TOKEN: ADMIN_TOKEN,
+        FASTPULL_WEBHOOKS: `${hook.url}/hook`,
+        FASTPULL_FETCH_ALLOW_CIDRS: '127.0.0.0/8',
+        FASTPULL_EVENT_POLL_MS: '50',
+        FASTPULL_MIN_FREE_BYTES: '0',
+      });
+      cleanup.push(async () => {
+        if (proc.child.exitCode === null && proc.child.signalCode === null) proc.child.kill('SIGTERM');
+        await proc.exited;
+      });
+      return proc;
+    };
+    const [a, b] = await Promise.all([replica(), replica()]);
+    const sql = connectPostgres(url, { max: 1 });
+    pools.push(sql);
+    // A target starts at the newest event: upload only once the replicas have registered it.
+    expect(await until(async () => (await sql`SELECT 1 FROM event_targets`).length === 1)).toBe(true);
+
+    const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
+    for (let i = 0; i < 6; i++) {
+      const res = await request(`${(i % 2 === 0 ? a : b).baseUrl}/api/v1/distfiles/replica-${i}.tar.gz`, { method: 'PUT', body: `replica ${i}\n`, headers: auth });
+      await res.body.dump();
+      expect(res.statusCode).toBe(201);
+    }
+    const polled = await request(`${b.baseUrl}/api/v1/events?after=0&limit=1000`, { headers: auth });
+    const stream = ((await polled.body.json()) as { events: { id: number; type: string }[] }).events;
+    // Every upload is a new blob with a new name, seen alike by both replicas.
+    expect(stream.map((e) => e.type)).toEqual(Array.from({ length: 6 }, () => ['blob.stored', 'name.attached']).flat());
+    expect(await hook.waitFor((r) => new Set(r.map((q) => hookEvent(q).id)).size === stream.length)).toBe(true);
+    expect(await until(async () => (await sql`SELECT 1 FROM event_deliveries WHERE state <> 'delivered'`).length === 0)).toBe(true);
+    expect(hook.requests.map((q) => hookEvent(q).id).sort((x, y) => x - y)).toEqual(stream.map((e) => e.id));
+  }, 120_000);
 });

@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -58,6 +58,8 @@ describe.skipIf(nginxMissing || curlMissing)('HA edge (config/nginx-ha.conf + ng
   let edge: RunningNginx;
   let watcher: ChildProcess | undefined;
   let serversFile: string;
+  /** The nginx master's pid file: SIGHUP to that pid is what `nginx -s reload` does in the container. */
+  let pidFile = '';
   let readinessEnv: Record<string, string>;
 
   const hashUrl = () => `${edge.url}/distfiles/${hash.slice(0, 2)}/${hash.slice(2, 4)}/${hash.slice(4, 6)}/${hash}`;
@@ -102,18 +104,16 @@ describe.skipIf(nginxMissing || curlMissing)('HA edge (config/nginx-ha.conf + ng
     };
     const once = spawnSync('sh', [READINESS, 'once'], { env: readinessEnv, encoding: 'utf8' });
     expect(once.status, once.stderr).toBe(0);
-    let nginxDir = '';
     edge = await startTemplate(
       TEMPLATE,
       (port, dir) => {
-        nginxDir = dir;
+        pidFile = path.join(dir, 'nginx.pid');
         return { FASTPULL_HA_LISTEN: `127.0.0.1:${port}`, FASTPULL_HA_SERVERS_FILE: serversFile };
       },
       { worker: true },
     );
-    // What `nginx -s reload` does in the container: SIGHUP to the master, found through its pid file.
     watcher = spawn('sh', [READINESS, 'watch'], {
-      env: { ...readinessEnv, FASTPULL_HA_RELOAD: `kill -HUP "$(cat ${path.join(nginxDir, 'nginx.pid')})"` },
+      env: { ...readinessEnv, FASTPULL_HA_RELOAD: `kill -HUP "$(cat ${pidFile})"` },
       stdio: 'ignore',
     });
   });
@@ -212,9 +212,15 @@ describe.skipIf(nginxMissing || curlMissing)('HA edge (config/nginx-ha.conf + ng
   });
 
   it('keeps answering when an origin is killed: every request goes to the survivor (passive failover alone)', async () => {
-    // The readiness poller is stopped first, so what saves these requests is proxy_next_upstream, not a reload.
+    // The readiness poller is stopped first, so what saves these requests is proxy_next_upstream, not a reload;
+    // the list is then written by hand with both origins in, whatever the poller last saw on this busy machine.
+    const stopped = new Promise((resolve) => watcher!.once('exit', resolve));
     watcher!.kill('SIGTERM');
+    await stopped;
     const [a, b] = origins as [(typeof origins)[0], (typeof origins)[0]];
+    await writeFile(serversFile, origins.map((o) => `server ${o.hostPort} max_fails=2 fail_timeout=10s;\n`).join(''));
+    process.kill(Number(await readFile(pidFile, 'utf8')), 'SIGHUP');
+    await until('both answer under the hand-written list', async () => (await spread(6)).size === 2);
     a.proc.child.kill('SIGKILL');
     await a.proc.exited;
     const seen = await spread(20);
@@ -307,6 +313,8 @@ describe('docker-compose.yml profile "ha"', () => {
     const edge = services['edge-ha']!;
     expect(edge.volumes).toContain('./config/nginx-ha.conf:/etc/nginx/templates/default.conf.template:ro');
     expect(edge.volumes).toContain('./config/nginx-ha-readiness.sh:/docker-entrypoint.d/40-fastpull-ha-readiness.sh:ro');
+    // The image's entrypoint runs only executable files from /docker-entrypoint.d/ (and skips the rest with a notice).
+    expect((await stat(READINESS)).mode & 0o111).not.toBe(0);
     const template = await read('config/nginx-ha.conf');
     const placeholders = [...new Set([...template.matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]!))].sort();
     expect(placeholders).toEqual(['FASTPULL_HA_LISTEN', 'FASTPULL_HA_SERVERS_FILE']);

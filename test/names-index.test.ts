@@ -1,4 +1,5 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -13,6 +14,7 @@ import { Ingest } from '../src/ingest/ingest.js';
 import { createLogger } from '../src/logger.js';
 import { BlobStore } from '../src/store/blob-store.js';
 import { localSource } from '../src/store/remote-reader.js';
+import { runCli } from './helpers/cli.js';
 import { digestsOf, sha512 } from './helpers/core.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 import { get } from './helpers/server.js';
@@ -251,6 +253,40 @@ describe.skipIf(skipPg)('the download path over PostgreSQL', () => {
     expect((await ingest.ingest(Readable.from([body]), { by: 'test' })).created).toBe(true);
     expect((await get(hashPath)).status).toBe(200);
   });
+});
+
+describe.skipIf(skipPg)('CLI commands on the configured index', () => {
+  it('fastpull import records into PostgreSQL when FASTPULL_DATABASE_URL is set, not into a SQLite file; purge reads it', async () => {
+    pg ??= await startPostgres();
+    const url = await pg.createDatabase('import_cli');
+    const tree = await mkdtemp(path.join(tmpdir(), 'fp-names-tree-'));
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'fp-names-data-'));
+    dirs.push(tree, dataDir);
+    await writeFile(path.join(tree, 'foo-1.0.tar.gz'), 'foo\n');
+    await writeFile(path.join(tree, 'bar-2.0.tar.xz'), 'bar\n');
+    const env = { FASTPULL_DATA_DIR: dataDir, FASTPULL_DATABASE_URL: url };
+    const first = await runCli(['import', tree], env);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/imported: +2/);
+    expect(existsSync(path.join(dataDir, 'index.sqlite'))).toBe(false);
+    const index = await open('postgres', url);
+    expect(await index.names.servableByName('foo-1.0.tar.gz')).toMatchObject({ sha512: sha512('foo\n'), size: 4 });
+    // Two files imported side by side: their events interleave.
+    expect((await run(index, 'SELECT type FROM events ORDER BY type')).map((r) => r.type)).toEqual([
+      'blob.stored', 'blob.stored', 'name.attached', 'name.attached',
+    ]);
+    expect((await run(index, 'SELECT action FROM audit_log')).map((r) => r.action)).toEqual(['import']);
+    // A re-run finds everything present, by the same index.
+    const again = await runCli(['import', tree], env);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/already present: +2/);
+
+    // fastpull purge names the paths of the names attached in that same index.
+    const purge = await runCli(['purge', '--dry-run', sha512('foo\n')], env);
+    expect(purge.code, purge.stderr).toBe(0);
+    expect(purge.stdout.split('\n')).toContain('/distfiles/foo-1.0.tar.gz');
+    expect(purge.stderr).not.toMatch(/no index/);
+  }, 60_000);
 });
 
 describe('the caches are bounded', () => {

@@ -40,13 +40,14 @@ export class Readiness {
   private readonly details = new Map<string, () => CheckResult | Promise<CheckResult>>();
 
   constructor(
-    private readonly config: Pick<Config, 'drainFile' | 'dataDir' | 'minFreeBytes' | 'readOnly'>,
+    private readonly config: Pick<Config, 'drainFile' | 'dataDir' | 'minFreeBytes' | 'readOnly' | 'storage'>,
     private readonly index: Pick<StatusArea, 'ping'>,
     private readonly log?: Logger,
   ) {
     this.drainFile = drainFilePath(config);
-    // The temp dir is where every upload is first written, so that is the directory that must take writes.
-    this.probeDir = path.join(config.dataDir, 'tmp');
+    // Where every upload is first written, so the directory that must take writes: the store's temp dir on local
+    // disk, the spool an S3 upload is staged in otherwise.
+    this.probeDir = path.join(config.dataDir, config.storage.kind === 'local' ? 'tmp' : 'spool');
   }
 
   inform(name: string, probe: () => CheckResult | Promise<CheckResult>): void {

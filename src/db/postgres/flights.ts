@@ -20,6 +20,8 @@ export type PgFlightGrant = { owner: true; release(stored: boolean): void } | { 
 export class PgFlightLock {
   private readonly waiters = new Map<string, Set<(stored: boolean) => void>>();
   private readonly owned = new Set<string>();
+  /** Releases still committing: this process's next miss of the key waits for its row to go, not for a notify. */
+  private readonly releasing = new Map<string, Promise<void>>();
   private listening: Promise<{ unlisten(): Promise<void> }> | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
@@ -36,6 +38,7 @@ export class PgFlightLock {
   async acquire(key: string): Promise<PgFlightGrant> {
     // Listening before looking: a flight ending right after our insert found its row must still reach us.
     await this.listen();
+    await this.releasing.get(key);
     const now = Date.now();
     // A row whose owner stopped renewing it (a dead replica) is taken over.
     const [row] = await this.sql<{ owner: string }[]>`
@@ -46,7 +49,15 @@ export class PgFlightLock {
     if (row) {
       this.owned.add(key);
       this.renewWhileOwning();
-      return { owner: true, release: (stored) => void this.release(key, stored) };
+      return {
+        owner: true,
+        release: (stored) => {
+          const done = this.release(key, stored).finally(() => {
+            if (this.releasing.get(key) === done) this.releasing.delete(key);
+          });
+          this.releasing.set(key, done);
+        },
+      };
     }
     return { owner: false, outcome: this.wait(key) };
   }
