@@ -75,7 +75,7 @@ describe('fastpull fsck', () => {
       expect(orphanGet.status).toBe(200);
       expect(orphanGet.body.equals(orphan)).toBe(true);
       expect(existsSync(blobPath(dataDir, fakeSha))).toBe(false);
-      expect(quarantined(dataDir, fakeSha)).toHaveLength(1);
+      expect(await quarantined(dataDir, fakeSha)).toHaveLength(1);
       // Rows without good files 404 by name and hash; their name history is kept.
       for (const [name, sha] of [['b.tar', bSha], ['c.tar', cSha]] as const) {
         expect((await get(`${baseUrl}/distfiles/${name}`)).status).toBe(404);
@@ -128,7 +128,7 @@ describe('fastpull fsck', () => {
       expect(repair.code, repair.stdout).toBe(0);
       expect((await get(`${server.baseUrl}/distfiles/good.tar`)).status).toBe(200);
       expect((await get(`${server.baseUrl}/distfiles/bad.tar`)).status).toBe(404);
-      expect(quarantined(server.dataDir, sha512(bad))).toHaveLength(1);
+      expect(await quarantined(server.dataDir, sha512(bad))).toHaveLength(1);
       expect(existsSync(blobPath(server.dataDir, sha512(bad)))).toBe(false);
     } finally {
       await server.stop();
