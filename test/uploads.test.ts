@@ -633,7 +633,9 @@ describe('constant memory', () => {
     }
     const [stored] = await storedBlobs(server);
     expect(await blobSize(server, path.basename(stored!))).toBe(total);
-    expect(peak - baseline).toBeLessThan(64 * 1024 * 1024);
+    // A bound independent of the upload's size. S3 holds its multipart parts in memory while they are sent
+    // (two 5 MiB parts at a time, plus the SDK's copies of them), so its bound is higher than the local store's.
+    expect(peak - baseline).toBeLessThan((TEST_BACKEND === 'local' ? 64 : 112) * 1024 * 1024);
 
     // And back out again: the download streams from disk too.
     const downBase = process.memoryUsage.rss();

@@ -48,7 +48,7 @@ export class Ingest {
     if (options.filename !== undefined) assertFilename(options.filename);
     const lease = options.lease;
     const limit = Math.min(options.maxBytes ?? Number.MAX_SAFE_INTEGER, options.expected?.size ?? Number.MAX_SAFE_INTEGER);
-    const { digests, created: written } = await this.storage.write(lease ? leased(source, lease, limit) : source, {
+    const { digests, created: written, contended } = await this.storage.write(lease ? leased(source, lease, limit) : source, {
       ...(options.expected ? { expected: options.expected } : {}),
       ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}),
       // A copy found damaged but left in place must give way to the bytes just verified; deduping
@@ -63,7 +63,7 @@ export class Ingest {
         by: options.by ?? null,
         pinned: options.pinned ?? false,
       });
-      created = written && (this.storage.exactCreated || recorded);
+      created = written && (!contended || recorded);
       options.lease?.recorded(digests.size, created);
     } catch (err) {
       // No blob file may stay without its row (e.g. SQLite "database or disk is full" after the link):

@@ -23,7 +23,6 @@ import {
  */
 export class LocalBlobStorage implements BlobStorage {
   readonly kind = 'local';
-  readonly exactCreated = true;
 
   constructor(readonly store: BlobStore) {}
 

@@ -64,7 +64,7 @@ export interface S3StorageOptions {
 
 const MIN_PART_SIZE = 5 * 1024 * 1024;
 const MAX_PARTS = 10_000;
-/** Parts are held in memory (queueSize at a time): 64 MiB parts still reach 640 GB objects. */
+/** Parts are held in memory (queueSize at a time, 2 by default: an upload holds about two parts in RSS): 64 MiB parts still reach 640 GB objects. */
 const MAX_PART_SIZE = 64 * 1024 * 1024;
 /** CopyObject's ceiling; bigger objects are copied part by part. */
 const MAX_SINGLE_COPY = 5 * 1024 ** 3;
@@ -92,7 +92,6 @@ const LAST_BLOB_KEY = `ff/ff/ff/${'f'.repeat(128)}`;
  */
 export class S3BlobStorage implements BlobStorage {
   readonly kind = 's3';
-  readonly exactCreated = false;
   readonly location: string;
   readonly bucket: string;
   /** '' or 'prefix/'. */
@@ -117,7 +116,7 @@ export class S3BlobStorage implements BlobStorage {
     this.staleAfterMs = options.staleAfterMs ?? STALE_AFTER_MS;
     this.pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
     this.partSize = options.partSize;
-    this.queueSize = options.queueSize ?? 4;
+    this.queueSize = options.queueSize ?? 2;
     this.maxSingleCopy = options.maxSingleCopy ?? MAX_SINGLE_COPY;
     this.copyPartSize = options.copyPartSize ?? COPY_PART_SIZE;
     this.agent = options.agent;
@@ -164,7 +163,7 @@ export class S3BlobStorage implements BlobStorage {
     }
     const verifier = verifying(chunks, expected, maxBytes, onProgress);
     await this.upload(declared, Readable.from(verifier), expected.size ?? maxBytes);
-    return { digests: verifier.digests(), created: true };
+    return { digests: verifier.digests(), created: true, contended: existing === undefined };
   }
 
   async stat(sha512: string): Promise<BlobStat | undefined> {
@@ -343,7 +342,7 @@ export class S3BlobStorage implements BlobStorage {
       const existing = await this.stat(digests.sha512);
       if (existing && existing.size === digests.size && !(await replaceExisting?.(digests.sha512))) return { digests, created: false };
       await this.upload(digests.sha512, createReadStream(spool, { highWaterMark: 1024 * 1024 }), digests.size);
-      return { digests, created: true };
+      return { digests, created: true, contended: existing === undefined };
     } catch (err) {
       throw fromFsError(err);
     } finally {

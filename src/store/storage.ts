@@ -9,12 +9,6 @@ import type { Digests, ExpectedDigests } from './digests.js';
  */
 export interface BlobStorage {
   readonly kind: 'local' | 's3';
-  /**
-   * Whether `write`'s `created` is exact under concurrency (local: link(2) never overwrites, so of identical
-   * concurrent writes one creates). False for services without a conditional PUT: each concurrent writer
-   * uploads, and the index row decides which of them created the blob.
-   */
-  readonly exactCreated: boolean;
   /** Where the blobs are, for logs and status: a directory, or `s3://bucket/prefix`. */
   readonly location: string;
 
@@ -94,6 +88,12 @@ export interface StorageWriteResult {
   digests: Digests;
   /** False when an identical blob was already stored (deduplicated). */
   created: boolean;
+  /**
+   * True when nothing stood at the hash when the driver looked, and a concurrent writer of the same bytes may have
+   * put its copy there too: a service without a conditional PUT cannot tell which of them created the blob, so
+   * the index row decides. (Local disk never sets it: link(2) makes exactly one of them the creator.)
+   */
+  contended?: boolean;
 }
 
 export interface BlobStat {
