@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scrubCounters } from '../src/maintenance/scrub.js';
 import { runCli } from './helpers/cli.js';
-import { backendOf, countRows, indexExec, indexRows } from './helpers/backend.js';
+import { backendOf, countRows, indexExec, indexRows, TEST_BACKEND } from './helpers/backend.js';
 import { blobExists, blobInfo, content, flipBit, quarantined, removeBlob, sha512, waitFor } from './helpers/integrity.js';
 import { get, makeDataDir, startTestServer, type TestServer } from './helpers/server.js';
 
@@ -77,8 +77,11 @@ describe('fastpull verify', () => {
     await flipBit(server.dataDir, SHA['epsilon-3.tgz']!, FILES['epsilon-3.tgz']!.length - 1);
     // Before verify, a small blob's damage already answers 404 (its bytes are hashed before the memory
     // cache takes them); a large one is still served: without FASTPULL_VERIFY_ON_SERVE nothing re-hashes it.
-    expect((await get(`${server.baseUrl}/distfiles/alpha-1.0.tar.gz`)).status).toBe(404);
-    expect((await get(`${server.baseUrl}/distfiles/epsilon-3.tgz`)).status).toBe(200);
+    // On S3 the read path hashes every body, so only the local store shows the difference.
+    if (TEST_BACKEND === 'local') {
+      expect((await get(`${server.baseUrl}/distfiles/alpha-1.0.tar.gz`)).status).toBe(404);
+      expect((await get(`${server.baseUrl}/distfiles/epsilon-3.tgz`)).status).toBe(200);
+    }
 
     const res = await cli();
     expect(res.code, res.stdout).toBe(1);
@@ -154,7 +157,8 @@ describe('background scrub', () => {
       expect(allVerified).toBe(true);
 
       await flipBit(server.dataDir, shas[1]!, 1024 * 1024 + 1);
-      const gone = await waitFor(async () => (await get(`${server.baseUrl}/${shas[1]}`)).status === 404);
+      // A read may also be cut short on the damaged bytes (S3's read path hashes every body): not yet 404.
+      const gone = await waitFor(async () => (await get(`${server.baseUrl}/${shas[1]}`).then((r) => r.status, () => 0)) === 404);
       expect(gone).toBe(true);
       expect((await get(`${server.baseUrl}/distfiles/two.tar`)).status).toBe(404);
       // The index row is quarantined first (reads 404 from then on) and the file moves after it.
