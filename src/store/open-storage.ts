@@ -8,7 +8,8 @@ import { LocalBlobStorage } from './local-storage.js';
 import { S3BlobStorage } from './s3-store.js';
 import type { BlobStorage } from './storage.js';
 
-type StorageConfig = Pick<Config, 'dataDir' | 'storage' | 's3ForcePathStyle' | 's3Endpoint' | 's3Region'>;
+type StorageConfig = Pick<Config, 'dataDir' | 'storage' | 's3ForcePathStyle' | 's3Endpoint' | 's3Region'> &
+  Partial<Pick<Config, 's3AbandonedUploadSeconds'>>;
 
 /**
  * The local store, for the code that still works on files directly (server, maintenance commands). Until
@@ -51,6 +52,7 @@ export function openStorage(config: StorageConfig, options: { reserveBytes?: num
     bucket: config.storage.bucket,
     prefix: config.storage.prefix,
     spoolDir: path.join(config.dataDir, 'spool'),
+    ...(config.s3AbandonedUploadSeconds !== undefined ? { abandonedAfterMs: config.s3AbandonedUploadSeconds * 1000 } : {}),
     agent,
   });
 }
