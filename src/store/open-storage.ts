@@ -12,20 +12,6 @@ type StorageConfig = Pick<Config, 'dataDir' | 'storage' | 's3ForcePathStyle' | '
   Partial<Pick<Config, 's3AbandonedUploadSeconds'>>;
 
 /**
- * The local store, for the code that still works on files directly (server, maintenance commands). Until
- * they go through BlobStorage, an s3:// setting must stop them rather than let them use an empty local disk.
- */
-export function localBlobStore(config: Pick<Config, 'dataDir' | 'storage' | 'reserveBytes'>): BlobStore {
-  if (config.storage.kind !== 'local') {
-    throw new Error(
-      `FASTPULL_STORAGE=s3://${config.storage.bucket}/${config.storage.prefix}: the s3 driver exists but is not wired into ` +
-        'serve and the maintenance commands yet; unset FASTPULL_STORAGE to use <dataDir>/blobs',
-    );
-  }
-  return new BlobStore(config.dataDir, { reserveBytes: config.reserveBytes });
-}
-
-/**
  * Sockets to the S3 endpoint, per process: every download streaming from the bucket holds one for its
  * whole body, so this bounds concurrent S3 reads (more wait for a free socket; the SDK warns when they do).
  */
