@@ -289,6 +289,8 @@ const SETTINGS = {
   s3ForcePathStyle: { env: 'FASTPULL_S3_FORCE_PATH_STYLE', default: false, parse: bool },
   s3Endpoint: { env: 'AWS_ENDPOINT_URL_S3', default: undefined as string | undefined, parse: httpUrl },
   s3Region: { env: 'AWS_REGION', default: undefined as string | undefined, parse: optionalStr },
+  // Multipart uploads with no new part for this long were left by a dead writer: any replica's sweep aborts them.
+  s3AbandonedUploadSeconds: { env: 'FASTPULL_S3_ABANDONED_UPLOAD_SECONDS', default: 3600, parse: int(1) },
   // Local read cache in front of an S3 store: verified when filled, least recently used evicted first.
   cacheDir: { env: 'FASTPULL_CACHE_DIR', default: undefined as string | undefined, parse: optionalStr },
   cacheMaxBytes: { env: 'FASTPULL_CACHE_MAX_BYTES', default: 10 * 1024 ** 3, parse: int(0) },

@@ -286,8 +286,13 @@ describe.skipIf(skip)('replicas: two fastpull serve processes, one bucket, one d
     expect((await get(byHash(b.baseUrl, h))).status).toBe(404);
     expect((await get(`${b.baseUrl}/distfiles/killed-1.0.tar.gz`)).status).toBe(404);
     expect(await blobStored({ dataDir: b.dataDir, backend: target }, h)).toBe(false);
-    // A replica's start-up sweep reclaims what the dead one left.
-    await replica(target);
+    // Another replica cannot tell a dead writer's upload from a live one by its start: a live one keeps adding
+    // parts. Once its newest part is older than FASTPULL_S3_ABANDONED_UPLOAD_SECONDS, a replica's start-up sweep
+    // reclaims it; before that, the sweep leaves it alone.
+    await replica(target, { FASTPULL_S3_ABANDONED_UPLOAD_SECONDS: '3600' });
+    expect(await listMultipartUploads(target)).toHaveLength(1);
+    await new Promise((r) => setTimeout(r, 2_500));
+    await replica(target, { FASTPULL_S3_ABANDONED_UPLOAD_SECONDS: '2' });
     expect(await listMultipartUploads(target)).toEqual([]);
   });
 });

@@ -1,10 +1,12 @@
+import { fileURLToPath } from 'node:url';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { LocalBlobStorage } from '../src/store/local-storage.js';
-import { localBlobStore, openStorage } from '../src/store/open-storage.js';
+import { openStorage } from '../src/store/open-storage.js';
+import { runNode } from './helpers/cli.js';
 import { S3BlobStorage } from '../src/store/s3-store.js';
 
 describe('FASTPULL_STORAGE', () => {
@@ -35,11 +37,16 @@ describe('FASTPULL_STORAGE', () => {
     expect(() => loadConfig({}, { AWS_ENDPOINT_URL_S3: 'localhost:9000' })).toThrow(/AWS_ENDPOINT_URL_S3/);
   });
 
-  it('the server and maintenance commands refuse s3 until they are wired to the driver', async () => {
+  it('sync-repo without --origin refuses a replicated origin (s3 storage or PostgreSQL) and names --origin', async () => {
     const dataDir = await mkdtemp(path.join(tmpdir(), 'fp-storage-'));
     try {
-      expect(() => localBlobStore(loadConfig({ dataDir }, { FASTPULL_STORAGE: 's3://distfiles' }))).toThrow(/not wired/);
-      expect(localBlobStore(loadConfig({ dataDir }, {})).blobsDir).toBe(path.join(dataDir, 'blobs'));
+      const cli = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
+      const replicated: Record<string, string>[] = [{ FASTPULL_STORAGE: 's3://distfiles' }, { FASTPULL_DATABASE_URL: 'postgres://fastpull@127.0.0.1:9/fastpull' }];
+      for (const env of replicated) {
+        const res = await runNode(['--import', 'tsx', cli, 'sync-repo', dataDir], { FASTPULL_DATA_DIR: dataDir, ...env });
+        expect(res.code, res.stderr).toBe(2);
+        expect(res.stderr).toMatch(/--origin URL/);
+      }
     } finally {
       await rm(dataDir, { recursive: true, force: true });
     }

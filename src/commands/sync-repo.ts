@@ -10,7 +10,7 @@ import { candidateUrls } from '../ingest/repo-metadata.js';
 import { loadThirdpartyMirrors, scanRepository, type RepoDistfile } from '../ingest/repo-scan.js';
 import { digestKey, LocalSyncEngine, type Planned, type SyncEngine, type SyncResult, type SyncStatus } from '../ingest/repo-sync.js';
 import { filenameProblem } from '../domain/names.js';
-import { localBlobStore } from '../store/open-storage.js';
+import { BlobStore } from '../store/blob-store.js';
 import { Fetcher } from '../upstream/fetcher.js';
 import { Mirror } from '../upstream/mirrors.js';
 import { intOption, runCommand, UsageError, type Parsed } from './args.js';
@@ -397,8 +397,15 @@ class Bounded {
 
 /** The data directory: written to unless this is a dry run, which only reads an index that already exists. */
 async function openLocal(config: Config, dryRun: boolean): Promise<LocalSyncEngine> {
+  if (config.databaseUrl !== undefined || config.storage.kind !== 'local') {
+    // The fetch jobs of a replicated origin run on its replicas, which --origin hands the work to.
+    throw new UsageError(
+      'without --origin, sync-repo works on the embedded index and local store of FASTPULL_DATA_DIR; with ' +
+        'FASTPULL_DATABASE_URL or FASTPULL_STORAGE=s3://… give it a replica: --origin URL',
+    );
+  }
   if (!existsSync(config.dataDir)) throw new Error(`data directory ${config.dataDir} does not exist`);
-  const store = localBlobStore(config);
+  const store = new BlobStore(config.dataDir, { reserveBytes: config.reserveBytes });
   const logger = pino({ level: 'error' }, pino.destination(2));
   const file = databaseFile(config.dataDir);
   let db: DB | undefined;

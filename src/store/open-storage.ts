@@ -8,21 +8,8 @@ import { LocalBlobStorage } from './local-storage.js';
 import { S3BlobStorage } from './s3-store.js';
 import type { BlobStorage } from './storage.js';
 
-type StorageConfig = Pick<Config, 'dataDir' | 'storage' | 's3ForcePathStyle' | 's3Endpoint' | 's3Region'>;
-
-/**
- * The local store, for the code that still works on files directly (server, maintenance commands). Until
- * they go through BlobStorage, an s3:// setting must stop them rather than let them use an empty local disk.
- */
-export function localBlobStore(config: Pick<Config, 'dataDir' | 'storage' | 'reserveBytes'>): BlobStore {
-  if (config.storage.kind !== 'local') {
-    throw new Error(
-      `FASTPULL_STORAGE=s3://${config.storage.bucket}/${config.storage.prefix}: the s3 driver exists but is not wired into ` +
-        'serve and the maintenance commands yet; unset FASTPULL_STORAGE to use <dataDir>/blobs',
-    );
-  }
-  return new BlobStore(config.dataDir, { reserveBytes: config.reserveBytes });
-}
+type StorageConfig = Pick<Config, 'dataDir' | 'storage' | 's3ForcePathStyle' | 's3Endpoint' | 's3Region'> &
+  Partial<Pick<Config, 's3AbandonedUploadSeconds'>>;
 
 /**
  * Sockets to the S3 endpoint, per process: every download streaming from the bucket holds one for its
@@ -51,6 +38,7 @@ export function openStorage(config: StorageConfig, options: { reserveBytes?: num
     bucket: config.storage.bucket,
     prefix: config.storage.prefix,
     spoolDir: path.join(config.dataDir, 'spool'),
+    ...(config.s3AbandonedUploadSeconds !== undefined ? { abandonedAfterMs: config.s3AbandonedUploadSeconds * 1000 } : {}),
     agent,
   });
 }

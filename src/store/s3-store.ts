@@ -9,6 +9,7 @@ import {
   HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  ListPartsCommand,
   S3Client,
   S3ServiceException,
   UploadPartCopyCommand,
@@ -51,6 +52,11 @@ export interface S3StorageOptions {
    * younger), gc trash, spool files. Default a day, the local store's bar for temp files.
    */
   staleAfterMs?: number;
+  /**
+   * A multipart upload whose newest part (or, with none yet, its start) is older than this was abandoned by a
+   * writer that died, on whichever replica: a live upload sends a part every few seconds. Default an hour.
+   */
+  abandonedAfterMs?: number;
   pageSize?: number;
   /** Multipart part size and parallel parts per upload (lib-storage's partSize/queueSize). */
   partSize?: number;
@@ -70,6 +76,7 @@ const MAX_PART_SIZE = 64 * 1024 * 1024;
 const MAX_SINGLE_COPY = 5 * 1024 ** 3;
 const COPY_PART_SIZE = 512 * 1024 ** 2;
 const STALE_AFTER_MS = 24 * 3600 * 1000;
+const ABANDONED_AFTER_MS = 3600 * 1000;
 const SPOOL_SUFFIX = '.spool';
 /** A marker in the spool directory naming an upload this process has under way (see `sweep`). */
 const UPLOAD_SUFFIX = '.upload';
@@ -99,6 +106,7 @@ export class S3BlobStorage implements BlobStorage {
   private readonly client: S3Client;
   readonly spoolDir: string;
   private readonly staleAfterMs: number;
+  private readonly abandonedAfterMs: number;
   private readonly pageSize: number;
   private readonly partSize: number | undefined;
   private readonly queueSize: number;
@@ -114,6 +122,7 @@ export class S3BlobStorage implements BlobStorage {
     this.location = `s3://${this.bucket}/${prefix}`;
     this.spoolDir = options.spoolDir;
     this.staleAfterMs = options.staleAfterMs ?? STALE_AFTER_MS;
+    this.abandonedAfterMs = options.abandonedAfterMs ?? ABANDONED_AFTER_MS;
     this.pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
     this.partSize = options.partSize;
     this.queueSize = options.queueSize ?? 2;
@@ -351,6 +360,26 @@ export class S3BlobStorage implements BlobStorage {
     }
   }
 
+  /** When a multipart upload last moved: its newest part, or its start when it has none. */
+  private async lastActivity(u: { key: string; uploadId: string; initiated: Date | undefined }): Promise<number> {
+    let last = u.initiated?.getTime() ?? 0;
+    let marker: string | undefined;
+    try {
+      for (;;) {
+        const page = await this.client.send(
+          new ListPartsCommand({ Bucket: this.bucket, Key: u.key, UploadId: u.uploadId, ...(marker ? { PartNumberMarker: marker } : {}) }),
+        );
+        for (const part of page.Parts ?? []) last = Math.max(last, part.LastModified?.getTime() ?? 0);
+        if (!page.IsTruncated || !page.NextPartNumberMarker) return last;
+        marker = page.NextPartNumberMarker;
+      }
+    } catch (err) {
+      // Completed or aborted since the listing: nothing to reclaim.
+      if (status(err) === 404) return Number.POSITIVE_INFINITY;
+      throw err;
+    }
+  }
+
   private async head(key: string): Promise<BlobStat | undefined> {
     try {
       const out = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
@@ -415,6 +444,7 @@ export class S3BlobStorage implements BlobStorage {
       const crashedAt = crashed.get(u.key);
       // Initiated after the marker was written (give or take the listing's whole second): that writer's.
       if (initiated <= bar || (crashedAt !== undefined && initiated >= crashedAt - 2000)) stale.push(u);
+      else if ((await this.lastActivity(u)) <= now - this.abandonedAfterMs + 1000) stale.push(u);
     }
     for (const u of stale) {
       await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.key, UploadId: u.uploadId })).catch((err: unknown) => {
