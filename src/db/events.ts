@@ -348,16 +348,7 @@ export class EventOutbox implements Outbox {
   }
 
   status(target: string): TargetStatus {
-    const row = this.stmt.status.get(target);
-    return {
-      target,
-      pending: row?.pending ?? 0,
-      failed: row?.failed ?? 0,
-      oldestPendingAt: row?.oldestPendingAt ?? null,
-      lastSuccessAt: row?.lastSuccessAt ?? null,
-      lastFailureAt: row?.lastFailureAt ?? null,
-      lastError: row?.lastError ?? null,
-    };
+    return targetStatus(target, this.stmt.status.get(target));
   }
 
   /** Deletes events older than `cutoff` (ms) that none of `targets` still has to deliver. */
@@ -370,4 +361,17 @@ export class EventOutbox implements Outbox {
       .attachedNames.all(sha512)
       .map((r) => r.filename);
   }
+}
+
+/** A target's delivery state from its status row, on either engine (no row yet: nothing pending, nothing failed). */
+export function targetStatus(target: string, row: Partial<Omit<TargetStatus, 'target'>> | undefined): TargetStatus {
+  return {
+    target,
+    pending: row?.pending ?? 0,
+    failed: row?.failed ?? 0,
+    oldestPendingAt: row?.oldestPendingAt ?? null,
+    lastSuccessAt: row?.lastSuccessAt ?? null,
+    lastFailureAt: row?.lastFailureAt ?? null,
+    lastError: row?.lastError ?? null,
+  };
 }

@@ -1,5 +1,5 @@
 import type postgres from 'postgres';
-import type { ClaimedDelivery, EventRow, EventType, NewEvent, Outbox, TargetStatus } from '../events.js';
+import { targetStatus, type ClaimedDelivery, type EventRow, type EventType, type NewEvent, type Outbox, type TargetStatus } from '../events.js';
 import type { Sql } from '../postgres-index.js';
 
 /**
@@ -197,15 +197,7 @@ export class PostgresEventOutbox implements Outbox {
                WHERE d.target = t.target AND d.state = 'pending') AS "oldestPendingAt",
              t.last_success_at AS "lastSuccessAt", t.last_failure_at AS "lastFailureAt", t.last_error AS "lastError"
       FROM event_targets t WHERE t.target = ${target}`;
-    return {
-      target,
-      pending: row?.pending ?? 0,
-      failed: row?.failed ?? 0,
-      oldestPendingAt: row?.oldestPendingAt ?? null,
-      lastSuccessAt: row?.lastSuccessAt ?? null,
-      lastFailureAt: row?.lastFailureAt ?? null,
-      lastError: row?.lastError ?? null,
-    };
+    return targetStatus(target, row);
   }
 
   async attachedNames(sha512: string): Promise<string[]> {
