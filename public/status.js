@@ -303,8 +303,10 @@ async function loadStatus() {
     renderEvents(data.events);
     renderRecent(data.recent);
     document.getElementById('generated-at').textContent = `as of ${formatTime(data.generatedAt)}`;
+    return true;
   } catch (err) {
     document.getElementById('generated-at').textContent = `status unavailable: ${err.message}`;
+    return false;
   }
 }
 
@@ -338,7 +340,14 @@ document.addEventListener('DOMContentLoaded', () => {
   // A pasted or edited #q=… link changes only the fragment: no reload, so listen for it.
   window.addEventListener('hashchange', searchFromAddress);
   searchFromAddress();
-  loadStatus();
-  // The chart and health move on their own; a minute is the chart's resolution.
-  window.setInterval(loadStatus, 30_000);
+  refreshStatus();
 });
+
+/**
+ * The chart and health move on their own; a minute is the chart's resolution, so every 30 s. After a failed load
+ * (the origin restarting, a proxy hiccup) the page tries again within seconds instead of showing it for 30.
+ */
+async function refreshStatus() {
+  const ok = await loadStatus();
+  window.setTimeout(refreshStatus, ok ? 30_000 : 3_000);
+}
