@@ -1,5 +1,5 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { isPromise, type Awaitable } from '../db/origin-index.js';
+import { isPromise, type Awaitable } from '../db/awaitable.js';
 import type { TokenArea, TokenRow } from '../db/tokens.js';
 import { AppError } from '../errors.js';
 import { hashSecret, SCOPES, type Authenticator, type Principal, type Scope } from './tokens.js';

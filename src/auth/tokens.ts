@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { Awaitable } from '../db/origin-index.js';
+import type { Awaitable } from '../db/awaitable.js';
 
 export const SCOPES = ['read-api', 'upload', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];

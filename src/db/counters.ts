@@ -1,6 +1,6 @@
 import type { Statement } from 'better-sqlite3';
 import type { DB } from './open.js';
-import type { Awaitable } from './origin-index.js';
+import type { Awaitable } from './awaitable.js';
 
 /** The one row of index_counters (migration 005), kept current by triggers in every process. */
 export interface IndexCounts {

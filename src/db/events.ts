@@ -1,6 +1,6 @@
 import type { Statement } from 'better-sqlite3';
 import type { DB } from './open.js';
-import type { Awaitable } from './origin-index.js';
+import type { Awaitable } from './awaitable.js';
 
 export const EVENT_TYPES = [
   'blob.stored',

@@ -1,7 +1,7 @@
 import type { Statement } from 'better-sqlite3';
 import type { Digests } from '../store/digests.js';
 import type { DB } from './open.js';
-import type { Awaitable } from './origin-index.js';
+import type { Awaitable } from './awaitable.js';
 
 export type ItemState = 'queued' | 'downloading' | 'done' | 'failed';
 

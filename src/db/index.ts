@@ -2,7 +2,7 @@ import type { Statement } from 'better-sqlite3';
 import type { Digests } from '../store/digests.js';
 import { recordEvent, type NewEvent } from './events.js';
 import type { DB } from './open.js';
-import type { Awaitable } from './origin-index.js';
+import type { Awaitable } from './awaitable.js';
 
 export interface BlobRow {
   sha512: string;

@@ -1,7 +1,7 @@
 import type { Statement } from 'better-sqlite3';
 import { AuditLog, type AuditEntry } from './audit.js';
 import type { DB } from './open.js';
-import type { Awaitable } from './origin-index.js';
+import type { Awaitable } from './awaitable.js';
 
 /** A row of the tokens table (migration 003); only the SHA-256 of a secret is stored. */
 export interface TokenRow {

@@ -1,7 +1,7 @@
 import type { Statement } from 'better-sqlite3';
 import { processAlive } from '../store/blob-store.js';
 import type { DB } from './open.js';
-import type { Awaitable } from './origin-index.js';
+import type { Awaitable } from './awaitable.js';
 
 export interface HoldAttempt {
   ok: boolean;

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { ClaimedDelivery, Outbox, TargetStatus } from '../db/events.js';
-import { isPromise } from '../db/origin-index.js';
+import { isPromise } from '../db/awaitable.js';
 import type { DeliveryTarget, SendResult } from './targets.js';
 
 export type DeliveryResult = 'success' | 'failure' | 'gave_up';

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify';
 import type { AuditArea } from '../db/audit.js';
-import { isPromise } from '../db/origin-index.js';
+import { isPromise } from '../db/awaitable.js';
 
 declare module 'fastify' {
   interface FastifyRequest {

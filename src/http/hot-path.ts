@@ -4,14 +4,16 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { NameIndex, ServableBlob } from '../db/index.js';
-import { isPromise, type Awaitable } from '../db/origin-index.js';
+import { isPromise, type Awaitable } from '../db/awaitable.js';
 import { SMALL_BLOB_BYTES, type BlobReader, type OpenFile } from '../store/blob-reader.js';
 import type { BlobSource } from '../store/remote-reader.js';
 import { socketBytesSinceLastResponse, type Metrics } from './metrics.js';
 import { LAYOUT_CONF, parseReadPath, type BlobTarget } from './read-path.js';
 import { clientAddress, trustFunction } from './client-address.js';
 import { requestLogFields } from './request-log.js';
-import { decide, fixedHeaders, IMMUTABLE, type ByteRange } from './send.js';
+import { decide, fixedHeaders, IMMUTABLE, type BodyWatch, type ByteRange } from './send.js';
+
+export type { BodyWatch };
 
 const REQUEST_ID = /^[\w.:-]{1,64}$/;
 
@@ -48,14 +50,6 @@ export interface HotPathDeps {
   closing(): boolean;
   /** Verification on serve, when FASTPULL_VERIFY_ON_SERVE is on. */
   watch?: BodyWatch | undefined;
-}
-
-/** Verification on serve (maintenance/verify-on-serve.ts), seen from here. */
-export interface BodyWatch {
-  /** A checker for one full body, chunk by chunk; false stops the response before that chunk is written. */
-  body(blob: ServableBlob, log: Logger): (chunk: Buffer, last: boolean) => boolean;
-  /** A small blob whose bytes do not hash to its name. */
-  damaged(blob: ServableBlob, log: Logger, actual: string): void;
 }
 
 const shardPath = (h: string) => `${h.slice(0, 2)}/${h.slice(2, 4)}/${h.slice(4, 6)}/${h}`;

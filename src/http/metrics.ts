@@ -5,7 +5,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CounterArea, IndexCounts } from '../db/counters.js';
 import type { NameIndex, ServableBlob } from '../db/index.js';
-import { isPromise } from '../db/origin-index.js';
+import { isPromise } from '../db/awaitable.js';
 import { isAppError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
 import { toAppError } from './errors.js';

@@ -5,7 +5,14 @@ import type { ServableBlob } from '../db/index.js';
 import { AppError } from '../errors.js';
 import { SMALL_BLOB_BYTES, type BlobReader } from '../store/blob-reader.js';
 import type { BlobSource, RemoteReader } from '../store/remote-reader.js';
-import type { BodyWatch } from './hot-path.js';
+
+/** Verification on serve (maintenance/verify-on-serve.ts), seen from here. */
+export interface BodyWatch {
+  /** A checker for one full body, chunk by chunk; false stops the response before that chunk is written. */
+  body(blob: ServableBlob, log: Logger): (chunk: Buffer, last: boolean) => boolean;
+  /** A small blob whose bytes do not hash to its name. */
+  damaged(blob: ServableBlob, log: Logger, actual: string): void;
+}
 
 export const IMMUTABLE = 'public, max-age=31536000, immutable';
 

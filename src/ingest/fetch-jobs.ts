@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FetchItemRow, FetchJobQueue, NewItem } from '../db/fetch-jobs.js';
-import { isPromise } from '../db/origin-index.js';
+import { isPromise } from '../db/awaitable.js';
 import { AppError, isAppError } from '../errors.js';
 import type { Digests, ExpectedDigests, Mismatch } from '../store/digests.js';
 import { isBlake2bHex, isSha512Hex } from '../domain/hashes.js';

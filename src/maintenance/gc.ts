@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { MaintenanceIndex } from '../db/maintenance.js';
-import { isPromise, type Awaitable } from '../db/origin-index.js';
+import { isPromise, type Awaitable } from '../db/awaitable.js';
 import type { BlobStorage, TrashedBlob } from '../store/storage.js';
 import { localStoreOf } from './storage-ops.js';
 

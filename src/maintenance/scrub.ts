@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { AuditEntry } from '../db/audit.js';
 import { localLocks, type ClusterLocks } from '../db/locks.js';
 import type { MaintenanceIndex, ScrubCursor } from '../db/maintenance.js';
-import type { Awaitable } from '../db/origin-index.js';
+import type { Awaitable } from '../db/awaitable.js';
 import type { BlobStorage } from '../store/storage.js';
 import { TokenBucket, throttled } from './throttle.js';
 import { verifyBlob } from './verify.js';

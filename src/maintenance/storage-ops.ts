@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import type { Awaitable } from '../db/origin-index.js';
+import type { Awaitable } from '../db/awaitable.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { MultiHasher, type Digests } from '../store/digests.js';
 import { LocalBlobStorage } from '../store/local-storage.js';

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { isPromise, type Awaitable } from '../db/origin-index.js';
+import { isPromise, type Awaitable } from '../db/awaitable.js';
 import type { HoldAttempt, UploadHoldArea } from '../db/upload-holds.js';
 import { AppError } from '../errors.js';
 

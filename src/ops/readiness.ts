@@ -3,7 +3,7 @@ import { access, open, statfs, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import { isPromise } from '../db/origin-index.js';
+import { isPromise } from '../db/awaitable.js';
 import type { StatusArea } from '../db/status-queries.js';
 
 /**

@@ -1,6 +1,6 @@
 import type { Digests } from '../../store/digests.js';
 import type { BlobRef, BlobState, GcRow, MaintenanceIndex, RowRef, ScrubCursor, Stats } from '../maintenance.js';
-import type { Awaitable } from '../origin-index.js';
+import type { Awaitable } from '../awaitable.js';
 import type { Sql } from '../postgres-index.js';
 import { recordEvent } from './events.js';
 

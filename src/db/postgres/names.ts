@@ -1,7 +1,7 @@
 import type postgres from 'postgres';
 import type { Digests } from '../../store/digests.js';
 import { attachEvent, type BlobRow, type NameIndex, type NameRow, type RecordOptions, type ServableBlob } from '../index.js';
-import type { Awaitable } from '../origin-index.js';
+import type { Awaitable } from '../awaitable.js';
 import { listenBlobChanges, type Sql } from '../postgres-index.js';
 import { recordEvent } from './events.js';
 import { Lru } from './lru.js';

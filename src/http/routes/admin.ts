@@ -7,7 +7,7 @@ import { assertFilename, assertSha512, type Ingest } from '../../ingest/ingest.j
 import type { Digests, ExpectedDigests } from '../../store/digests.js';
 import { isBlake2bHex, isSha256Hex, isSha512Hex } from '../../domain/hashes.js';
 import type { UploadLease } from '../../maintenance/watermark.js';
-import type { Awaitable } from '../../db/origin-index.js';
+import type { Awaitable } from '../../db/awaitable.js';
 import { requireScope } from '../auth.js';
 import { installAdminRateLimit } from '../rate-limit.js';
 import { downloadPaths } from '../urls.js';

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Authenticator } from '../../auth/tokens.js';
-import type { Awaitable } from '../../db/origin-index.js';
+import type { Awaitable } from '../../db/awaitable.js';
 import type { FetchJobs } from '../../ingest/fetch-jobs.js';
 import type { PullThrough } from '../../ingest/pull-through.js';
 import type { UpstreamStats } from '../../upstream/stats.js';
